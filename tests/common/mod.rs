@@ -1,0 +1,65 @@
+//! Shared support for the integration tests: a private `redis-server`, the `channel` binary as a
+//! child process, a small HTTP client, a synchronous WebSocket client and a Redis subscriber.
+//!
+//! Every test file includes it with `mod common;`. It owns processes and sockets for the length
+//! of one test and must never leave one behind: every child is killed on `Drop`, and every
+//! receive has a deadline so that a test fails instead of hanging. It never touches the Redis on
+//! port 6379.
+#![allow(dead_code, unused_imports)]
+
+pub mod channel_server;
+pub mod http;
+pub mod redis_server;
+pub mod socket;
+pub mod tokens;
+
+pub use channel_server::{ChannelServer, ServerOptions, TEST_JWT_SECRET};
+pub use http::{http_raw, http_request, try_http_raw, HttpResponse};
+pub use redis_server::{RedisMessage, RedisServer, RedisSubscriber};
+pub use socket::{decode_binary_broadcast, encode_binary_push, Frame, TestSocket};
+pub use tokens::{mint_token, mint_token_response, sign_token};
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long any single receive waits by default before the test fails.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a test waits to be sure that nothing arrives.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
+
+/// A port on 127.0.0.1 that was free a moment ago. The caller must tolerate the small race
+/// between dropping the probe listener and binding the port itself (both servers here retry).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 always works");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port()
+}
+
+/// A fresh directory under cargo's per-target temporary directory, unique to this process and
+/// call, for logs and config files of one child process.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("channel-tests")
+        .join(format!("{label}-{}-{n}", std::process::id()));
+    // A leftover from an earlier run with the same pid is stale: start clean.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the cargo target tmp dir is writable");
+    dir
+}
+
+/// The last `max_lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &std::path::Path, max_lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(max_lines);
+    lines[start..].join("\n")
+}
