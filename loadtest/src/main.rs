@@ -1,1 +1,145 @@
-fn main() {}
+//! `loadtest`: drives any server of the Phoenix Channels + Redis surface (`channel`, Tangram) with
+//! the scenarios of `loadtest/scenarios/`, and compares the summaries it writes.
+
+mod client;
+mod redis;
+mod report;
+mod run;
+mod scenario;
+mod stamp;
+mod stats;
+mod token;
+mod ws;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load generator for Phoenix Channels servers bridged to Redis"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+// `Run` carries every flag; the enum is built once per process, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario file against a server and write summary.json, latency.hgrm and latency.svg.
+    Run {
+        /// Scenario TOML (see loadtest/scenarios/).
+        scenario: PathBuf,
+        /// The server's HTTP base URL (POST /token and GET /websocket live under it).
+        #[arg(long, default_value = "http://127.0.0.1:2347")]
+        url: String,
+        /// The Redis the server uses.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Output directory.
+        #[arg(long, default_value = "loadtest-out")]
+        out: PathBuf,
+        /// The server's pid, for its CPU time and RSS (/proc/<pid>/stat and status).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Source addresses to spread client sockets over, e.g. 127.0.0.2-127.0.0.9.
+        #[arg(long)]
+        source_ips: Option<String>,
+        #[arg(long)]
+        clients: Option<usize>,
+        #[arg(long)]
+        topics: Option<usize>,
+        /// Messages per second (publishes for fanout/topics, pushes for upstream).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        message_bytes: Option<usize>,
+        /// Seconds measured (idle: seconds held).
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(long)]
+        warmup: Option<f64>,
+        #[arg(long)]
+        join_in_flight: Option<usize>,
+        /// Load threads (0 = one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Ignore the scenario's [step] table and run one window at `rate`.
+        #[arg(long)]
+        no_step: bool,
+    },
+    /// Print two summary.json files side by side with B/A ratios.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            scenario,
+            url,
+            redis,
+            out,
+            server_pid,
+            source_ips,
+            clients,
+            topics,
+            rate,
+            message_bytes,
+            duration,
+            warmup,
+            join_in_flight,
+            threads,
+            no_step,
+        } => {
+            let mut sc = scenario::Scenario::load(&scenario)?;
+            sc.apply(&scenario::Overrides {
+                clients,
+                topics,
+                rate,
+                message_bytes,
+                duration,
+                warmup,
+                join_in_flight,
+                threads,
+                no_step,
+            });
+            let source_ips = match source_ips {
+                Some(s) => run::parse_source_ips(&s)?,
+                None => Vec::new(),
+            };
+            let summary = run::run(run::RunArgs {
+                scenario: sc,
+                url,
+                redis,
+                out,
+                server_pid,
+                source_ips,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Cmd::Compare { a, b } => {
+            let read = |p: &PathBuf| -> Result<serde_json::Value> {
+                let p = if p.is_dir() {
+                    p.join("summary.json")
+                } else {
+                    p.clone()
+                };
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+            };
+            let (va, vb) = (read(&a)?, read(&b)?);
+            print!(
+                "{}",
+                report::compare(&va, &vb, &a.display().to_string(), &b.display().to_string())
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The Redis side of a run, spoken in raw RESP over blocking sockets on dedicated threads.
+//!
+//! Owns the open-loop publisher (downstream scenarios), the `PSUBSCRIBE from:*` receiver (upstream)
+//! and `INFO cpu`. A hand-written RESP writer/reader keeps the publisher cheap and pipelined; these
+//! threads never touch the WebSocket clients.
+
+use crate::stamp::{find_stamp, now_us, payload_template, write_stamp, STAMP_POS};
+use crate::stats::ThreadStats;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `redis://host:port[/db]` → a socket address (no password support: local test instances only).
+pub fn parse_redis_url(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| anyhow!("redis url must start with redis://: {url}"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if hostport.contains('@') {
+        bail!("redis url with credentials is not supported: {url}");
+    }
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:6379")
+    };
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {hostport}"))
+}
+
+/// Appends a RESP array of bulk strings (a command) to `out`.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// One RESP value, borrowing the input.
+#[derive(Debug, PartialEq)]
+pub enum Resp<'a> {
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Int(i64),
+    Bulk(Option<&'a [u8]>),
+    Array(Vec<Resp<'a>>),
+}
+
+/// Parses one RESP value at the start of `buf`: `Ok(Some((value, bytes used)))`, `Ok(None)` if
+/// incomplete.
+pub fn parse_resp(buf: &[u8]) -> Result<Option<(Resp<'_>, usize)>> {
+    let Some(nl) = memchr::memmem::find(buf, b"\r\n") else {
+        return Ok(None);
+    };
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let line = &buf[1..nl];
+    let after = nl + 2;
+    let int = || -> Result<i64> {
+        std::str::from_utf8(line)?
+            .parse::<i64>()
+            .map_err(|e| anyhow!("bad RESP integer: {e}"))
+    };
+    match buf[0] {
+        b'+' => Ok(Some((Resp::Simple(line), after))),
+        b'-' => Ok(Some((Resp::Error(line), after))),
+        b':' => Ok(Some((Resp::Int(int()?), after))),
+        b'$' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Resp::Bulk(None), after)));
+            }
+            let end = after + n as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Resp::Bulk(Some(&buf[after..end])), end + 2)))
+        }
+        b'*' => {
+            let n = int()?;
+            let mut items = Vec::with_capacity(n.max(0) as usize);
+            let mut pos = after;
+            for _ in 0..n.max(0) {
+                match parse_resp(&buf[pos..])? {
+                    None => return Ok(None),
+                    Some((v, used)) => {
+                        items.push(v);
+                        pos += used;
+                    }
+                }
+            }
+            Ok(Some((Resp::Array(items), pos)))
+        }
+        c => bail!("unexpected RESP type byte {c:#x}"),
+    }
+}
+
+/// Redis's own CPU time (used_cpu_sys + used_cpu_user of `INFO cpu`) in µs.
+pub fn redis_cpu_us(addr: SocketAddr) -> Option<u64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut cmd = Vec::new();
+    encode_command(&mut cmd, &[b"INFO", b"cpu"]);
+    s.write_all(&cmd).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(Some((Resp::Bulk(Some(text)), _))) = parse_resp(&buf) {
+            return parse_info_cpu(std::str::from_utf8(text).ok()?);
+        }
+    }
+}
+
+/// used_cpu_sys + used_cpu_user of an `INFO cpu` text, in µs.
+pub fn parse_info_cpu(text: &str) -> Option<u64> {
+    let mut total = 0.0;
+    let mut found = 0;
+    for line in text.lines() {
+        if let Some((k, v)) = line.trim().split_once(':') {
+            if k == "used_cpu_sys" || k == "used_cpu_user" {
+                total += v.parse::<f64>().ok()?;
+                found += 1;
+            }
+        }
+    }
+    (found == 2).then_some((total * 1e6) as u64)
+}
+
+/// The measured window shared by publisher, clients and subscriber: stamps in `[start, end)` count.
+pub struct WindowClock {
+    pub start_us: AtomicU64,
+    pub end_us: AtomicU64,
+}
+
+impl Default for WindowClock {
+    fn default() -> Self {
+        WindowClock {
+            start_us: AtomicU64::new(u64::MAX),
+            end_us: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl WindowClock {
+    pub fn contains(&self, t_us: u64) -> bool {
+        t_us >= self.start_us.load(Relaxed) && t_us < self.end_us.load(Relaxed)
+    }
+}
+
+/// What an open-loop publisher did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Messages stamped inside the window, per topic index.
+    pub in_window: Vec<u64>,
+    pub total: u64,
+    pub errors: u64,
+}
+
+/// What an open-loop publisher is asked to do.
+pub struct PublishPlan {
+    pub addr: SocketAddr,
+    /// Topic names; publishes go round-robin over them.
+    pub topics: Vec<String>,
+    pub event: String,
+    /// Publishes per second.
+    pub rate: f64,
+    pub message_bytes: usize,
+    /// Publishing stops at this time (µs, [`now_us`] clock).
+    pub stop_at_us: u64,
+}
+
+/// Publishes `rate` messages/s round-robin over `topics` to `to:<topic>:<event>` until `stop_at_us`,
+/// each stamped with its scheduled send time (open loop: a late publisher shows up as latency, not as
+/// a lower rate). Replies are read and counted on a second thread.
+pub fn publish_open_loop(
+    plan: &PublishPlan,
+    window: &WindowClock,
+    sent_counter: &AtomicU64,
+) -> Result<Published> {
+    let PublishPlan {
+        addr,
+        ref topics,
+        ref event,
+        rate,
+        message_bytes,
+        stop_at_us,
+    } = *plan;
+    let mut sock = TcpStream::connect(addr)
+        .with_context(|| format!("publisher: connecting to Redis {addr}"))?;
+    sock.set_nodelay(true)?;
+    let reader = sock.try_clone()?;
+    let errors = Arc::new(AtomicU64::new(0));
+    let replies = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let reader_thread = {
+        let (errors, replies, done) = (errors.clone(), replies.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("lt-pub-replies".into())
+            .spawn(move || count_replies(reader, &errors, &replies, &done))?
+    };
+    // Pre-built commands per topic: `*3 $7 PUBLISH $n to:<topic>:<event> $m <payload>`, stamp patched in place.
+    let template = payload_template(message_bytes);
+    let mut cmds: Vec<(Vec<u8>, usize)> = topics
+        .iter()
+        .map(|t| {
+            let mut c = Vec::new();
+            let chan = format!("to:{t}:{event}");
+            encode_command(&mut c, &[b"PUBLISH", chan.as_bytes(), &template]);
+            let pos = c.len() - 2 - template.len() + STAMP_POS;
+            (c, pos)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut published = Published {
+        in_window: vec![0; topics.len()],
+        ..Default::default()
+    };
+    let t0 = now_us();
+    let period_us = 1e6 / rate;
+    let mut i: u64 = 0;
+    loop {
+        let now = now_us();
+        if now >= stop_at_us {
+            break;
+        }
+        out.clear();
+        loop {
+            let sched = t0 + (i as f64 * period_us) as u64;
+            if sched > now || sched >= stop_at_us {
+                break;
+            }
+            let topic = (i % topics.len() as u64) as usize;
+            let (cmd, pos) = &mut cmds[topic];
+            write_stamp(cmd, *pos, sched);
+            out.extend_from_slice(cmd);
+            if window.contains(sched) {
+                published.in_window[topic] += 1;
+            }
+            i += 1;
+            if out.len() > 256 * 1024 {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            sock.write_all(&out)
+                .context("publisher: writing to Redis")?;
+            sent_counter.store(i, Relaxed);
+        }
+        let next = t0 + (i as f64 * period_us) as u64;
+        let now = now_us();
+        if next > now {
+            std::thread::sleep(Duration::from_micros(
+                (next - now).min(stop_at_us.saturating_sub(now)),
+            ));
+        }
+    }
+    published.total = i;
+    // Let the replies arrive, then stop the reader.
+    let deadline = now_us() + 2_000_000;
+    while replies.load(Relaxed) < i && now_us() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done.store(true, Relaxed);
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    let _ = reader_thread.join();
+    published.errors = errors.load(Relaxed);
+    Ok(published)
+}
+
+fn count_replies(mut sock: TcpStream, errors: &AtomicU64, replies: &AtomicU64, done: &AtomicBool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial_line = false;
+    while !done.load(Relaxed) {
+        let n = match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Replies to PUBLISH are one line each (`:N` or `-ERR …`): count line starts.
+        let mut line_start = !partial_line;
+        for &b in &buf[..n] {
+            if line_start {
+                replies.fetch_add(1, Relaxed);
+                if b == b'-' {
+                    errors.fetch_add(1, Relaxed);
+                }
+            }
+            line_start = b == b'\n';
+        }
+        partial_line = !line_start;
+    }
+}
+
+/// Receives `from:<pattern>` messages until `stop` is set, recording the stamps of payloads in
+/// `stats` (upstream scenarios). Returns once subscribed through `ready`.
+pub fn subscribe_and_measure(
+    addr: SocketAddr,
+    pattern: &str,
+    window: Arc<WindowClock>,
+    stats: Arc<ThreadStats>,
+    stop: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) {
+    let r = (|| -> Result<TcpStream> {
+        let mut s = TcpStream::connect(addr)
+            .with_context(|| format!("subscriber: connecting to Redis {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut cmd = Vec::new();
+        encode_command(&mut cmd, &[b"PSUBSCRIBE", pattern.as_bytes()]);
+        s.write_all(&cmd)?;
+        Ok(s)
+    })();
+    let mut sock = match r {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut chunk = vec![0u8; 128 * 1024];
+    let mut ready = Some(ready);
+    while !stop.load(Relaxed) {
+        let n = match sock.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                stats.note_error(format!("subscriber: {e}"));
+                break;
+            }
+        };
+        let now = now_us();
+        buf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        loop {
+            match parse_resp(&buf[pos..]) {
+                Ok(Some((v, used))) => {
+                    pos += used;
+                    if let Resp::Array(items) = v {
+                        match items.first() {
+                            Some(Resp::Bulk(Some(b"pmessage"))) => {
+                                if let Some(Resp::Bulk(Some(payload))) = items.get(3) {
+                                    if let Some(t) = find_stamp(payload) {
+                                        stats.record_delivery(window.contains(t), t, now);
+                                    } else {
+                                        stats.other_frames.fetch_add(1, Relaxed);
+                                    }
+                                }
+                            }
+                            Some(Resp::Bulk(Some(b"psubscribe"))) => {
+                                if let Some(r) = ready.take() {
+                                    let _ = r.send(Ok(()));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stats.note_error(format!("subscriber: {e}"));
+                    return;
+                }
+            }
+        }
+        buf.drain(..pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_are_parsed() {
+        assert_eq!(
+            parse_redis_url("redis://127.0.0.1:6390").unwrap().port(),
+            6390
+        );
+        assert_eq!(parse_redis_url("redis://127.0.0.1").unwrap().port(), 6379);
+        assert_eq!(
+            parse_redis_url("redis://127.0.0.1:6390/0").unwrap().port(),
+            6390
+        );
+        assert!(parse_redis_url("http://x").is_err());
+    }
+
+    #[test]
+    fn publish_command_is_resp() {
+        let mut v = Vec::new();
+        encode_command(&mut v, &[b"PUBLISH", b"to:a:b", b"{}"]);
+        assert_eq!(v, b"*3\r\n$7\r\nPUBLISH\r\n$6\r\nto:a:b\r\n$2\r\n{}\r\n");
+    }
+
+    #[test]
+    fn pmessage_is_parsed_and_partial_input_waits() {
+        let msg = b"*4\r\n$8\r\npmessage\r\n$6\r\nfrom:*\r\n$10\r\nfrom:lt:0a\r\n$5\r\nhello\r\n";
+        let (v, used) = parse_resp(msg).unwrap().unwrap();
+        assert_eq!(used, msg.len());
+        let Resp::Array(items) = v else {
+            panic!("not an array")
+        };
+        assert_eq!(items[3], Resp::Bulk(Some(b"hello")));
+        for cut in 1..msg.len() {
+            assert!(parse_resp(&msg[..cut]).unwrap().is_none(), "cut {cut}");
+        }
+        assert_eq!(parse_resp(b":12\r\n").unwrap().unwrap().0, Resp::Int(12));
+        assert_eq!(
+            parse_resp(b"-ERR x\r\n").unwrap().unwrap().0,
+            Resp::Error(b"ERR x")
+        );
+    }
+
+    #[test]
+    fn info_cpu_is_summed_in_us() {
+        let t = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:0.250000\r\nused_cpu_sys_children:9\r\n";
+        assert_eq!(parse_info_cpu(t), Some(1_750_000));
+        assert_eq!(parse_info_cpu("# CPU\r\n"), None);
+    }
+
+    #[test]
+    fn window_contains_half_open_interval() {
+        let w = WindowClock::default();
+        assert!(!w.contains(5));
+        w.start_us.store(10, Relaxed);
+        w.end_us.store(20, Relaxed);
+        assert!(w.contains(10) && w.contains(19) && !w.contains(20) && !w.contains(9));
+    }
+}

@@ -1,0 +1,690 @@
+//! The coordinator of a run: starts the load threads and the Redis side, walks the phases
+//! (join → warmup → window → drain, per step), samples CPU and memory, prints progress, and builds
+//! the summary. It owns time; the load threads own sockets.
+
+use crate::client::{run_thread, ClientSpec, RunShared, ThreadPlan};
+use crate::redis::PublishPlan;
+use crate::redis::{
+    parse_redis_url, publish_open_loop, redis_cpu_us, subscribe_and_measure, WindowClock,
+};
+use crate::report::{write_outputs, Latency, Summary, Window};
+use crate::scenario::{Kind, Scenario};
+use crate::stamp::now_us;
+use crate::stats::{
+    self, merged_join_latency, merged_latency, own_cpu_us, process_cpu_us, process_rss_bytes,
+    totals, ThreadStats,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how to run a scenario.
+pub struct RunArgs {
+    pub scenario: Scenario,
+    pub url: String,
+    pub redis: String,
+    pub out: PathBuf,
+    pub server_pid: Option<u32>,
+    pub source_ips: Vec<IpAddr>,
+}
+
+/// Sockets a process may hold besides the clients (token pool, Redis, files).
+const FD_MARGIN: u64 = 100;
+
+/// `http://host:port` → (socket address, Host header).
+pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--url must start with http:// (got {url})"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {hostport}"))?;
+    Ok((addr, hostport))
+}
+
+/// Parses `127.0.0.2,127.0.0.3` or `127.0.0.2-127.0.0.9` (or both, comma-separated).
+pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: std::net::Ipv4Addr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad address {a}"))?;
+            let b: std::net::Ipv4Addr = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad address {b}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65_535 {
+                bail!("bad address range {part}");
+            }
+            out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
+        } else {
+            out.push(
+                part.parse()
+                    .with_context(|| format!("bad address {part}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit now in force.
+fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return r.rlim_max;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+struct Probe {
+    t_us: u64,
+    server_cpu: Option<u64>,
+    load_cpu: u64,
+    redis_cpu: Option<u64>,
+}
+
+struct Coordinator {
+    sc: Scenario,
+    url: String,
+    server_pid: Option<u32>,
+    redis_addr: SocketAddr,
+    stats: Vec<Arc<ThreadStats>>,
+    shared: Arc<RunShared>,
+    control: tokio::sync::watch::Sender<u64>,
+    t_start: u64,
+    /// Progress counters of the current window.
+    published: Arc<AtomicU64>,
+    /// Upstream: what the subscriber saw.
+    sub_stats: Arc<ThreadStats>,
+    last_line: (u64, u64),
+}
+
+impl Coordinator {
+    fn probe(&self) -> Probe {
+        Probe {
+            t_us: now_us(),
+            server_cpu: self.server_pid.and_then(process_cpu_us),
+            load_cpu: own_cpu_us(),
+            redis_cpu: redis_cpu_us(self.redis_addr),
+        }
+    }
+
+    fn delivered_now(&self) -> u64 {
+        if self.sc.kind == Kind::Upstream {
+            self.sub_stats.delivered.load(Relaxed) + self.sub_stats.delivered_outside.load(Relaxed)
+        } else {
+            let t = totals(&self.stats);
+            t.delivered + t.delivered_outside
+        }
+    }
+
+    /// One progress line on stderr.
+    fn progress(&mut self, phase: &str) {
+        let now = now_us();
+        let t = totals(&self.stats);
+        let delivered = self.delivered_now();
+        let (last_t, last_d) = self.last_line;
+        let rate = if now > last_t && last_t > 0 {
+            (delivered.saturating_sub(last_d)) as f64 * 1e6 / (now - last_t) as f64
+        } else {
+            0.0
+        };
+        self.last_line = (now, delivered);
+        let sent = if self.sc.kind == Kind::Upstream {
+            t.pushes_total
+        } else {
+            self.published.load(Relaxed)
+        };
+        let max_lat = if self.sc.kind == Kind::Upstream {
+            self.sub_stats.max_latency_us.load(Relaxed)
+        } else {
+            t.max_latency_us
+        };
+        let cpu = self
+            .server_pid
+            .and_then(process_cpu_us)
+            .map(|c| format!(" srv_cpu_s={:.1}", c as f64 / 1e6))
+            .unwrap_or_default();
+        eprintln!(
+            "[{:6.1}s] {phase:<10} joined={}/{} failed={} dropped={} sent={} delivered={} ({:.0}/s) max_lat={:.1}ms{cpu}",
+            (now - self.t_start) as f64 / 1e6,
+            t.joined,
+            self.sc.clients,
+            t.join_failed,
+            t.dropped,
+            sent,
+            delivered,
+            rate,
+            max_lat as f64 / 1000.0,
+        );
+    }
+
+    /// Sleeps until `until_us`, printing progress once a second.
+    fn wait_until(&mut self, until_us: u64, phase: &str) {
+        loop {
+            let now = now_us();
+            if now >= until_us {
+                return;
+            }
+            let next_line = self.last_line.0 + 1_000_000;
+            let wake = until_us.min(next_line.max(now + 1000));
+            std::thread::sleep(Duration::from_micros(wake - now));
+            if now_us() >= next_line {
+                self.progress(phase);
+            }
+        }
+    }
+
+    /// Waits (with progress) while `busy` holds, at most until `deadline_us`.
+    fn wait_while(&mut self, deadline_us: u64, phase: &str, mut busy: impl FnMut(&Self) -> bool) {
+        while busy(self) && now_us() < deadline_us {
+            let next = (now_us() + 20_000).min(deadline_us);
+            self.wait_until(next, phase);
+        }
+    }
+
+    fn joins(&mut self) -> (f64, Probe, Probe) {
+        let before = self.probe();
+        let clients = self.sc.clients as u64;
+        let mut last_progress = (now_us(), 0u64);
+        loop {
+            let t = totals(&self.stats);
+            let done = t.joined + t.join_failed;
+            if done >= clients {
+                break;
+            }
+            if done != last_progress.1 {
+                last_progress = (now_us(), done);
+            } else if now_us() - last_progress.0 > (self.sc.join_timeout * 1e6) as u64 + 5_000_000 {
+                eprintln!("joins stalled at {done}/{clients}; going on");
+                break;
+            }
+            let next = now_us() + 20_000;
+            self.wait_until(next, "joining");
+        }
+        let after = self.probe();
+        let secs = (after.t_us - before.t_us) as f64 / 1e6;
+        (secs, before, after)
+    }
+
+    /// One measured window at `rate`: warmup, window, drain. Returns the window's figures and histogram.
+    fn window(&mut self, rate: f64, duration: f64) -> Result<(Window, Histogram<u64>)> {
+        for s in &self.stats {
+            s.reset_window();
+        }
+        self.sub_stats.reset_window();
+        let warm = (self.sc.warmup * 1e6) as u64;
+        let start = now_us() + warm.max(20_000);
+        let end = start + (duration * 1e6) as u64;
+        let w = &self.shared.window;
+        w.end_us.store(u64::MAX, Relaxed);
+        w.start_us.store(start, Relaxed);
+        w.end_us.store(end, Relaxed);
+        let dropped_before = totals(&self.stats).dropped;
+        let (published, live) = if self.sc.kind.is_downstream() {
+            let plan = PublishPlan {
+                addr: self.redis_addr,
+                topics: (0..self.sc.topics).map(|t| self.sc.topic_name(t)).collect(),
+                event: self.sc.event.clone(),
+                rate,
+                message_bytes: self.sc.message_bytes,
+                stop_at_us: end,
+            };
+            let window = self.shared.window.clone();
+            let counter = self.published.clone();
+            counter.store(0, Relaxed);
+            let publisher = std::thread::Builder::new()
+                .name("lt-publisher".into())
+                .spawn(move || publish_open_loop(&plan, &window, &counter))?;
+            self.wait_until(start, "warmup");
+            let live: Vec<i64> = self
+                .shared
+                .live_per_topic
+                .iter()
+                .map(|a| a.load(Relaxed))
+                .collect();
+            let p0 = self.probe();
+            self.wait_until(end, "measure");
+            let p1 = self.probe();
+            let published = publisher
+                .join()
+                .map_err(|_| anyhow!("publisher thread panicked"))??;
+            if published.errors > 0 {
+                eprintln!(
+                    "Redis answered {} PUBLISH commands with an error",
+                    published.errors
+                );
+            }
+            ((published, p0, p1), live)
+        } else {
+            self.shared
+                .push_rate_milli
+                .store((rate * 1000.0) as u64, Relaxed);
+            self.control.send_modify(|g| *g += 1);
+            self.wait_until(start, "warmup");
+            let p0 = self.probe();
+            self.wait_until(end, "measure");
+            let p1 = self.probe();
+            self.shared.push_rate_milli.store(0, Relaxed);
+            self.control.send_modify(|g| *g += 1);
+            (
+                (
+                    crate::redis::Published {
+                        in_window: vec![totals(&self.stats).pushes_sent],
+                        total: 0,
+                        errors: 0,
+                    },
+                    p0,
+                    p1,
+                ),
+                vec![1],
+            )
+        };
+        let ((published, p0, p1), live) = (published, live);
+        let expected: u64 = published
+            .in_window
+            .iter()
+            .zip(&live)
+            .map(|(n, l)| n * (*l).max(0) as u64)
+            .sum();
+        let sent: u64 = published.in_window.iter().sum();
+        let drain_deadline = now_us() + (self.sc.drain * 1e6) as u64;
+        let upstream = self.sc.kind == Kind::Upstream;
+        self.wait_while(drain_deadline, "drain", |c| {
+            let d = if upstream {
+                c.sub_stats.delivered.load(Relaxed)
+            } else {
+                totals(&c.stats).delivered
+            };
+            d < expected
+        });
+        let (delivered, hist) = if upstream {
+            (
+                self.sub_stats.delivered.load(Relaxed),
+                stats::merged_latency(std::slice::from_ref(&self.sub_stats)),
+            )
+        } else {
+            (totals(&self.stats).delivered, merged_latency(&self.stats))
+        };
+        let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
+        let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if delivered > 0 => {
+                Some(b.saturating_sub(a) as f64 / delivered as f64)
+            }
+            _ => None,
+        };
+        let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if secs > 0.0 => Some(b.saturating_sub(a) as f64 / 1e4 / secs),
+            _ => None,
+        };
+        let lost = expected.saturating_sub(delivered);
+        let loss_ratio = if expected > 0 {
+            lost as f64 / expected as f64
+        } else {
+            0.0
+        };
+        let latency = Latency::of(&hist);
+        let sustainable = match &self.sc.step {
+            Some(st) => {
+                loss_ratio <= st.max_loss_ratio && latency.p99_ms <= st.max_p99_ms && delivered > 0
+            }
+            None => lost == 0 && delivered > 0,
+        };
+        let win = Window {
+            rate,
+            window_s: secs,
+            sent,
+            expected,
+            delivered,
+            lost,
+            loss_ratio,
+            deliveries_per_s: if secs > 0.0 {
+                delivered as f64 / secs
+            } else {
+                0.0
+            },
+            latency,
+            dropped: totals(&self.stats).dropped - dropped_before,
+            server_cpu_percent: pct(p0.server_cpu, p1.server_cpu),
+            server_cpu_us_per_delivery: per(p0.server_cpu, p1.server_cpu),
+            load_cpu_percent: pct(Some(p0.load_cpu), Some(p1.load_cpu)).unwrap_or(0.0),
+            load_cpu_us_per_delivery: per(Some(p0.load_cpu), Some(p1.load_cpu)),
+            redis_cpu_percent: pct(p0.redis_cpu, p1.redis_cpu),
+            redis_cpu_us_per_delivery: per(p0.redis_cpu, p1.redis_cpu),
+            sustainable,
+        };
+        eprintln!(
+            "window rate={rate}/s: sent={} expected={} delivered={} lost={} ({:.0} deliveries/s) p50={:.2}ms p99={:.2}ms max={:.2}ms srv_cpu/deliv={} load_cpu/deliv={} {}",
+            win.sent,
+            win.expected,
+            win.delivered,
+            win.lost,
+            win.deliveries_per_s,
+            win.latency.p50_ms,
+            win.latency.p99_ms,
+            win.latency.max_ms,
+            fmt_us(win.server_cpu_us_per_delivery),
+            fmt_us(win.load_cpu_us_per_delivery),
+            if sustainable { "ok" } else { "NOT SUSTAINED" }
+        );
+        Ok((win, hist))
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}µs")).unwrap_or_else(|| "-".into())
+}
+
+/// Runs a scenario and writes its outputs; returns the summary.
+pub fn run(args: RunArgs) -> Result<Summary> {
+    let sc = args.scenario;
+    sc.validate()?;
+    let (addr, host) = parse_http_url(&args.url)?;
+    let redis_addr = parse_redis_url(&args.redis)?;
+    let limit = raise_fd_limit();
+    if sc.clients as u64 + FD_MARGIN > limit {
+        bail!(
+            "{} clients need more than the {limit} open files this process may hold; run several \
+             loadtest processes with fewer clients each (multi-process runs are not implemented yet)",
+            sc.clients
+        );
+    }
+    if sc.clients > 25_000 && args.source_ips.len() < 2 {
+        bail!("{} clients from one source address may exhaust the ephemeral port range: give --source-ips 127.0.0.2-127.0.0.9", sc.clients);
+    }
+    let threads = if sc.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        sc.threads
+    };
+    let threads = threads.min(sc.clients).max(1);
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    eprintln!(
+        "loadtest {} ({:?}): {} clients on {} topic(s), {} thread(s), server {} , redis {}",
+        sc.name, sc.kind, sc.clients, sc.topics, threads, args.url, args.redis
+    );
+
+    let rss_before = args.server_pid.and_then(process_rss_bytes);
+    let window = Arc::new(WindowClock::default());
+    let shared = Arc::new(RunShared {
+        addr,
+        host,
+        ws_path: sc.ws_path.clone(),
+        event: sc.event.clone(),
+        message_bytes: sc.message_bytes,
+        join_timeout: Duration::from_secs_f64(sc.join_timeout),
+        heartbeat: Duration::from_secs_f64(sc.heartbeat),
+        source_ips: args.source_ips.clone(),
+        push_rate_milli: AtomicU64::new(0),
+        pushers: sc.clients,
+        window: window.clone(),
+        live_per_topic: (0..sc.topics).map(|_| AtomicI64::new(0)).collect(),
+    });
+
+    // Upstream: be subscribed before any client can push.
+    let sub_stats = Arc::new(ThreadStats::default());
+    let sub_stop = Arc::new(AtomicBool::new(false));
+    let mut subscriber = None;
+    if sc.kind == Kind::Upstream {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pattern = format!("from:{}:*", sc.topic_prefix);
+        let (w, s, st) = (window.clone(), sub_stats.clone(), sub_stop.clone());
+        subscriber = Some(
+            std::thread::Builder::new()
+                .name("lt-subscriber".into())
+                .spawn(move || subscribe_and_measure(redis_addr, &pattern, w, s, st, tx))?,
+        );
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("Redis subscription timed out"))??;
+    }
+
+    let (control_tx, control_rx) = tokio::sync::watch::channel(0u64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stats: Vec<Arc<ThreadStats>> = (0..threads)
+        .map(|_| Arc::new(ThreadStats::default()))
+        .collect();
+    let mut per_thread: Vec<Vec<ClientSpec>> = (0..threads).map(|_| Vec::new()).collect();
+    for i in 0..sc.clients {
+        let t = sc.topic_of(i);
+        per_thread[i % threads].push(ClientSpec {
+            index: i,
+            topic_index: t,
+            topic: sc.topic_name(t),
+        });
+    }
+    let in_flight = sc.join_in_flight.div_ceil(threads).max(1);
+    let mut handles = Vec::new();
+    for (i, clients) in per_thread.into_iter().enumerate() {
+        let plan = ThreadPlan {
+            thread: i,
+            clients,
+            join_in_flight: in_flight,
+            stats: stats[i].clone(),
+            shared: shared.clone(),
+            control: control_rx.clone(),
+            stop: stop_rx.clone(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("lt-load-{i}"))
+                .spawn(move || run_thread(plan))?,
+        );
+    }
+
+    let t_start = now_us();
+    let mut co = Coordinator {
+        sc: sc.clone(),
+        url: args.url.clone(),
+        server_pid: args.server_pid,
+        redis_addr,
+        stats: stats.clone(),
+        shared,
+        control: control_tx,
+        t_start,
+        published: Arc::new(AtomicU64::new(0)),
+        sub_stats: sub_stats.clone(),
+        last_line: (t_start, 0),
+    };
+
+    let (join_secs, jb, ja) = co.joins();
+    let t = totals(&stats);
+    let join_hist = merged_join_latency(&stats);
+    eprintln!(
+        "joins: {} ok, {} failed in {:.2}s ({:.0}/s), join p50={:.1}ms p99={:.1}ms",
+        t.joined,
+        t.join_failed,
+        join_secs,
+        t.joined as f64 / join_secs.max(1e-9),
+        join_hist.value_at_quantile(0.5) as f64 / 1000.0,
+        join_hist.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    let per_join = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if t.joined > 0 => Some(b.saturating_sub(a) as f64 / t.joined as f64),
+        _ => None,
+    };
+    let mut summary = Summary {
+        scenario: sc.name.clone(),
+        kind: format!("{:?}", sc.kind).to_lowercase(),
+        url: co.url.clone(),
+        server_pid: args.server_pid,
+        started_unix_s,
+        params: Some(sc.clone()),
+        clients: sc.clients,
+        joined: t.joined,
+        join_failures: t.join_failed,
+        joins_per_s: t.joined as f64 / join_secs.max(1e-9),
+        join_latency: Latency::of(&join_hist),
+        server_cpu_us_per_join: per_join(jb.server_cpu, ja.server_cpu),
+        load_cpu_us_per_join: per_join(Some(jb.load_cpu), Some(ja.load_cpu)),
+        server_rss_before_bytes: rss_before,
+        ..Default::default()
+    };
+    if sc.kind == Kind::JoinStorm {
+        summary.kind = "join-storm".into();
+    }
+
+    let mut main_hist = join_hist.clone();
+    let mut plot: Vec<(String, Histogram<u64>)> = Vec::new();
+    let result = (|| -> Result<()> {
+        if t.joined == 0 {
+            bail!("no client joined");
+        }
+        match sc.kind {
+            Kind::JoinStorm => {
+                plot.push(("join latency".into(), join_hist.clone()));
+            }
+            Kind::Idle => {
+                let settle_until = now_us() + (sc.settle * 1e6) as u64;
+                co.wait_until(settle_until, "settle");
+                let p0 = co.probe();
+                let rss_joined = args.server_pid.and_then(process_rss_bytes);
+                let hold_until = now_us() + (sc.duration * 1e6) as u64;
+                co.wait_until(hold_until, "hold");
+                let p1 = co.probe();
+                let rss_end = args.server_pid.and_then(process_rss_bytes);
+                let rss = rss_joined.max(rss_end);
+                summary.server_rss_joined_bytes = rss;
+                let joined = totals(&co.stats).joined;
+                if let (Some(b), Some(a)) = (rss_before, rss) {
+                    summary.rss_per_connection_bytes =
+                        Some(a.saturating_sub(b) as f64 / joined.max(1) as f64);
+                }
+                let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
+                if let (Some(a), Some(b)) = (p0.server_cpu, p1.server_cpu) {
+                    summary.server_cpu_percent_idle =
+                        Some(b.saturating_sub(a) as f64 / 1e4 / secs.max(1e-9));
+                }
+                plot.push(("join latency".into(), join_hist.clone()));
+            }
+            Kind::Fanout | Kind::Topics | Kind::Upstream => {
+                let steps: Vec<(f64, f64)> = match &sc.step {
+                    Some(st) => st
+                        .rate_list()
+                        .into_iter()
+                        .map(|r| (r, st.duration))
+                        .collect(),
+                    None => vec![(sc.rate, sc.duration)],
+                };
+                let mut best: Option<(usize, Histogram<u64>)> = None;
+                let mut first_hist = None;
+                for (rate, dur) in steps {
+                    let (w, h) = co.window(rate, dur)?;
+                    let ok = w.sustainable;
+                    if first_hist.is_none() {
+                        first_hist = Some(h.clone());
+                    }
+                    plot.push((
+                        format!("{rate}/s{}", if ok { "" } else { " (not sustained)" }),
+                        h.clone(),
+                    ));
+                    summary.steps.push(w);
+                    if ok {
+                        best = Some((summary.steps.len() - 1, h));
+                    } else if sc.step.as_ref().is_some_and(|s| s.stop_on_failure) {
+                        break;
+                    }
+                    if totals(&co.stats).joined == totals(&co.stats).dropped {
+                        eprintln!("every client was dropped; stopping");
+                        break;
+                    }
+                }
+                match best {
+                    Some((i, h)) => {
+                        summary.window = Some(summary.steps[i].clone());
+                        summary.highest_sustainable_rate = Some(summary.steps[i].rate);
+                        main_hist = h;
+                    }
+                    None => {
+                        summary.window = summary.steps.first().cloned();
+                        main_hist = first_hist.unwrap_or_else(stats::new_histogram);
+                    }
+                }
+                if sc.step.is_none() {
+                    summary.steps.clear();
+                }
+            }
+        }
+        Ok(())
+    })();
+
+    let _ = stop_tx.send(true);
+    sub_stop.store(true, Relaxed);
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("load thread failed: {e:#}"),
+            Err(_) => eprintln!("load thread panicked"),
+        }
+    }
+    if let Some(s) = subscriber {
+        let _ = s.join();
+    }
+    summary.first_error = stats
+        .iter()
+        .chain(std::iter::once(&sub_stats))
+        .find_map(|s| s.first_error.lock().ok().and_then(|g| g.clone()));
+    if let Err(e) = &result {
+        summary.first_error.get_or_insert_with(|| format!("{e:#}"));
+    }
+    let plot_refs: Vec<(String, &Histogram<u64>)> =
+        plot.iter().map(|(n, h)| (n.clone(), h)).collect();
+    write_outputs(&args.out, &summary, &main_hist, &plot_refs)?;
+    eprintln!(
+        "wrote {}/summary.json, latency.hgrm, latency.svg",
+        args.out.display()
+    );
+    result.map(|()| summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_lists_and_ranges_are_expanded() {
+        let v = parse_source_ips("127.0.0.2-127.0.0.4, 127.0.0.9").unwrap();
+        let s: Vec<String> = v.iter().map(|a| a.to_string()).collect();
+        assert_eq!(s, vec!["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]);
+        assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_source_ips("nope").is_err());
+    }
+
+    #[test]
+    fn http_urls_give_address_and_host_header() {
+        let (a, h) = parse_http_url("http://127.0.0.1:4100").unwrap();
+        assert_eq!(a.port(), 4100);
+        assert_eq!(h, "127.0.0.1:4100");
+        assert!(parse_http_url("ws://127.0.0.1:1").is_err());
+    }
+}
