@@ -1,1 +1,1029 @@
-//! (being written)
+//! The effective configuration of the server: one [`Config`] value, built once at start-up from
+//! defaults, a TOML file, `CHANNEL_*` environment variables and command-line flags, in that order
+//! of increasing precedence.
+//!
+//! What this module owns:
+//! - the list of keys ([`KEYS`]), their defaults, their accepted forms and their environment
+//!   variable names: one table drives the file, the environment and the flags alike, so a key
+//!   can never be accepted in one place and unknown in another;
+//! - compatibility with an unmodified Tangram `tangram.toml`: the `[channel]` table holds both
+//!   Tangram's keys and ours, Redis comes from `[core] redis_url` (overridden by
+//!   `[channel] redis_url`), every other table is ignored;
+//! - human-readable errors that name the offending key, where it came from and what was expected.
+//!
+//! What it must never do: read the process environment on its own (the caller passes a lookup
+//! function, so loading is testable), or print a secret (see [`Secret`]).
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration value that must never appear in logs or in `check-config` output.
+///
+/// Debug and Display print `<redacted>`; the value is only reachable through
+/// [`Secret::expose`], which makes every use greppable.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the few places that need it (signing keys, comparisons).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares `candidate` with the secret in time independent of where they differ, so that
+    /// a network caller cannot learn the secret byte by byte from response times.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        // The length is allowed to leak (it leaks through many other channels anyway); the
+        // content is not: every byte is folded in even after a mismatch. An empty secret
+        // matches nothing.
+        if secret.is_empty() || secret.len() != candidate.len() {
+            return false;
+        }
+        let diff = secret
+            .iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Per-connection and per-request limits (PROTOCOL.md §9). Every one is a defence against a
+/// peer that is slow, large or hostile; each has a documented default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest inbound WebSocket message; larger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Topics one socket may have joined at once; beyond, joins are refused.
+    pub max_channels_per_socket: usize,
+    /// A socket that sends nothing (not even a heartbeat) for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Bytes queued for one connection before it is closed with 1013 "slow consumer".
+    pub outbound_queue_bytes: usize,
+    /// Time allowed from TCP accept to a completed WebSocket upgrade.
+    pub handshake_timeout_secs: u64,
+    /// Largest HTTP request head (request line and headers); larger is refused with 431.
+    pub http_head_bytes: usize,
+    /// Largest `POST /token` body; larger is refused with 413.
+    pub max_token_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 65_536,
+            max_channels_per_socket: 100,
+            idle_timeout_secs: 60,
+            outbound_queue_bytes: 1_048_576,
+            handshake_timeout_secs: 10,
+            http_head_bytes: 8_192,
+            max_token_body_bytes: 4_096,
+        }
+    }
+}
+
+impl Limits {
+    /// [`Limits::idle_timeout_secs`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// [`Limits::handshake_timeout_secs`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// The effective configuration. Built by [`Config::load`]; `Default` gives the documented
+/// defaults (useful in tests: `Config { port: 0, ..Config::default() }`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (Tangram key).
+    pub host: String,
+    /// Port to listen on (Tangram key). 0 lets the OS choose (tests only: with several
+    /// shards each listener would get its own port).
+    pub port: u16,
+    /// Public base URL of this service when behind a reverse proxy (Tangram key; informative).
+    pub public_url: Option<String>,
+    /// Redis to bridge to: `[channel] redis_url`, else Tangram's `[core] redis_url`.
+    pub redis_url: String,
+    /// HS256 key for channel tokens (Tangram key). `None`: the binary generates a random one.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of minted tokens, in seconds (Tangram key; Tangram's default is 10 years).
+    pub jwt_expiration_secs: u64,
+    /// Length of random client ids minted by `POST /token` (Tangram key).
+    pub id_length: usize,
+    /// Number of shards (executors); 0 = one per available core. See [`Config::effective_shards`].
+    pub shards: usize,
+    /// Bearer key required to mint `admin` tokens over HTTP. `None`: never over HTTP.
+    pub admin_key: Option<Secret>,
+    /// Connection and request limits.
+    pub limits: Limits,
+    /// Capacity, in messages, of each shard's inbox from the Redis core.
+    pub shard_inbox_capacity: usize,
+    /// Capacity, in messages, of the queue from the shards to the Redis publisher.
+    pub publisher_queue_capacity: usize,
+    /// Period of the `system` channel's `datetime` event, in milliseconds; 0 disables it.
+    pub datetime_interval_ms: u64,
+    /// Period of the `admin` channel's `stats` push, in seconds; 0 disables it.
+    pub admin_stats_interval_secs: u64,
+    /// Presences of a process that stopped refreshing them are removed after this long.
+    pub presence_ttl_secs: u64,
+}
+
+/// Default `host`, as in Tangram.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default `port`, as in Tangram.
+pub const DEFAULT_PORT: u16 = 2347;
+/// Default `redis_url`, as in Tangram's `[core]`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default token lifetime: Tangram's (`315360000` s, ten years), so that a Tangram deployment
+/// behaves the same after the switch. Operators should lower it.
+pub const DEFAULT_JWT_EXPIRATION_SECS: u64 = 315_360_000;
+/// Default length of generated client ids, as in Tangram.
+pub const DEFAULT_ID_LENGTH: usize = 8;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            public_url: None,
+            redis_url: DEFAULT_REDIS_URL.to_string(),
+            jwt_secret: None,
+            jwt_expiration_secs: DEFAULT_JWT_EXPIRATION_SECS,
+            id_length: DEFAULT_ID_LENGTH,
+            shards: 0,
+            admin_key: None,
+            limits: Limits::default(),
+            shard_inbox_capacity: 65_536,
+            publisher_queue_capacity: 65_536,
+            datetime_interval_ms: 1_000,
+            admin_stats_interval_secs: 5,
+            presence_ttl_secs: 30,
+        }
+    }
+}
+
+/// Values given on the command line; they beat everything else. `None` = not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub redis_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub shards: Option<usize>,
+}
+
+/// Why a configuration could not be loaded. Messages are for the operator reading stderr:
+/// they name the key, where the value came from, and what form is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("`{section}` in {origin} must be a table (`[{section}]`)")]
+    NotATable { section: String, origin: String },
+    #[error("unknown key `{key}` in [channel] of {origin}{hint}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        hint: String,
+    },
+    #[error("invalid value for `{key}` ({origin}): expected {expected}, got {got}")]
+    InvalidValue {
+        key: String,
+        origin: String,
+        expected: &'static str,
+        got: String,
+    },
+}
+
+/// A value before it is interpreted: typed when it comes from TOML, text from env and flags.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Toml(&'a toml::Value),
+    Text(&'a str),
+}
+
+impl Raw<'_> {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Raw::Toml(toml::Value::String(s)) => Some(s),
+            Raw::Text(s) => Some(s),
+            Raw::Toml(_) => None,
+        }
+    }
+
+    fn integer(&self) -> Option<i128> {
+        match self {
+            Raw::Toml(toml::Value::Integer(i)) => Some(i128::from(*i)),
+            Raw::Text(s) => s.trim().parse().ok(),
+            Raw::Toml(_) => None,
+        }
+    }
+
+    /// What was given, for error messages (never called for secrets).
+    fn shown(&self) -> String {
+        match self {
+            Raw::Toml(toml::Value::String(s)) => format!("{s:?}"),
+            Raw::Toml(v) => format!("{} `{v}`", v.type_str()),
+            Raw::Text(s) => format!("{s:?}"),
+        }
+    }
+}
+
+fn int_in<T: TryFrom<i128>>(raw: Raw<'_>, min: i128, max: i128) -> Option<T> {
+    let v = raw.integer()?;
+    if v < min || v > max {
+        return None;
+    }
+    T::try_from(v).ok()
+}
+
+fn non_empty(raw: Raw<'_>) -> Option<String> {
+    let s = raw.text()?;
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn url_with_scheme(raw: Raw<'_>, schemes: &[&str]) -> Option<String> {
+    let s = non_empty(raw)?;
+    let (scheme, rest) = s.split_once("://")?;
+    if rest.is_empty() || !schemes.iter().any(|w| scheme.eq_ignore_ascii_case(w)) {
+        return None;
+    }
+    Some(s)
+}
+
+/// One configuration key: its name in `[channel]` (and, upper-cased, after `CHANNEL_` in the
+/// environment), the accepted form in words, and how it is applied.
+pub struct Key {
+    /// Name in the `[channel]` table.
+    pub name: &'static str,
+    /// The accepted form, as shown in error messages.
+    pub expected: &'static str,
+    /// Values of this key are masked in errors and in [`Config::describe`].
+    pub secret: bool,
+    apply: fn(&mut Config, Raw<'_>) -> Option<()>,
+}
+
+impl Key {
+    /// The environment variable that sets this key: `CHANNEL_` + the name in upper case.
+    pub fn env_var(&self) -> String {
+        format!("CHANNEL_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+const U32_MAX: i128 = u32::MAX as i128;
+
+/// Every key of the `[channel]` table. The order is the order of `check-config` output.
+pub static KEYS: &[Key] = &[
+    Key {
+        name: "host",
+        expected: "an address or host name to listen on, e.g. \"0.0.0.0\"",
+        secret: false,
+        apply: |c, r| {
+            c.host = non_empty(r)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "port",
+        expected: "an integer between 0 and 65535",
+        secret: false,
+        apply: |c, r| {
+            c.port = int_in(r, 0, 65_535)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "public_url",
+        expected: "an http://, https://, ws:// or wss:// URL",
+        secret: false,
+        apply: |c, r| {
+            c.public_url = Some(url_with_scheme(r, &["http", "https", "ws", "wss"])?);
+            Some(())
+        },
+    },
+    Key {
+        name: "redis_url",
+        expected: "a redis://, rediss:// or unix:// URL",
+        secret: false,
+        apply: |c, r| {
+            c.redis_url = url_with_scheme(r, &["redis", "rediss", "unix", "redis+unix"])?;
+            Some(())
+        },
+    },
+    Key {
+        name: "jwt_secret",
+        expected: "a non-empty string",
+        secret: true,
+        apply: |c, r| {
+            let s = r.text()?;
+            if s.is_empty() {
+                return None;
+            }
+            c.jwt_secret = Some(Secret::new(s));
+            Some(())
+        },
+    },
+    Key {
+        name: "jwt_expiration_secs",
+        expected: "a number of seconds between 1 and 4294967295",
+        secret: false,
+        apply: |c, r| {
+            c.jwt_expiration_secs = int_in(r, 1, U32_MAX)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "id_length",
+        expected: "an integer between 1 and 128",
+        secret: false,
+        apply: |c, r| {
+            c.id_length = int_in(r, 1, 128)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "shards",
+        expected: "an integer between 0 (one per core) and 1024",
+        secret: false,
+        apply: |c, r| {
+            c.shards = int_in(r, 0, 1024)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "admin_key",
+        expected: "a string of at least 16 characters",
+        secret: true,
+        apply: |c, r| {
+            let s = r.text()?;
+            if s.chars().count() < 16 {
+                return None;
+            }
+            c.admin_key = Some(Secret::new(s));
+            Some(())
+        },
+    },
+    Key {
+        name: "max_frame_bytes",
+        expected: "a number of bytes between 1024 and 67108864",
+        secret: false,
+        apply: |c, r| {
+            c.limits.max_frame_bytes = int_in(r, 1024, 64 << 20)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "max_channels_per_socket",
+        expected: "an integer between 1 and 100000",
+        secret: false,
+        apply: |c, r| {
+            c.limits.max_channels_per_socket = int_in(r, 1, 100_000)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "idle_timeout_secs",
+        expected: "a number of seconds between 1 and 86400",
+        secret: false,
+        apply: |c, r| {
+            c.limits.idle_timeout_secs = int_in(r, 1, 86_400)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "outbound_queue_bytes",
+        expected: "a number of bytes between 1024 and 1073741824",
+        secret: false,
+        apply: |c, r| {
+            c.limits.outbound_queue_bytes = int_in(r, 1024, 1 << 30)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "handshake_timeout_secs",
+        expected: "a number of seconds between 1 and 3600",
+        secret: false,
+        apply: |c, r| {
+            c.limits.handshake_timeout_secs = int_in(r, 1, 3600)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "http_head_bytes",
+        expected: "a number of bytes between 1024 and 1048576",
+        secret: false,
+        apply: |c, r| {
+            c.limits.http_head_bytes = int_in(r, 1024, 1 << 20)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "max_token_body_bytes",
+        expected: "a number of bytes between 64 and 1048576",
+        secret: false,
+        apply: |c, r| {
+            c.limits.max_token_body_bytes = int_in(r, 64, 1 << 20)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "shard_inbox_capacity",
+        expected: "a number of messages between 16 and 16777216",
+        secret: false,
+        apply: |c, r| {
+            c.shard_inbox_capacity = int_in(r, 16, 1 << 24)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "publisher_queue_capacity",
+        expected: "a number of messages between 16 and 16777216",
+        secret: false,
+        apply: |c, r| {
+            c.publisher_queue_capacity = int_in(r, 16, 1 << 24)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "datetime_interval_ms",
+        expected: "a number of milliseconds between 0 (disabled) and 86400000",
+        secret: false,
+        apply: |c, r| {
+            c.datetime_interval_ms = int_in(r, 0, 86_400_000)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "admin_stats_interval_secs",
+        expected: "a number of seconds between 0 (disabled) and 86400",
+        secret: false,
+        apply: |c, r| {
+            c.admin_stats_interval_secs = int_in(r, 0, 86_400)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "presence_ttl_secs",
+        expected: "a number of seconds between 1 and 86400",
+        secret: false,
+        apply: |c, r| {
+            c.presence_ttl_secs = int_in(r, 1, 86_400)?;
+            Some(())
+        },
+    },
+];
+
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), ConfigError> {
+    (key.apply)(cfg, raw).ok_or_else(|| ConfigError::InvalidValue {
+        key: key.name.to_string(),
+        origin: origin.to_string(),
+        expected: key.expected,
+        got: if key.secret {
+            "<redacted>".to_string()
+        } else {
+            raw.shown()
+        },
+    })
+}
+
+/// Levenshtein distance, for "did you mean" hints on misspelt keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn hint_for(unknown: &str) -> String {
+    KEYS.iter()
+        .map(|k| (edit_distance(unknown, k.name), k.name))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, name)| format!(" (did you mean `{name}`?)"))
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then the environment as seen
+    /// through `env` (`CHANNEL_<KEY>`; empty values count as unset), then `overrides`.
+    ///
+    /// `env` is a function rather than the process environment so tests need not mutate
+    /// global state; the binary passes `&|k| std::env::var(k).ok()`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => Some((
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+                path.display().to_string(),
+            )),
+            None => None,
+        };
+        Self::load_from(
+            text.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
+            env,
+            overrides,
+        )
+    }
+
+    /// Like [`Config::load`], with the TOML text given directly (`origin` names it in errors).
+    pub fn load_str(
+        toml_text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        Self::load_from(Some((toml_text, origin)), env, overrides)
+    }
+
+    fn load_from(
+        file: Option<(&str, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some((text, origin)) = file {
+            cfg.apply_file(text, origin)?;
+        }
+        for k in KEYS {
+            let var = k.env_var();
+            if let Some(value) = env(&var).filter(|v| !v.is_empty()) {
+                apply(
+                    &mut cfg,
+                    k,
+                    Raw::Text(&value),
+                    &format!("environment variable {var}"),
+                )?;
+            }
+        }
+        cfg.apply_overrides(overrides)?;
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                origin: origin.to_string(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        let table = |section: &str| -> Result<Option<&toml::Table>, ConfigError> {
+            match doc.get(section) {
+                None => Ok(None),
+                Some(toml::Value::Table(t)) => Ok(Some(t)),
+                Some(_) => Err(ConfigError::NotATable {
+                    section: section.to_string(),
+                    origin: origin.to_string(),
+                }),
+            }
+        };
+        // Tangram keeps Redis in [core]; every other [core] key is Tangram's business.
+        if let Some(core) = table("core")? {
+            if let (Some(v), Some(k)) = (core.get("redis_url"), key("redis_url")) {
+                apply(self, k, Raw::Toml(v), &format!("[core] of {origin}"))?;
+            }
+        }
+        if let Some(channel) = table("channel")? {
+            for (name, value) in channel {
+                let k = key(name).ok_or_else(|| ConfigError::UnknownKey {
+                    key: name.clone(),
+                    origin: origin.to_string(),
+                    hint: hint_for(name),
+                })?;
+                apply(self, k, Raw::Toml(value), &format!("[channel] of {origin}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        let given: [(&str, &str, Option<String>); 5] = [
+            ("host", "--host", o.host.clone()),
+            ("port", "--port", o.port.map(|p| p.to_string())),
+            ("redis_url", "--redis-url", o.redis_url.clone()),
+            ("jwt_secret", "--jwt-secret", o.jwt_secret.clone()),
+            ("shards", "--shards", o.shards.map(|s| s.to_string())),
+        ];
+        for (name, flag, value) in given {
+            if let (Some(value), Some(k)) = (value, key(name)) {
+                apply(
+                    self,
+                    k,
+                    Raw::Text(&value),
+                    &format!("command-line flag {flag}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of shards to start: `shards`, or the available cores when it is 0.
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+
+    /// `host:port` in a form `std::net` and socket2 accept (IPv6 hosts get brackets).
+    pub fn listen_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The URL browsers use to reach us: `public_url`, else derived from host and port the way
+    /// Tangram does (`0.0.0.0` becomes `localhost`).
+    pub fn public_url_or_default(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = if self.host == "0.0.0.0" {
+                    "localhost"
+                } else {
+                    &self.host
+                };
+                format!("http://{host}:{}", self.port)
+            }
+        }
+    }
+
+    /// Token lifetime as a duration.
+    pub fn jwt_expiration(&self) -> Duration {
+        Duration::from_secs(self.jwt_expiration_secs)
+    }
+
+    /// Period of the `system` channel's `datetime` event; `None` when disabled.
+    pub fn datetime_interval(&self) -> Option<Duration> {
+        (self.datetime_interval_ms > 0).then(|| Duration::from_millis(self.datetime_interval_ms))
+    }
+
+    /// Period of the `admin` channel's `stats` push; `None` when disabled.
+    pub fn admin_stats_interval(&self) -> Option<Duration> {
+        (self.admin_stats_interval_secs > 0)
+            .then(|| Duration::from_secs(self.admin_stats_interval_secs))
+    }
+
+    /// Lifetime of presences a dead process left behind.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_secs)
+    }
+
+    /// The effective configuration as a `[channel]` TOML table, secrets masked: what
+    /// `channel check-config` prints, and what the server logs at start-up.
+    pub fn describe(&self) -> String {
+        fn quoted(s: &str) -> String {
+            toml::Value::String(s.to_string()).to_string()
+        }
+        fn secret(s: &Option<Secret>) -> String {
+            match s {
+                Some(_) => "\"<redacted>\"".to_string(),
+                None => "# not set".to_string(),
+            }
+        }
+        let l = &self.limits;
+        let lines: Vec<(&str, String)> = vec![
+            ("host", quoted(&self.host)),
+            ("port", self.port.to_string()),
+            (
+                "public_url",
+                self.public_url
+                    .as_deref()
+                    .map_or("# not set".to_string(), quoted),
+            ),
+            ("redis_url", quoted(&self.redis_url)),
+            ("jwt_secret", secret(&self.jwt_secret)),
+            ("jwt_expiration_secs", self.jwt_expiration_secs.to_string()),
+            ("id_length", self.id_length.to_string()),
+            (
+                "shards",
+                format!("{}  # effective: {}", self.shards, self.effective_shards()),
+            ),
+            ("admin_key", secret(&self.admin_key)),
+            ("max_frame_bytes", l.max_frame_bytes.to_string()),
+            (
+                "max_channels_per_socket",
+                l.max_channels_per_socket.to_string(),
+            ),
+            ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
+            ("outbound_queue_bytes", l.outbound_queue_bytes.to_string()),
+            (
+                "handshake_timeout_secs",
+                l.handshake_timeout_secs.to_string(),
+            ),
+            ("http_head_bytes", l.http_head_bytes.to_string()),
+            ("max_token_body_bytes", l.max_token_body_bytes.to_string()),
+            (
+                "shard_inbox_capacity",
+                self.shard_inbox_capacity.to_string(),
+            ),
+            (
+                "publisher_queue_capacity",
+                self.publisher_queue_capacity.to_string(),
+            ),
+            (
+                "datetime_interval_ms",
+                self.datetime_interval_ms.to_string(),
+            ),
+            (
+                "admin_stats_interval_secs",
+                self.admin_stats_interval_secs.to_string(),
+            ),
+            ("presence_ttl_secs", self.presence_ttl_secs.to_string()),
+        ];
+        let mut out = String::from("[channel]\n");
+        for (name, value) in lines {
+            if value.starts_with('#') {
+                out.push_str(&format!("# {name} = {}\n", value.trim_start_matches("# ")));
+            } else {
+                out.push_str(&format!("{name} = {value}\n"));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::load_str(text, "test.toml", &no_env, &Overrides::default())
+    }
+
+    const TANGRAM: &str = include_str!("../tests/fixtures/tangram.toml");
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 2347);
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.jwt_expiration_secs, 315_360_000);
+        assert_eq!(c.id_length, 8);
+        assert_eq!(c.limits.max_frame_bytes, 65_536);
+        assert_eq!(c.limits.http_head_bytes, 8_192);
+        assert!(c.jwt_secret.is_none());
+        assert_eq!(c.datetime_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn unmodified_tangram_toml_loads() {
+        let c = load(TANGRAM).expect("the Tangram example must load");
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.port, 2347);
+        assert_eq!(c.redis_url, "redis://localhost:6379");
+        assert_eq!(
+            c.jwt_secret.as_ref().map(Secret::expose),
+            Some("a-better-secret-than-this")
+        );
+        assert_eq!(c.jwt_expiration_secs, 315_360_000);
+    }
+
+    #[test]
+    fn all_tangram_channel_keys_are_accepted() {
+        let c = load(
+            "[channel]\nhost = \"::1\"\nport = 4000\npublic_url = \"https://t.example.com\"\n\
+             jwt_secret = \"s\"\njwt_expiration_secs = 60\nid_length = 12\n",
+        )
+        .expect("Tangram keys");
+        assert_eq!(c.public_url.as_deref(), Some("https://t.example.com"));
+        assert_eq!(c.id_length, 12);
+        assert_eq!(c.listen_addr(), "[::1]:4000");
+    }
+
+    #[test]
+    fn channel_redis_url_beats_core_redis_url() {
+        let c = load(
+            "[core]\nredis_url = \"redis://core:6379\"\n[channel]\nredis_url = \"redis://ours:6379\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.redis_url, "redis://ours:6379");
+    }
+
+    #[test]
+    fn unknown_channel_key_is_named_in_error() {
+        let err = load("[channel]\nport = 1\nmax_frame_byte = 10\n")
+            .expect_err("unknown key must be refused")
+            .to_string();
+        assert!(err.contains("`max_frame_byte`"), "{err}");
+        assert!(err.contains("did you mean `max_frame_bytes`"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_outside_channel_are_ignored() {
+        let c = load(
+            "[server]\nwhatever = 1\n[core]\nplugins = []\nlog_level = \"x\"\n[map]\nzoom = 3\n",
+        )
+        .expect("other sections are Tangram's");
+        assert_eq!(c.port, 2347);
+    }
+
+    #[test]
+    fn bad_value_names_key_and_expected_form() {
+        let err = load("[channel]\nport = \"lots\"\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(err.contains("`port`"), "{err}");
+        assert!(err.contains("an integer between 0 and 65535"), "{err}");
+        assert!(err.contains("\"lots\""), "{err}");
+        let err = load("[channel]\nport = 70000\n")
+            .expect_err("range")
+            .to_string();
+        assert!(err.contains("70000"), "{err}");
+    }
+
+    #[test]
+    fn bad_secret_value_is_not_echoed() {
+        let err = load("[channel]\nadmin_key = \"short-key\"\n")
+            .expect_err("too short")
+            .to_string();
+        assert!(err.contains("`admin_key`"), "{err}");
+        assert!(!err.contains("short-key"), "{err}");
+    }
+
+    #[test]
+    fn bad_redis_url_is_refused() {
+        let err = load("[core]\nredis_url = \"localhost:6379\"\n")
+            .expect_err("no scheme")
+            .to_string();
+        assert!(err.contains("redis_url") && err.contains("[core]"), "{err}");
+    }
+
+    #[test]
+    fn toml_syntax_error_is_reported_with_origin() {
+        let err = load("[channel\nport = 1").expect_err("syntax").to_string();
+        assert!(err.starts_with("test.toml is not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn channel_that_is_not_a_table_is_refused() {
+        let err = load("channel = 3\n").expect_err("not a table").to_string();
+        assert!(err.contains("must be a table"), "{err}");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let file = "[channel]\nport = 1000\nhost = \"10.0.0.1\"\nshards = 3\n";
+        let env: HashMap<&str, &str> = [("CHANNEL_PORT", "2000"), ("CHANNEL_HOST", "10.0.0.2")]
+            .into_iter()
+            .collect();
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let overrides = Overrides {
+            port: Some(3000),
+            ..Overrides::default()
+        };
+        let c = Config::load_str(file, "f", &lookup, &overrides).expect("valid");
+        assert_eq!(c.port, 3000, "flag beats env");
+        assert_eq!(c.host, "10.0.0.2", "env beats file");
+        assert_eq!(c.shards, 3, "file beats default");
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL, "default when nothing given");
+    }
+
+    #[test]
+    fn every_key_has_an_env_var() {
+        for k in KEYS {
+            let var = k.env_var();
+            let value = match k.name {
+                "host" => "h",
+                "public_url" => "https://x",
+                "redis_url" => "redis://x",
+                "jwt_secret" | "admin_key" => "0123456789abcdef0",
+                "id_length" | "shards" => "100",
+                _ => "1024",
+            };
+            let lookup = |name: &str| (name == var).then(|| value.to_string());
+            let c = Config::load(None, &lookup, &Overrides::default()).expect("valid");
+            let described = c.describe();
+            let line = described
+                .lines()
+                .find(|l| l.starts_with(&format!("{} = ", k.name)))
+                .unwrap_or_else(|| panic!("{} missing from describe", k.name));
+            if !k.secret {
+                assert!(line.contains(value), "{var} not applied: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn env_error_names_the_variable() {
+        let lookup = |k: &str| (k == "CHANNEL_SHARDS").then(|| "many".to_string());
+        let err = Config::load(None, &lookup, &Overrides::default())
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            err.contains("CHANNEL_SHARDS") && err.contains("`shards`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_env_var_counts_as_unset() {
+        let lookup = |k: &str| (k == "CHANNEL_PORT").then(String::new);
+        let c = Config::load(None, &lookup, &Overrides::default()).expect("valid");
+        assert_eq!(c.port, 2347);
+    }
+
+    #[test]
+    fn describe_masks_secrets() {
+        let c = Config {
+            jwt_secret: Some(Secret::new("hunter2-hunter2")),
+            admin_key: Some(Secret::new("admin-admin-admin")),
+            ..Config::default()
+        };
+        let text = c.describe();
+        assert!(
+            !text.contains("hunter2") && !text.contains("admin-admin"),
+            "{text}"
+        );
+        assert!(text.contains("jwt_secret = \"<redacted>\""), "{text}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // The description is itself a valid configuration file.
+        let round: toml::Table = text.parse().expect("describe is TOML");
+        assert!(round.contains_key("channel"));
+    }
+
+    #[test]
+    fn secret_matches_only_itself() {
+        let s = Secret::new("abcdef");
+        assert!(s.matches(b"abcdef"));
+        assert!(!s.matches(b"abcdeg"));
+        assert!(!s.matches(b"abcde"));
+        assert!(!s.matches(b"abcdefg"));
+        assert!(!s.matches(b""));
+        assert!(!Secret::new("").matches(b"x"));
+    }
+
+    #[test]
+    fn zero_shards_means_one_per_core() {
+        let c = Config::default();
+        assert!(c.effective_shards() >= 1);
+        let c = Config {
+            shards: 3,
+            ..Config::default()
+        };
+        assert_eq!(c.effective_shards(), 3);
+    }
+}
