@@ -15,8 +15,8 @@ mod upgrade;
 pub use query::{percent_decode, query_param};
 pub use request::{parse_request_head, HttpError, RequestHead, MAX_HEADERS};
 pub use response::{
-    bad_request, forbidden, healthz, json_error, method_not_allowed, metrics, not_found,
-    payload_too_large, token_preflight, HttpResponse,
+    add_cors, bad_request, error_response, forbidden, healthz_response, method_not_allowed,
+    metrics_response, not_found, payload_too_large, preflight_response, HttpResponse,
 };
 pub use route::{allowed_methods, route, Route};
 pub use upgrade::{accept_upgrade, Upgrade, Vsn, PHOENIX_SUBPROTOCOL, PHOENIX_TOKEN_PREFIX};

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 request head, parsed once per connection with httparse.
 
-use super::response::{json_error, HttpResponse};
+use super::response::{error_response, HttpResponse};
 
 /// Most headers a request may carry. Browsers send about twenty; more is refused with 431.
 pub const MAX_HEADERS: usize = 64;
@@ -76,7 +76,7 @@ impl HttpError {
 
     /// The response to send before closing the connection.
     pub fn response(&self) -> HttpResponse {
-        json_error(self.status(), &self.to_string())
+        error_response(self.status(), &self.to_string())
     }
 }
 

@@ -1,6 +1,8 @@
 //! HTTP responses before the upgrade: one value type and a builder per situation, so every
 //! status code, body shape and CORS header is decided here and nowhere else.
 
+use super::RequestHead;
+
 /// Content type of every JSON body we send.
 const JSON: &str = "application/json";
 
@@ -67,6 +69,13 @@ impl HttpResponse {
             .with_header("Access-Control-Max-Age", "86400")
     }
 
+    /// Whether a header named `name` (any case) is already set.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
     /// The response as bytes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.body.len());
@@ -88,39 +97,49 @@ impl HttpResponse {
 }
 
 /// `{"error": message}` with `status`.
-pub fn json_error(status: u16, message: &str) -> HttpResponse {
+pub fn error_response(status: u16, message: &str) -> HttpResponse {
     HttpResponse::json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Adds the `/token` CORS headers to `response` unless it already has them (every answer of
+/// [`crate::auth::handle_token_request`] does), so calling it twice is harmless.
+pub fn add_cors(response: &mut HttpResponse, _head: &RequestHead) {
+    if !response.has_header("Access-Control-Allow-Origin") {
+        *response = std::mem::replace(response, error_response(500, "")).with_cors();
+    }
 }
 
 /// 400 with a reason a human can act on.
 pub fn bad_request(message: &str) -> HttpResponse {
-    json_error(400, message)
+    error_response(400, message)
 }
 
 /// 403: the caller checked a token (or key) and refused it. `reason` is shown to the client,
 /// so keep details that help an attacker for the logs.
 pub fn forbidden(reason: &str) -> HttpResponse {
-    json_error(403, reason)
+    error_response(403, reason)
 }
 
 /// 404 for any path we do not serve.
 pub fn not_found() -> HttpResponse {
-    json_error(404, "not found")
+    error_response(404, "not found")
 }
 
 /// 405 with the `Allow` header listing the methods the path accepts.
 pub fn method_not_allowed(allow: &str) -> HttpResponse {
-    json_error(405, "method not allowed").with_header("Allow", allow)
+    error_response(405, "method not allowed").with_header("Allow", allow)
 }
 
 /// 413 for a `/token` body above `limit` bytes (CORS headers included, so a browser caller
 /// can read the error).
 pub fn payload_too_large(limit: usize) -> HttpResponse {
-    json_error(413, &format!("request body larger than {limit} bytes")).with_cors()
+    error_response(413, &format!("request body larger than {limit} bytes")).with_cors()
 }
 
-/// 204 answer to the CORS preflight `OPTIONS /token`.
-pub fn token_preflight() -> HttpResponse {
+/// 204 answer to the CORS preflight `OPTIONS /token`. The head is taken so that the answer can
+/// depend on the request (it does not today: any origin is allowed, see
+/// [`HttpResponse::with_cors`]).
+pub fn preflight_response(_head: &RequestHead) -> HttpResponse {
     HttpResponse {
         status: 204,
         content_type: None,
@@ -132,7 +151,7 @@ pub fn token_preflight() -> HttpResponse {
 
 /// `/healthz`: 200 when the Redis core is connected, 503 otherwise, so a load balancer takes a
 /// process that cannot deliver messages out of rotation.
-pub fn healthz(redis_connected: bool) -> HttpResponse {
+pub fn healthz_response(redis_connected: bool) -> HttpResponse {
     if redis_connected {
         HttpResponse::json(
             200,
@@ -147,7 +166,7 @@ pub fn healthz(redis_connected: bool) -> HttpResponse {
 }
 
 /// `/metrics`: a Prometheus text exposition rendered by the caller.
-pub fn metrics(exposition: String) -> HttpResponse {
+pub fn metrics_response(exposition: String) -> HttpResponse {
     HttpResponse {
         status: 200,
         content_type: Some("text/plain; version=0.0.4; charset=utf-8"),
@@ -166,7 +185,7 @@ mod tests {
 
     #[test]
     fn response_bytes_are_http11_with_length_and_close() {
-        let r = json_error(400, "nope");
+        let r = error_response(400, "nope");
         assert_eq!(
             text(&r),
             "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\
@@ -177,10 +196,10 @@ mod tests {
 
     #[test]
     fn healthz_reflects_redis() {
-        let up = healthz(true);
+        let up = healthz_response(true);
         assert_eq!(up.status, 200);
         assert_eq!(up.body, br#"{"redis":"connected","status":"ok"}"#);
-        let down = healthz(false);
+        let down = healthz_response(false);
         assert_eq!(down.status, 503);
         assert_eq!(
             down.body,
@@ -190,7 +209,17 @@ mod tests {
 
     #[test]
     fn preflight_is_204_with_cors() {
-        let t = text(&token_preflight());
+        let head = match crate::http::parse_request_head(
+            b"OPTIONS /token HTTP/1.1\r\nOrigin: http://a.example\r\n\r\n",
+            8192,
+        ) {
+            Ok(Some(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        let mut r = preflight_response(&head);
+        add_cors(&mut r, &head);
+        let t = text(&r);
+        assert_eq!(t.matches("Access-Control-Allow-Origin").count(), 1, "{t}");
         assert!(t.starts_with("HTTP/1.1 204 No Content\r\n"), "{t}");
         assert!(t.contains("Content-Length: 0\r\n"), "{t}");
         assert!(t.contains("Access-Control-Allow-Origin: *\r\n"), "{t}");
@@ -213,6 +242,14 @@ mod tests {
     #[test]
     fn payload_too_large_is_413_json_with_cors() {
         let r = payload_too_large(4096);
+        let mut plain = error_response(400, "x");
+        assert!(!plain.has_header("access-control-allow-origin"));
+        let head = match crate::http::parse_request_head(b"POST /token HTTP/1.1\r\n\r\n", 8192) {
+            Ok(Some(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        add_cors(&mut plain, &head);
+        assert!(plain.has_header("access-control-allow-origin"));
         assert_eq!(r.status, 413);
         assert!(text(&r).contains("Access-Control-Allow-Origin: *"));
         assert!(String::from_utf8_lossy(&r.body).contains("4096"));

@@ -11,11 +11,11 @@ pub enum Route {
     /// `POST /token`: read the body (≤ `max_token_body_bytes`), then
     /// [`crate::auth::handle_token_request`].
     Token,
-    /// `OPTIONS /token`: answer [`super::token_preflight`].
+    /// `OPTIONS /token`: answer [`super::preflight_response`].
     TokenPreflight,
-    /// `GET /healthz`: answer [`super::healthz`].
+    /// `GET /healthz`: answer [`super::healthz_response`].
     Healthz,
-    /// `GET /metrics`: answer [`super::metrics`].
+    /// `GET /metrics`: answer [`super::metrics_response`].
     Metrics,
     /// Unknown path: answer [`super::not_found`].
     NotFound,

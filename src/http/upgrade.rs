@@ -10,14 +10,9 @@ use super::query::query_param;
 use super::response::{bad_request, HttpResponse};
 use super::RequestHead;
 
-/// The Phoenix serializer chosen by the `vsn` query parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vsn {
-    /// `vsn=1.0.0`: JSON objects.
-    V1,
-    /// `vsn=2.0.0` or absent: JSON arrays and binary frames.
-    V2,
-}
+/// The Phoenix serializer chosen by the `vsn` query parameter (the protocol's own type, so the
+/// connection passes it straight to the codec).
+pub use crate::protocol::Vsn;
 
 /// The subprotocol phoenix.js offers (and we select) when it carries an `authToken`.
 pub const PHOENIX_SUBPROTOCOL: &str = "phoenix";
@@ -57,10 +52,11 @@ pub fn accept_upgrade(head: &RequestHead) -> Result<Upgrade, HttpResponse> {
         ));
     }
     if head.header("sec-websocket-version") != Some("13") {
-        return Err(
-            super::json_error(426, "unsupported WebSocket version; only 13 is supported")
-                .with_header("Sec-WebSocket-Version", "13"),
-        );
+        return Err(super::error_response(
+            426,
+            "unsupported WebSocket version; only 13 is supported",
+        )
+        .with_header("Sec-WebSocket-Version", "13"));
     }
     let key = head
         .header("sec-websocket-key")
