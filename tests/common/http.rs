@@ -83,9 +83,13 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 }
 
 /// Like [`http_raw`] but returns an error instead of panicking.
-pub fn try_http_raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect: {e}"))?;
+pub fn try_http_raw(
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;

@@ -124,7 +124,8 @@ impl RedisServer {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.join(format!("redis-{}-{}.log", self.port, self.starts))
+        self.dir
+            .join(format!("redis-{}-{}.log", self.port, self.starts))
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {

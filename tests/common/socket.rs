@@ -70,7 +70,9 @@ impl TestSocket {
             .unwrap_or_else(|e| panic!("bad WebSocket URL {url}: {e}"));
         let value = HeaderValue::from_str(&protocols.join(", "))
             .expect("test subprotocols are valid header text");
-        request.headers_mut().insert("Sec-WebSocket-Protocol", value);
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", value);
         Self::try_connect(request).unwrap_or_else(|e| {
             panic!(
                 "WebSocket connect to {url} with protocols {protocols:?} failed: {}",
@@ -352,7 +354,13 @@ impl TestSocket {
 
 /// A V2 binary client push: `0, len(join_ref), len(ref), len(topic), len(event), join_ref, ref,
 /// topic, event, data`.
-pub fn encode_binary_push(join_ref: &str, r: &str, topic: &str, event: &str, data: &[u8]) -> Vec<u8> {
+pub fn encode_binary_push(
+    join_ref: &str,
+    r: &str,
+    topic: &str,
+    event: &str,
+    data: &[u8],
+) -> Vec<u8> {
     let fields = [join_ref, r, topic, event];
     let mut frame = vec![0u8];
     for field in fields {
@@ -375,7 +383,10 @@ pub fn decode_binary_broadcast(frame: &[u8]) -> (String, String, Vec<u8>) {
     let event_len = frame[2] as usize;
     let topic_end = 3 + topic_len;
     let event_end = topic_end + event_len;
-    assert!(frame.len() >= event_end, "truncated binary broadcast: {frame:?}");
+    assert!(
+        frame.len() >= event_end,
+        "truncated binary broadcast: {frame:?}"
+    );
     (
         String::from_utf8_lossy(&frame[3..topic_end]).into_owned(),
         String::from_utf8_lossy(&frame[topic_end..event_end]).into_owned(),
