@@ -28,7 +28,9 @@ fn private_redis_starts_on_a_free_port_and_restarts_on_the_same_port() {
     redis.restart();
     assert_eq!(redis.port(), port, "restart keeps the port");
     let mut conn = redis.connection();
-    let pong: String = redis::cmd("PING").query(&mut conn).expect("PING answers after restart");
+    let pong: String = redis::cmd("PING")
+        .query(&mut conn)
+        .expect("PING answers after restart");
     assert_eq!(pong, "PONG");
 }
 

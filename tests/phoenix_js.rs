@@ -21,7 +21,9 @@ const NODE_SUITE_TIMEOUT: Duration = Duration::from_secs(120);
 const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("js")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
 }
 
 /// `(major, minor)` of the installed Node; panics with an install hint if there is none.
@@ -90,14 +92,18 @@ fn run_with_timeout(mut command: Command, timeout: Duration, what: &str) -> (boo
 /// Installs `tests/js/node_modules` from the lock file unless both packages are there.
 fn ensure_npm_packages() {
     let dir = js_dir();
-    let installed = ["phoenix", "ws"]
-        .iter()
-        .all(|p| dir.join("node_modules").join(p).join("package.json").exists());
+    let installed = ["phoenix", "ws"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    });
     if installed {
         return;
     }
     let mut npm = Command::new("npm");
-    npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+    npm.args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir);
     let (ok, output) = run_with_timeout(npm, NPM_INSTALL_TIMEOUT, "npm ci");
     assert!(ok, "`npm ci` in {} failed:\n{output}", dir.display());
 }
