@@ -60,6 +60,9 @@ pub enum DecodeError {
         "a message must be [join_ref, ref, topic, event, payload]; got {0} element(s) instead of 5"
     )]
     TooFewElements(usize),
+    /// A V1 message that is not a JSON object.
+    #[error(r#"a V1 message must be a JSON object {{"topic","event","payload","ref"}}"#)]
+    NotAnObject,
     /// `join_ref` or `ref` is neither a string nor null.
     #[error("{0} must be a string or null")]
     BadRef(&'static str),
@@ -193,10 +196,7 @@ fn split_v1(text: &str) -> Result<RawFields<'_>, DecodeError> {
     }
     // A derived struct would also accept an array; V1 messages are objects.
     if !text.trim_start().starts_with('{') {
-        return Err(serde::de::Error::custom(
-            "a V1 message must be a JSON object {\"topic\",\"event\",\"payload\",\"ref\"}",
-        ))
-        .map_err(DecodeError::Json);
+        return Err(DecodeError::NotAnObject);
     }
     let object: V1Object<'_> = serde_json::from_str(text)?;
     Ok(RawFields {

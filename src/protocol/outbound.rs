@@ -431,3 +431,284 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, value: &str) {
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The payload of an unmasked server frame, after checking its header is well formed.
+    fn payload_of(frame: &Bytes, opcode: u8) -> &[u8] {
+        let mut cursor = std::io::Cursor::new(&frame[..]);
+        let (header, len) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor)
+            .unwrap()
+            .unwrap();
+        assert!(header.is_final && header.mask.is_none());
+        assert_eq!(frame[0] & 0x0F, opcode);
+        let start = cursor.position() as usize;
+        assert_eq!(frame.len() - start, len as usize);
+        &frame[start..]
+    }
+
+    fn text(frame: &Bytes) -> &str {
+        std::str::from_utf8(payload_of(frame, 1)).unwrap()
+    }
+
+    #[test]
+    fn v2_reply_has_the_exact_shape() {
+        let frame = reply(
+            Vsn::V2,
+            Some("1"),
+            Some("2"),
+            "room:lobby",
+            ReplyStatus::Ok,
+            "{}",
+        );
+        assert_eq!(
+            text(&frame),
+            r#"["1","2","room:lobby","phx_reply",{"status":"ok","response":{}}]"#
+        );
+        let heartbeat = reply(Vsn::V2, None, Some("7"), "phoenix", ReplyStatus::Ok, "{}");
+        assert_eq!(
+            text(&heartbeat),
+            r#"[null,"7","phoenix","phx_reply",{"status":"ok","response":{}}]"#
+        );
+    }
+
+    #[test]
+    fn v2_error_reply_carries_the_reason() {
+        let frame = reply(
+            Vsn::V2,
+            None,
+            Some("3"),
+            "t",
+            ReplyStatus::Error,
+            r#"{"reason":"unmatched topic"}"#,
+        );
+        assert_eq!(
+            text(&frame),
+            r#"[null,"3","t","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+        );
+    }
+
+    #[test]
+    fn v1_reply_has_no_join_ref() {
+        let frame = reply(
+            Vsn::V1,
+            Some("1"),
+            Some("2"),
+            "t",
+            ReplyStatus::Ok,
+            r#"{"a":1}"#,
+        );
+        assert_eq!(
+            text(&frame),
+            r#"{"topic":"t","event":"phx_reply","payload":{"status":"ok","response":{"a":1}},"ref":"2"}"#
+        );
+    }
+
+    #[test]
+    fn push_has_a_null_ref() {
+        let payload = r#"{"b" : 1, "a":[2]}"#;
+        assert_eq!(
+            text(&push(Vsn::V2, Some("4"), "t", "presence_state", payload)),
+            r#"["4",null,"t","presence_state",{"b" : 1, "a":[2]}]"#
+        );
+        assert_eq!(
+            text(&push(Vsn::V1, Some("4"), "t", "ev", "1")),
+            r#"{"topic":"t","event":"ev","payload":1,"ref":null}"#
+        );
+    }
+
+    #[test]
+    fn channel_close_and_error_repeat_the_join_ref() {
+        assert_eq!(
+            text(&channel_close(Vsn::V2, Some("5"), "t")),
+            r#"["5","5","t","phx_close",{}]"#
+        );
+        assert_eq!(
+            text(&channel_close(Vsn::V1, Some("5"), "t")),
+            r#"{"topic":"t","event":"phx_close","payload":{},"ref":"5"}"#
+        );
+        assert_eq!(
+            text(&channel_error(Vsn::V2, Some("5"), "t", "redis \"down\"")),
+            r#"["5","5","t","phx_error",{"reason":"redis \"down\""}]"#
+        );
+        assert_eq!(
+            text(&channel_close(Vsn::V2, None, "t")),
+            r#"[null,null,"t","phx_close",{}]"#
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_the_result_is_json() {
+        let nasty = "a\"b\\c\n\u{1}\u{7f}é/\u{2028}";
+        let frame = push(Vsn::V2, Some(nasty), nasty, nasty, "null");
+        let value: serde_json::Value = serde_json::from_str(text(&frame)).unwrap();
+        assert_eq!(value, serde_json::json!([nasty, null, nasty, nasty, null]));
+    }
+
+    #[test]
+    fn escaping_matches_serde_json() {
+        let mut all_ascii = String::new();
+        for c in 0u8..=0x7F {
+            all_ascii.push(char::from(c));
+        }
+        for s in ["", "plain", &all_ascii, "é€😀", "\u{0}end"] {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_matches_serde_json_for_any_string(s in ".*") {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, &s);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&s).unwrap());
+        }
+    }
+
+    #[test]
+    fn long_messages_get_an_extended_length_header() {
+        let payload = format!("\"{}\"", "x".repeat(70_000));
+        let frame = push(Vsn::V2, Some("1"), "t", "e", &payload);
+        assert_eq!(frame[1], 127);
+        assert!(text(&frame).ends_with("\"]"));
+        let frame = push(Vsn::V2, Some("1"), "t", "e", &payload[..200]);
+        assert_eq!(frame[1], 126);
+    }
+
+    #[test]
+    fn binary_push_roundtrip() {
+        let frame = binary_push(Some("12"), "room:1", "img", &[0, 1, 255]).unwrap();
+        let payload = payload_of(&frame, 2);
+        assert_eq!(payload, b"\x00\x02\x06\x0312room:1img\x00\x01\xFF");
+        // A server push read back with the client-push layout differs only by the ref field, so
+        // check field by field instead.
+        let (jl, tl, el) = (
+            payload[1] as usize,
+            payload[2] as usize,
+            payload[3] as usize,
+        );
+        let rest = &payload[4..];
+        assert_eq!(&rest[..jl], b"12");
+        assert_eq!(&rest[jl..jl + tl], b"room:1");
+        assert_eq!(&rest[jl + tl..jl + tl + el], b"img");
+        assert_eq!(&rest[jl + tl + el..], &[0, 1, 255]);
+    }
+
+    #[test]
+    fn binary_reply_has_the_exact_bytes() {
+        let frame = binary_reply(None, Some("9"), "t", ReplyStatus::Error, b"why").unwrap();
+        assert_eq!(payload_of(&frame, 2), b"\x01\x00\x01\x01\x059terrorwhy");
+    }
+
+    #[test]
+    fn binary_fields_over_255_bytes_are_refused() {
+        let long = "x".repeat(256);
+        assert_eq!(
+            binary_push(None, &long, "e", b""),
+            Err(FieldTooLong {
+                field: "topic",
+                len: 256
+            })
+        );
+        assert!(binary_reply(Some(&long), None, "t", ReplyStatus::Ok, b"").is_err());
+        assert!(binary_push(None, &long[..255], "e", b"").is_ok());
+    }
+
+    #[test]
+    fn json_broadcast_is_a_v2_text_frame_with_the_payload_verbatim() {
+        let b = Broadcast::new("weather:wind", "speed", br#" {"kmh": 12.50, "a":[1]} "#);
+        assert!(b.is_json() && b.is_deliverable());
+        let frame = b.frame_for(Vsn::V2).unwrap();
+        assert_eq!(
+            text(frame),
+            r#"[null,null,"weather:wind","speed", {"kmh": 12.50, "a":[1]} ]"#
+        );
+        assert_eq!(b.payload(), br#" {"kmh": 12.50, "a":[1]} "#);
+        assert_eq!(b.topic(), "weather:wind");
+        assert_eq!(b.event(), "speed");
+    }
+
+    #[test]
+    fn v1_broadcast_frame_is_built_once() {
+        let b = Broadcast::new("t", "e", b"[1,2]");
+        let first = b.frame_for(Vsn::V1).unwrap();
+        assert_eq!(
+            text(first),
+            r#"{"topic":"t","event":"e","payload":[1,2],"ref":null}"#
+        );
+        let second = b.frame_for(Vsn::V1).unwrap();
+        assert!(std::ptr::eq(first, second));
+        assert_eq!(first.as_ptr(), second.as_ptr());
+    }
+
+    #[test]
+    fn non_json_broadcast_is_a_kind_2_binary_frame() {
+        let b = Broadcast::new("cam:1", "frame", &[0xFF, 0x00, b'{']);
+        assert!(!b.is_json());
+        assert_eq!(
+            payload_of(b.frame_for(Vsn::V2).unwrap(), 2),
+            b"\x02\x05\x05cam:1frame\xFF\x00{"
+        );
+        assert_eq!(b.payload(), &[0xFF, 0x00, b'{']);
+        assert_eq!(b.frame_for(Vsn::V1), None);
+    }
+
+    #[test]
+    fn empty_payload_is_not_json() {
+        let b = Broadcast::new("t", "e", b"");
+        assert!(!b.is_json());
+        assert_eq!(
+            payload_of(b.frame_for(Vsn::V2).unwrap(), 2),
+            b"\x02\x01\x01te"
+        );
+    }
+
+    #[test]
+    fn non_json_broadcast_with_a_long_topic_is_undeliverable() {
+        let long = "t".repeat(300);
+        let b = Broadcast::new(&long, "e", b"\x00");
+        assert!(!b.is_deliverable());
+        assert_eq!(b.frame_for(Vsn::V2), None);
+        assert_eq!(b.frame_for(Vsn::V1), None);
+        assert_eq!(b.payload(), b"\x00");
+        // JSON has no such limit.
+        assert!(Broadcast::new(&long, "e", b"{}").is_deliverable());
+    }
+
+    #[test]
+    fn broadcast_frame_is_the_same_bytes_for_every_receiver() {
+        let b = Arc::new(Broadcast::new("t", "e", b"{\"n\":1}"));
+        let receivers: Vec<Bytes> = (0..4)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || b.frame_for(Vsn::V2).unwrap().clone())
+                    .join()
+                    .unwrap()
+            })
+            .collect();
+        let original = b.frame_for(Vsn::V2).unwrap();
+        for frame in &receivers {
+            assert_eq!(frame.as_ptr(), original.as_ptr(), "shared, not copied");
+            assert_eq!(frame, original);
+        }
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Broadcast>();
+    }
+
+    #[test]
+    fn json_validation_requires_utf8_and_one_value() {
+        assert!(is_valid_json(b"{\"a\":[1,true,null,\"x\"]}"));
+        assert!(is_valid_json(b" 12 "));
+        assert!(is_valid_json("\"é\"".as_bytes()));
+        assert!(!is_valid_json(b"\"\xFF\"")); // a string with invalid UTF-8
+        assert!(!is_valid_json(b"{} {}"));
+        assert!(!is_valid_json(b"{"));
+        assert!(!is_valid_json(b"hello"));
+        assert!(!is_valid_json(b""));
+    }
+}

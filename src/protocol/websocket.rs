@@ -543,3 +543,427 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode as TOpCode};
+    use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+    /// A client frame as tungstenite (a real client implementation) writes it.
+    fn client_frame(opcode: TOpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            mask: Some(MASK),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        Frame::from_payload(header, Bytes::copy_from_slice(payload))
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    fn text(fin: bool, payload: &[u8]) -> Vec<u8> {
+        client_frame(TOpCode::Data(Data::Text), fin, payload)
+    }
+
+    fn cont(fin: bool, payload: &[u8]) -> Vec<u8> {
+        client_frame(TOpCode::Data(Data::Continue), fin, payload)
+    }
+
+    /// An owned copy of a message, to collect what the reader hands out.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    fn own(message: Message<'_>) -> Got {
+        match message {
+            Message::Text(b) => Got::Text(b.to_vec()),
+            Message::Binary(b) => Got::Binary(b.to_vec()),
+            Message::Ping(b) => Got::Ping(b.to_vec()),
+            Message::Pong(b) => Got::Pong(b.to_vec()),
+            Message::Close(c) => Got::Close(c.map(|(code, r)| (code, r.to_string()))),
+        }
+    }
+
+    /// Feeds `bytes` to a fresh reader in reads of `chunk` bytes.
+    fn read_all(
+        max: usize,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> (Vec<Got>, Result<(), FrameError>, MessageReader) {
+        let mut reader = MessageReader::new(max);
+        let mut got = Vec::new();
+        let mut scratch = bytes.to_vec();
+        for piece in scratch.chunks_mut(chunk) {
+            let result = reader.process(piece, |m| {
+                got.push(own(m));
+                Ok::<(), ()>(())
+            });
+            if let Err(err) = result {
+                let ReadError::Frame(err) = err else {
+                    unreachable!("the handler never fails")
+                };
+                return (got, Err(err), reader);
+            }
+        }
+        (got, Ok(()), reader)
+    }
+
+    fn expect_error(max: usize, bytes: &[u8]) -> FrameError {
+        read_all(max, bytes, bytes.len().max(1)).1.unwrap_err()
+    }
+
+    #[test]
+    fn server_frames_parse_with_tungstenite() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let frame = encode_frame(OpCode::Binary, &payload);
+            let mut cursor = Cursor::new(&frame[..]);
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final);
+            assert_eq!(header.opcode, TOpCode::Data(Data::Binary));
+            assert_eq!(header.mask, None);
+            assert_eq!(length, len as u64);
+            assert_eq!(
+                &frame[cursor.position() as usize..],
+                &payload[..],
+                "len {len}"
+            );
+            let mut via_header = Vec::new();
+            write_frame_header(OpCode::Binary, len, &mut via_header);
+            assert_eq!(&frame[..via_header.len()], &via_header[..]);
+        }
+    }
+
+    #[test]
+    fn small_text_frame_has_the_exact_bytes() {
+        assert_eq!(&encode_frame(OpCode::Text, b"hi")[..], b"\x81\x02hi");
+        assert_eq!(&encode_frame(OpCode::Pong, b"")[..], b"\x8A\x00");
+    }
+
+    #[test]
+    fn close_frame_carries_code_and_reason() {
+        assert_eq!(
+            &encode_close(close_code::TRY_AGAIN_LATER, "slow consumer")[..],
+            b"\x88\x0F\x03\xF5slow consumer"
+        );
+        let mut cursor = Cursor::new(encode_close(1000, "").to_vec());
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert_eq!(header.opcode, TOpCode::Control(Control::Close));
+        assert_eq!(len, 2);
+    }
+
+    #[test]
+    fn close_reason_is_cut_to_fit_a_control_frame_at_a_char_boundary() {
+        let reason = "é".repeat(100); // 200 bytes
+        let frame = encode_close(close_code::POLICY, &reason);
+        assert_eq!(frame[1] as usize, frame.len() - 2);
+        assert!(frame.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&frame[4..]).is_ok());
+        assert_eq!(frame.len() - 4, 122); // 61 whole "é"
+    }
+
+    #[test]
+    fn frame_builder_output_equals_encode_frame() {
+        for len in [0usize, 3, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'x'; len];
+            let mut builder = FrameBuilder::with_capacity(len);
+            builder.buf().extend_from_slice(&payload);
+            assert_eq!(
+                builder.finish(OpCode::Text),
+                encode_frame(OpCode::Text, &payload)
+            );
+        }
+    }
+
+    #[test]
+    fn masked_client_frame_is_unmasked() {
+        let bytes = text(true, b"[null,\"1\",\"phoenix\",\"heartbeat\",{}]");
+        let (got, result, _) = read_all(1024, &bytes, bytes.len());
+        result.unwrap();
+        assert_eq!(
+            got,
+            vec![Got::Text(
+                b"[null,\"1\",\"phoenix\",\"heartbeat\",{}]".to_vec()
+            )]
+        );
+    }
+
+    #[test]
+    fn complete_frames_are_lent_from_the_read_buffer_without_copy() {
+        let mut bytes = text(true, b"hello");
+        bytes.extend(client_frame(TOpCode::Data(Data::Binary), true, &[1; 300]));
+        let range = bytes.as_ptr_range();
+        let mut reader = MessageReader::new(1024);
+        let mut seen = 0;
+        reader
+            .process(&mut bytes, |m| {
+                let (Message::Text(b) | Message::Binary(b)) = m else {
+                    return Err(());
+                };
+                assert!(range.contains(&b.as_ptr()));
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, 2);
+        assert_eq!(reader.buffered_capacity(), 0);
+    }
+
+    #[test]
+    fn several_frames_in_one_read_come_out_in_order() {
+        let mut bytes = text(true, b"one");
+        bytes.extend(client_frame(TOpCode::Control(Control::Ping), true, b"p"));
+        bytes.extend(client_frame(TOpCode::Data(Data::Binary), true, &[0, 1]));
+        bytes.extend(client_frame(TOpCode::Control(Control::Pong), true, b""));
+        let (got, result, _) = read_all(1024, &bytes, bytes.len());
+        result.unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Got::Text(b"one".to_vec()),
+                Got::Ping(b"p".to_vec()),
+                Got::Binary(vec![0, 1]),
+                Got::Pong(vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn partial_frame_is_completed_by_next_read() {
+        let long = vec![b'a'; 300]; // 16-bit length
+        let mut bytes = text(true, b"first");
+        bytes.extend(text(true, &long));
+        bytes.extend(client_frame(TOpCode::Control(Control::Ping), true, b"ping"));
+        bytes.extend(text(true, b"last"));
+        let expected = vec![
+            Got::Text(b"first".to_vec()),
+            Got::Text(long.clone()),
+            Got::Ping(b"ping".to_vec()),
+            Got::Text(b"last".to_vec()),
+        ];
+        for chunk in [1, 2, 3, 5, 7, 13, 64, 301, bytes.len()] {
+            let (got, result, reader) = read_all(1024, &bytes, chunk);
+            result.unwrap();
+            assert_eq!(got, expected, "reads of {chunk} bytes");
+            assert!(reader.is_idle());
+        }
+    }
+
+    #[test]
+    fn reader_releases_memory_when_idle() {
+        let bytes = text(true, &[b'z'; 1000]);
+        let mut reader = MessageReader::new(4096);
+        let mut first = bytes[..600].to_vec();
+        reader.process(&mut first, |_| Ok::<(), ()>(())).unwrap();
+        assert!(reader.buffered_capacity() >= 600);
+        assert!(!reader.is_idle());
+        let mut rest = bytes[600..].to_vec();
+        let mut delivered = 0;
+        reader
+            .process(&mut rest, |_| {
+                delivered += 1;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(delivered, 1);
+        assert!(reader.is_idle());
+        assert_eq!(reader.buffered_capacity(), 0);
+
+        // And after a fragmented message.
+        let mut frag = text(false, &[b'a'; 500]);
+        frag.extend(cont(true, &[b'b'; 500]));
+        reader.process(&mut frag, |_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(reader.buffered_capacity(), 0);
+        assert!(std::mem::size_of::<MessageReader>() <= 64);
+    }
+
+    #[test]
+    fn fragmented_text_message_is_reassembled() {
+        let mut bytes = text(false, b"[null,");
+        bytes.extend(client_frame(TOpCode::Control(Control::Ping), true, b"mid"));
+        bytes.extend(cont(false, b"\"1\","));
+        bytes.extend(cont(true, b"\"t\",\"e\",{}]"));
+        for chunk in [1, 4, bytes.len()] {
+            let (got, result, reader) = read_all(1024, &bytes, chunk);
+            result.unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    Got::Ping(b"mid".to_vec()),
+                    Got::Text(b"[null,\"1\",\"t\",\"e\",{}]".to_vec())
+                ]
+            );
+            assert_eq!(reader.buffered_capacity(), 0);
+        }
+    }
+
+    #[test]
+    fn utf8_char_split_across_fragments_is_accepted() {
+        let euro = "€".as_bytes(); // three bytes
+        let mut bytes = text(false, &euro[..1]);
+        bytes.extend(cont(true, &euro[1..]));
+        let (got, result, _) = read_all(1024, &bytes, bytes.len());
+        result.unwrap();
+        assert_eq!(got, vec![Got::Text(euro.to_vec())]);
+    }
+
+    #[test]
+    fn fragmented_binary_message_is_reassembled() {
+        let mut bytes = client_frame(TOpCode::Data(Data::Binary), false, &[1, 2]);
+        bytes.extend(cont(false, &[]));
+        bytes.extend(cont(true, &[3]));
+        let (got, result, _) = read_all(1024, &bytes, 3);
+        result.unwrap();
+        assert_eq!(got, vec![Got::Binary(vec![1, 2, 3])]);
+    }
+
+    #[test]
+    fn unmasked_client_frame_is_a_protocol_error() {
+        let err = expect_error(1024, &encode_frame(OpCode::Text, b"hi"));
+        assert_eq!(err, FrameError::Protocol("client frames must be masked"));
+        assert_eq!(err.close_code(), 1002);
+    }
+
+    #[test]
+    fn rsv_bits_are_a_protocol_error() {
+        for bit in [0x40u8, 0x20, 0x10] {
+            let mut bytes = text(true, b"x");
+            bytes[0] |= bit;
+            assert_eq!(expect_error(1024, &bytes).close_code(), 1002);
+        }
+    }
+
+    #[test]
+    fn reserved_opcodes_are_a_protocol_error() {
+        for opcode in [3u8, 7, 0xB, 0xF] {
+            let mut bytes = text(true, b"x");
+            bytes[0] = 0x80 | opcode;
+            assert_eq!(
+                expect_error(1024, &bytes),
+                FrameError::Protocol("reserved opcode")
+            );
+        }
+    }
+
+    #[test]
+    fn control_frames_must_be_short_and_whole() {
+        let long_ping = client_frame(TOpCode::Control(Control::Ping), true, &[0; 126]);
+        assert_eq!(expect_error(1024, &long_ping).close_code(), 1002);
+        let split_ping = client_frame(TOpCode::Control(Control::Ping), false, b"x");
+        assert_eq!(expect_error(1024, &split_ping).close_code(), 1002);
+        let max_ping = client_frame(TOpCode::Control(Control::Ping), true, &[7; 125]);
+        let (got, result, _) = read_all(1024, &max_ping, max_ping.len());
+        result.unwrap();
+        assert_eq!(got, vec![Got::Ping(vec![7; 125])]);
+    }
+
+    #[test]
+    fn continuation_rules_are_enforced() {
+        assert_eq!(expect_error(1024, &cont(true, b"x")).close_code(), 1002);
+        let mut bytes = text(false, b"a");
+        bytes.extend(text(true, b"b"));
+        assert_eq!(
+            expect_error(1024, &bytes),
+            FrameError::Protocol("new message inside a fragmented message")
+        );
+    }
+
+    #[test]
+    fn declared_length_over_limit_fails_before_buffering() {
+        // Only the header of a 1 MiB frame: refused without waiting for its payload.
+        let header = &client_frame(TOpCode::Data(Data::Binary), true, &vec![0; 1 << 20])[..14];
+        let (_, result, reader) = read_all(64 * 1024, header, header.len());
+        assert_eq!(result, Err(FrameError::TooBig { limit: 64 * 1024 }));
+        assert_eq!(result.unwrap_err().close_code(), 1009);
+        assert_eq!(reader.buffered_capacity(), 0);
+        // Also when the header itself arrives in pieces.
+        let (_, result, _) = read_all(64 * 1024, header, 1);
+        assert_eq!(result, Err(FrameError::TooBig { limit: 64 * 1024 }));
+    }
+
+    #[test]
+    fn message_at_the_limit_is_accepted() {
+        let bytes = client_frame(TOpCode::Data(Data::Binary), true, &[1; 100]);
+        let (got, result, _) = read_all(100, &bytes, 33);
+        result.unwrap();
+        assert_eq!(got, vec![Got::Binary(vec![1; 100])]);
+    }
+
+    #[test]
+    fn reassembled_message_over_limit_is_too_big() {
+        let mut bytes = text(false, &[b'a'; 60]);
+        bytes.extend(cont(true, &[b'b'; 60]));
+        assert_eq!(expect_error(100, &bytes), FrameError::TooBig { limit: 100 });
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_refused_with_1007() {
+        let err = expect_error(1024, &text(true, &[b'a', 0xFF, b'b']));
+        assert_eq!(err, FrameError::InvalidUtf8);
+        assert_eq!(err.close_code(), 1007);
+        let mut bytes = text(false, &[0xE2, 0x82]);
+        bytes.extend(cont(true, b"x"));
+        assert_eq!(expect_error(1024, &bytes), FrameError::InvalidUtf8);
+    }
+
+    #[test]
+    fn close_frame_is_decoded() {
+        let mut payload = 1001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let bytes = client_frame(TOpCode::Control(Control::Close), true, &payload);
+        let (got, result, _) = read_all(1024, &bytes, 2);
+        result.unwrap();
+        assert_eq!(got, vec![Got::Close(Some((1001, "bye".to_string())))]);
+
+        let empty = client_frame(TOpCode::Control(Control::Close), true, b"");
+        assert_eq!(read_all(1024, &empty, 6).0, vec![Got::Close(None)]);
+    }
+
+    #[test]
+    fn malformed_close_frames_are_refused() {
+        let close = |payload: &[u8]| client_frame(TOpCode::Control(Control::Close), true, payload);
+        assert_eq!(expect_error(1024, &close(&[3])).close_code(), 1002);
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            let err = expect_error(1024, &close(&code.to_be_bytes()));
+            assert_eq!(err, FrameError::Protocol("invalid close code"), "{code}");
+        }
+        assert_eq!(
+            expect_error(1024, &close(&[0x03, 0xE8, 0xFF])),
+            FrameError::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn handler_error_stops_parsing() {
+        let mut bytes = text(true, b"a");
+        bytes.extend(text(true, b"b"));
+        let mut reader = MessageReader::new(1024);
+        let mut seen = 0;
+        let result = reader.process(&mut bytes, |_| {
+            seen += 1;
+            Err("stop")
+        });
+        assert!(matches!(result, Err(ReadError::Handler("stop"))));
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn sixty_four_bit_length_with_high_bit_is_refused() {
+        let mut bytes = vec![0x82, 0xFF];
+        bytes.extend_from_slice(&u64::MAX.to_be_bytes());
+        bytes.extend_from_slice(&MASK);
+        assert_eq!(expect_error(usize::MAX, &bytes).close_code(), 1002);
+    }
+}
