@@ -239,6 +239,16 @@ impl FrameError {
             FrameError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
         }
     }
+
+    /// A short, fixed close reason for this error, for callers that keep reasons `&'static str`
+    /// (the `Display` text, which includes the limit, is for logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::Protocol(rule) => rule,
+            FrameError::TooBig { .. } => "message too big",
+            FrameError::InvalidUtf8 => "invalid UTF-8",
+        }
+    }
 }
 
 /// What stopped [`MessageReader::process`]: the client's bytes, or the caller's own handler, so
@@ -957,6 +967,54 @@ mod tests {
         });
         assert!(matches!(result, Err(ReadError::Handler("stop"))));
         assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn every_error_has_a_short_static_reason() {
+        assert_eq!(
+            FrameError::Protocol("reserved opcode").reason(),
+            "reserved opcode"
+        );
+        assert_eq!(FrameError::TooBig { limit: 1 }.reason(), "message too big");
+        assert_eq!(FrameError::InvalidUtf8.reason(), "invalid UTF-8");
+    }
+
+    proptest::proptest! {
+        /// However the socket splits the stream, the same messages come out.
+        #[test]
+        fn messages_do_not_depend_on_read_boundaries(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1usize..4),
+                1..6,
+            ),
+            cuts in proptest::collection::vec(1usize..200, 1..20),
+        ) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (payload, parts) in &messages {
+                // Each message as `parts` fragments (the last ones may be empty).
+                let size = payload.len().div_ceil(*parts).max(1);
+                let pieces: Vec<&[u8]> = payload.chunks(size).collect();
+                let pieces = if pieces.is_empty() { vec![&payload[..]] } else { pieces };
+                for (i, piece) in pieces.iter().enumerate() {
+                    let opcode = if i == 0 { TOpCode::Data(Data::Binary) } else { TOpCode::Data(Data::Continue) };
+                    stream.extend(client_frame(opcode, i + 1 == pieces.len(), piece));
+                }
+                expected.push(Got::Binary(payload.clone()));
+            }
+            let mut reader = MessageReader::new(1 << 16);
+            let mut got = Vec::new();
+            let mut rest = &mut stream[..];
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap_or(&1)).min(rest.len());
+                let (now, later) = std::mem::take(&mut rest).split_at_mut(n);
+                reader.process(now, |m| { got.push(own(m)); Ok::<(), ()>(()) }).unwrap();
+                rest = later;
+            }
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(reader.buffered_capacity(), 0);
+        }
     }
 
     #[test]
