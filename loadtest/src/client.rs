@@ -38,7 +38,8 @@ pub struct RunShared {
     pub source_ips: Vec<IpAddr>,
     /// Total push rate ×1000 (upstream); 0 = not pushing. Clients re-read it on each control change.
     pub push_rate_milli: AtomicU64,
-    /// Clients expected to push (the rate is spread over them).
+    /// Clients expected to push (the rate is spread over them); 0 when the scenario has no pushes,
+    /// which also spares every client a wake-up registration on the control channel.
     pub pushers: usize,
     pub window: Arc<WindowClock>,
     /// Joined and still connected clients per topic index.
@@ -342,7 +343,7 @@ impl Conn {
                     let t = now_us().saturating_sub(late.as_micros() as u64);
                     self.push(&sh, spec, &mut template, t, &ctx.stats).await?;
                 }
-                r = control.changed() => {
+                r = control.changed(), if sh.pushers > 0 => {
                     r.map_err(|_| anyhow!("coordinator gone"))?;
                     push_timer = push_interval(&sh, spec.index);
                 }

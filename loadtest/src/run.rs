@@ -293,6 +293,10 @@ impl Coordinator {
             let p1 = self.probe();
             self.shared.push_rate_milli.store(0, Relaxed);
             self.control.send_modify(|g| *g += 1);
+            // A tick due before the end may fire (late) after it: give the load threads time to
+            // send it before counting what was sent inside the window.
+            let grace = now_us() + 200_000;
+            self.wait_until(grace, "stop");
             (
                 (
                     crate::redis::Published {
@@ -447,7 +451,11 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         heartbeat: Duration::from_secs_f64(sc.heartbeat),
         source_ips: args.source_ips.clone(),
         push_rate_milli: AtomicU64::new(0),
-        pushers: sc.clients,
+        pushers: if sc.kind == Kind::Upstream {
+            sc.clients
+        } else {
+            0
+        },
         window: window.clone(),
         live_per_topic: (0..sc.topics).map(|_| AtomicI64::new(0)).collect(),
     });
