@@ -328,6 +328,9 @@ mod tests {
         assert_eq!(m.join_ref, None);
         assert_eq!(m.msg_ref.as_deref(), Some("5"));
         assert_eq!(m.payload, Payload::Json("{}"));
+        let spaced = v2("[ null ,\n null , \"phoenix\" , \"heartbeat\" , { } ]").unwrap();
+        assert_eq!((spaced.join_ref, spaced.msg_ref), (None, None));
+        assert_eq!(spaced.payload, Payload::Json("{ }"));
     }
 
     #[test]
