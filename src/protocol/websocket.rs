@@ -25,6 +25,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke RFC 6455 (unmasked frame, reserved bits or opcodes, bad fragmentation).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The endpoint received a kind of data it cannot accept (a binary frame on a V1 socket).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A text message (or a close reason) was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// The client broke a rule of this server that has no more specific code.
