@@ -160,7 +160,7 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
     const W: f64 = 800.0;
     const H: f64 = 480.0;
     const L: f64 = 70.0;
-    const R: f64 = 20.0;
+    const R: f64 = 45.0;
     const T: f64 = 40.0;
     const B: f64 = 50.0;
     const COLORS: [&str; 8] = [
@@ -302,7 +302,9 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn fmt_ms(v: f64) -> String {
-    if v >= 100.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 1.0 {
         format!("{v:.1}")
