@@ -520,6 +520,18 @@ fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), 
     })
 }
 
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let user = rest[..at].split(':').next().unwrap_or("");
+    format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+}
+
 /// Levenshtein distance, for "did you mean" hints on misspelt keys.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -698,6 +710,12 @@ impl Config {
         }
     }
 
+    /// `redis_url` with any password replaced by `<redacted>`, for logs and `check-config`
+    /// (`redis://user:pw@host` → `redis://user:<redacted>@host`).
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url_password(&self.redis_url)
+    }
+
     /// Token lifetime as a duration.
     pub fn jwt_expiration(&self) -> Duration {
         Duration::from_secs(self.jwt_expiration_secs)
@@ -741,7 +759,7 @@ impl Config {
                     .as_deref()
                     .map_or("# not set".to_string(), quoted),
             ),
-            ("redis_url", quoted(&self.redis_url)),
+            ("redis_url", quoted(&self.redis_url_redacted())),
             ("jwt_secret", secret(&self.jwt_secret)),
             ("jwt_expiration_secs", self.jwt_expiration_secs.to_string()),
             ("id_length", self.id_length.to_string()),
@@ -1003,6 +1021,25 @@ mod tests {
         // The description is itself a valid configuration file.
         let round: toml::Table = text.parse().expect("describe is TOML");
         assert!(round.contains_key("channel"));
+    }
+
+    #[test]
+    fn redis_password_is_redacted() {
+        let c = Config {
+            redis_url: "redis://default:pa:ss@r.example:6379/0".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.redis_url_redacted(),
+            "redis://default:<redacted>@r.example:6379/0"
+        );
+        assert!(!c.describe().contains("pa:ss"));
+        let c = Config {
+            redis_url: "rediss://:secretpw@r:6380".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.redis_url_redacted(), "rediss://:<redacted>@r:6380");
+        assert_eq!(Config::default().redis_url_redacted(), DEFAULT_REDIS_URL);
     }
 
     #[test]
