@@ -57,12 +57,14 @@ pub fn handle_token_request(
 ) -> HttpResponse {
     let request: TokenRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return error(
-            400,
-            &format!(
+        Err(e) => {
+            return error(
+                400,
+                &format!(
                 "body must be a JSON object {{\"channel\": \"<topic>\", \"id\"?: \"<id>\"}}: {e}"
             ),
-        ),
+            )
+        }
     };
     let channel = match request.channel {
         Some(c) if !c.is_empty() && c.len() <= MAX_CHANNEL_LEN => c,
