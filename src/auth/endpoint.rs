@@ -30,6 +30,9 @@ pub struct TokenResponse {
     pub token: String,
 }
 
+/// What a `POST /token` body must look like, for 400 answers.
+const BODY_SHAPE: &str = r#"body must be a JSON object {"channel": "<topic>", "id"?: "<id>"}"#;
+
 fn error(status: u16, message: &str) -> HttpResponse {
     error_response(status, message).with_cors()
 }
@@ -57,14 +60,7 @@ pub fn handle_token_request(
 ) -> HttpResponse {
     let request: TokenRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                400,
-                &format!(
-                "body must be a JSON object {{\"channel\": \"<topic>\", \"id\"?: \"<id>\"}}: {e}"
-            ),
-            )
-        }
+        Err(e) => return error(400, &format!("{BODY_SHAPE}: {e}")),
     };
     let channel = match request.channel {
         Some(c) if !c.is_empty() && c.len() <= MAX_CHANNEL_LEN => c,
