@@ -1,1 +1,97 @@
-//! (being written)
+//! The Redis core: the only part of the server that talks to Redis.
+//!
+//! Two threads, outside the shards' executors so that Redis latency never stalls a shard:
+//! the [`reader::RedisReader`] (`PSUBSCRIBE to:*`, decode once, hand to interested shards) and
+//! the [`publisher::RedisPublisher`] (pipelined upstream `PUBLISH`). Both reconnect with
+//! backoff and publish their state in [`status::RedisStatus`].
+
+pub mod backoff;
+pub mod interest;
+pub mod naming;
+pub mod publisher;
+pub mod reader;
+pub mod status;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::shard::inbox::ShardInbox;
+use interest::InterestChange;
+use publisher::{PublishRequest, RedisPublisher};
+use reader::{ReaderStats, RedisReader};
+use status::RedisStatus;
+
+/// What the shards hold to reach the Redis core.
+#[derive(Clone)]
+pub struct RedisHandle {
+    /// Connection state, read lock-free.
+    pub status: Arc<RedisStatus>,
+    /// Reader counters.
+    pub reader_stats: Arc<ReaderStats>,
+    /// The bounded upstream queue.
+    pub publish: Sender<PublishRequest>,
+    /// Interest changes for the reader's routing table.
+    pub interest: Sender<InterestChange>,
+}
+
+/// The running Redis core threads.
+pub struct RedisCore {
+    /// The publisher thread; joined at shutdown so that publishes in flight are flushed.
+    pub publisher: JoinHandle<()>,
+}
+
+/// Starts the reader and the publisher threads.
+///
+/// The returned handle's `publish` sender is the only one: when every clone is dropped the
+/// publisher drains what is queued and stops.
+pub fn start(
+    redis_url: &str,
+    inboxes: Vec<Arc<ShardInbox>>,
+    publish_capacity: usize,
+) -> Result<(RedisHandle, RedisCore), redis::RedisError> {
+    let client = redis::Client::open(redis_url)?;
+    let status = Arc::new(RedisStatus::default());
+    let reader_stats = Arc::new(ReaderStats::default());
+    let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
+    let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
+        crossbeam_channel::unbounded();
+
+    let reader = RedisReader {
+        client: client.clone(),
+        status: Arc::clone(&status),
+        stats: Arc::clone(&reader_stats),
+        inboxes: inboxes.clone(),
+        interest_changes: interest_rx,
+    };
+    std::thread::Builder::new()
+        .name("redis-reader".into())
+        .spawn(move || reader.run())
+        .map_err(io_error)?;
+
+    let publisher = RedisPublisher {
+        client,
+        status: Arc::clone(&status),
+        inboxes,
+        queue: publish_rx,
+    };
+    let publisher = std::thread::Builder::new()
+        .name("redis-publisher".into())
+        .spawn(move || publisher.run())
+        .map_err(io_error)?;
+
+    Ok((
+        RedisHandle {
+            status,
+            reader_stats,
+            publish: publish_tx,
+            interest: interest_tx,
+        },
+        RedisCore { publisher },
+    ))
+}
+
+fn io_error(err: std::io::Error) -> redis::RedisError {
+    redis::RedisError::from(err)
+}

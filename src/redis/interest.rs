@@ -1,0 +1,132 @@
+//! Which shards want which topics: the Redis core's routing table.
+//!
+//! A shard tells the reader when it gains its first local subscriber of a topic and when it
+//! loses its last one; the reader then hands a downstream message only to interested shards
+//! (ARCHITECTURE invariant 3). Changes travel over a channel and are applied by the reader
+//! thread alone, so the table itself needs no lock.
+
+use std::collections::HashMap;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// The most shards one process can address in an interest mask.
+pub const MAX_SHARDS: usize = 64;
+
+/// One shard's change of interest in one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterestChange {
+    /// The shard whose interest changed.
+    pub shard: usize,
+    /// The topic it concerns.
+    pub topic: String,
+    /// True when the shard gained its first subscriber, false when it lost its last one.
+    pub interested: bool,
+}
+
+/// The sending side, cloned into every shard.
+pub type InterestSender = Sender<InterestChange>;
+
+/// Topic → bit mask of interested shards, owned by the reader thread.
+#[derive(Debug, Default)]
+pub struct InterestTable {
+    shards_by_topic: HashMap<String, u64>,
+}
+
+impl InterestTable {
+    /// Applies every change waiting in `changes`, in the order the shards sent them.
+    pub fn apply_pending(&mut self, changes: &Receiver<InterestChange>) {
+        while let Ok(change) = changes.try_recv() {
+            self.apply(change);
+        }
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: InterestChange) {
+        let bit = 1u64 << change.shard;
+        if change.interested {
+            *self.shards_by_topic.entry(change.topic).or_insert(0) |= bit;
+        } else if let Some(mask) = self.shards_by_topic.get_mut(&change.topic) {
+            *mask &= !bit;
+            if *mask == 0 {
+                self.shards_by_topic.remove(&change.topic);
+            }
+        }
+    }
+
+    /// The shards interested in `topic`, as a bit mask (0 when none).
+    pub fn shards_for(&self, topic: &str) -> u64 {
+        self.shards_by_topic.get(topic).copied().unwrap_or(0)
+    }
+
+    /// How many topics have at least one interested shard.
+    pub fn topic_count(&self) -> usize {
+        self.shards_by_topic.len()
+    }
+}
+
+/// Iterates the shard indices set in `mask`.
+pub fn shards_in(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let shard = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(shard)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(shard: usize, topic: &str, interested: bool) -> InterestChange {
+        InterestChange {
+            shard,
+            topic: topic.to_owned(),
+            interested,
+        }
+    }
+
+    #[test]
+    fn only_interested_shards_are_listed() {
+        let mut table = InterestTable::default();
+        table.apply(change(0, "a", true));
+        table.apply(change(3, "a", true));
+        table.apply(change(1, "b", true));
+        assert_eq!(
+            shards_in(table.shards_for("a")).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
+        assert_eq!(
+            shards_in(table.shards_for("b")).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(table.shards_for("c"), 0);
+    }
+
+    #[test]
+    fn topic_is_forgotten_when_last_shard_loses_interest() {
+        let mut table = InterestTable::default();
+        table.apply(change(0, "a", true));
+        table.apply(change(1, "a", true));
+        table.apply(change(0, "a", false));
+        assert_eq!(
+            shards_in(table.shards_for("a")).collect::<Vec<_>>(),
+            vec![1]
+        );
+        table.apply(change(1, "a", false));
+        assert_eq!(table.topic_count(), 0);
+    }
+
+    #[test]
+    fn changes_are_applied_in_order() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(change(0, "a", true)).unwrap();
+        tx.send(change(0, "a", false)).unwrap();
+        tx.send(change(0, "a", true)).unwrap();
+        let mut table = InterestTable::default();
+        table.apply_pending(&rx);
+        assert_eq!(table.shards_for("a"), 1);
+    }
+}

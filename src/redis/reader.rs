@@ -1,0 +1,175 @@
+//! The downstream half of the Redis core: one connection, one `PSUBSCRIBE to:*`.
+//!
+//! Runs on its own thread. Each `pmessage` is decoded once: the channel name is split into
+//! topic and event, the payload is validated and the final frame bytes are built once
+//! ([`Broadcast`]), and a reference-counted handle goes to every interested shard's inbox.
+//! It reconnects with backoff when Redis goes away, and pings when the subscription has been
+//! quiet for a while so that a connection that is open but dead is noticed and replaced.
+//! It never blocks on a shard: a full shard inbox drops that message for that shard and
+//! counts it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::interest::{shards_in, InterestChange, InterestTable};
+use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
+use super::status::RedisStatus;
+use crate::protocol::Broadcast;
+use crate::shard::inbox::{ShardInbox, ShardMessage};
+
+/// How long a read waits before the reader looks at interest changes and liveness.
+const READ_TICK: Duration = Duration::from_millis(250);
+/// A subscription silent for this long is probed with a PING.
+const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// A PING not answered within this long means the connection is dead.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Counters the reader keeps for metrics and the admin channel.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    /// Messages received from Redis on `to:*`.
+    pub received: AtomicU64,
+    /// Messages whose channel name had no topic/event shape.
+    pub malformed_names: AtomicU64,
+    /// Messages for topics no shard subscribes to.
+    pub unrouted: AtomicU64,
+    /// Deliveries to a shard dropped because its inbox was full.
+    pub inbox_drops: AtomicU64,
+}
+
+/// Everything the reader thread needs.
+pub struct RedisReader {
+    pub(super) client: redis::Client,
+    pub(super) status: Arc<RedisStatus>,
+    pub(super) stats: Arc<ReaderStats>,
+    pub(super) inboxes: Vec<Arc<ShardInbox>>,
+    pub(super) interest_changes: Receiver<InterestChange>,
+}
+
+impl RedisReader {
+    /// Runs forever: connect, subscribe, dispatch, and start over when the connection fails.
+    pub fn run(self) {
+        let mut interest = InterestTable::default();
+        let mut backoff = Backoff::default();
+        let mut ever_connected = false;
+        loop {
+            interest.apply_pending(&self.interest_changes);
+            match self.connect() {
+                Ok(mut conn) => {
+                    match self.dispatch_until_failure(&mut conn, &mut interest, &mut ever_connected)
+                    {
+                        Ok(reason) => {
+                            self.status.set_subscriber_up(false);
+                            backoff.reset();
+                            warn!(%reason, "redis subscriber lost; reconnecting");
+                        }
+                        Err(err) => debug!(%err, "redis subscriber cannot subscribe yet"),
+                    }
+                }
+                Err(err) => debug!(%err, "redis subscriber cannot connect yet"),
+            }
+            let wait = backoff.next_wait();
+            let until = Instant::now() + wait;
+            // Keep the interest table current while waiting, so that it is right on reconnect.
+            while Instant::now() < until {
+                if let Ok(change) = self.interest_changes.recv_timeout(until - Instant::now()) {
+                    interest.apply(change);
+                }
+            }
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_write_timeout(Some(PROBE_DEADLINE))?;
+        Ok(conn)
+    }
+
+    /// Subscribes, then reads and dispatches until the connection fails; returns why.
+    ///
+    /// One `PubSub` lives for the whole subscription: dropping it unsubscribes.
+    fn dispatch_until_failure(
+        &self,
+        conn: &mut redis::Connection,
+        interest: &mut InterestTable,
+        ever_connected: &mut bool,
+    ) -> Result<String, redis::RedisError> {
+        let mut pubsub = conn.as_pubsub();
+        pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
+        pubsub.psubscribe(DOWNSTREAM_PATTERN)?;
+        pubsub.set_read_timeout(Some(READ_TICK))?;
+        if *ever_connected {
+            self.status.count_reconnect();
+        }
+        *ever_connected = true;
+        self.status.set_subscriber_up(true);
+        info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
+        let mut last_heard = Instant::now();
+        loop {
+            match pubsub.get_message() {
+                Ok(msg) => {
+                    last_heard = Instant::now();
+                    interest.apply_pending(&self.interest_changes);
+                    self.dispatch(
+                        msg.get_channel_name().as_bytes(),
+                        msg.get_payload_bytes(),
+                        interest,
+                    );
+                }
+                Err(err) if err.is_timeout() => {
+                    interest.apply_pending(&self.interest_changes);
+                    if last_heard.elapsed() >= PROBE_AFTER {
+                        if let Err(err) = probe(&mut pubsub) {
+                            return Ok(format!("liveness probe failed: {err}"));
+                        }
+                        last_heard = Instant::now();
+                    }
+                }
+                Err(err) => return Ok(err.to_string()),
+            }
+        }
+    }
+
+    fn dispatch(&self, channel: &[u8], payload: &[u8], interest: &InterestTable) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some((topic, event)) = split_downstream(channel) else {
+            self.stats.malformed_names.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mask = interest.shards_for(topic);
+        if mask == 0 {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let broadcast = Arc::new(Broadcast::new(topic, event, payload));
+        for shard in shards_in(mask) {
+            let Some(inbox) = self.inboxes.get(shard) else {
+                continue;
+            };
+            if !inbox.send(ShardMessage::Broadcast(Arc::clone(&broadcast))) {
+                let drops = self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed) + 1;
+                if drops.is_power_of_two() {
+                    warn!(
+                        shard,
+                        drops, "shard inbox full: downstream message dropped for that shard"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sends a PING on the subscribed connection and waits for its answer.
+fn probe(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
+    pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
+    let answer = pubsub.ping::<redis::Value>();
+    pubsub.set_read_timeout(Some(READ_TICK))?;
+    answer.map(|_| ())
+}

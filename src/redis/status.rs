@@ -1,0 +1,43 @@
+//! The Redis connection state as every shard and the HTTP routes see it.
+//!
+//! Written only by the Redis core threads, read lock-free by everyone else (`/healthz`, the
+//! push path that must answer `backend unavailable` instead of a false `ok`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Whether the subscriber and the publisher connections are up, and how often they came back.
+#[derive(Debug, Default)]
+pub struct RedisStatus {
+    subscriber_up: AtomicBool,
+    publisher_up: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+impl RedisStatus {
+    /// True when both connections are up: only then is the server fully serving.
+    pub fn is_connected(&self) -> bool {
+        self.subscriber_up.load(Ordering::Acquire) && self.publisher_up.load(Ordering::Acquire)
+    }
+
+    /// True when pushes can be published right now.
+    pub fn can_publish(&self) -> bool {
+        self.publisher_up.load(Ordering::Acquire)
+    }
+
+    /// Number of times a connection was re-established after being lost.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_subscriber_up(&self, up: bool) {
+        self.subscriber_up.store(up, Ordering::Release);
+    }
+
+    pub(crate) fn set_publisher_up(&self, up: bool) {
+        self.publisher_up.store(up, Ordering::Release);
+    }
+
+    pub(crate) fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}

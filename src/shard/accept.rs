@@ -1,0 +1,190 @@
+//! One accepted TCP connection before the WebSocket upgrade: read the HTTP request head
+//! (bounded in size and time), route it, answer plain HTTP requests, or upgrade.
+//!
+//! Parsing and responses are [`crate::http`]'s; this module only does the socket I/O. It never
+//! panics on input: every malformed or oversized request gets a 4xx and the socket is closed.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tracing::debug;
+
+use super::connection;
+use super::context::ShardContext;
+use crate::auth::handle_token_request;
+use crate::http::{self, HttpResponse, RequestHead, Route};
+
+/// Serves one accepted connection to its end.
+pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let limits = &ctx.shared.config.limits;
+    let deadline = limits.handshake_timeout();
+    let head = futures_lite::future::or(
+        async { Some(read_head(&mut stream, limits.http_head_bytes).await) },
+        async {
+            glommio::timer::sleep(deadline).await;
+            None
+        },
+    )
+    .await;
+    let (head, buffer) = match head {
+        None => {
+            debug!(shard = ctx.id, "handshake timed out");
+            let _ = respond(
+                &mut stream,
+                &http::error_response(408, "request head not received in time"),
+            )
+            .await;
+            return;
+        }
+        Some(Err(response)) => {
+            let _ = respond(&mut stream, &response).await;
+            return;
+        }
+        Some(Ok(parsed)) => parsed,
+    };
+    let leftover = buffer[head.head_len..].to_vec();
+    drop(buffer);
+
+    match http::route(&head) {
+        Route::WebSocket => upgrade(ctx, stream, &head, leftover).await,
+        Route::Token => {
+            let response = token(&ctx, &mut stream, &head, leftover).await;
+            let _ = respond(&mut stream, &response).await;
+        }
+        Route::TokenPreflight => {
+            let _ = respond(&mut stream, &http::preflight_response(&head)).await;
+        }
+        Route::Healthz => {
+            let connected = ctx.shared.redis.status.is_connected();
+            let _ = respond(&mut stream, &http::healthz_response(connected)).await;
+        }
+        Route::Metrics => {
+            let _ = respond(
+                &mut stream,
+                &http::error_response(404, "metrics are not served yet"),
+            )
+            .await;
+        }
+        Route::NotFound => {
+            let _ = respond(&mut stream, &http::error_response(404, "not found")).await;
+        }
+        Route::MethodNotAllowed => {
+            let _ = respond(
+                &mut stream,
+                &http::error_response(405, "method not allowed"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Reads until a complete request head is buffered. Returns the head and everything read.
+async fn read_head(
+    stream: &mut TcpStream,
+    max_head: usize,
+) -> Result<(RequestHead, Vec<u8>), HttpResponse> {
+    // Read straight into the heap buffer: a stack array here would live in every
+    // connection's task for its whole life.
+    let mut buffer = Vec::new();
+    loop {
+        let filled = buffer.len();
+        buffer.resize(filled + 1024, 0);
+        let read = stream.read(&mut buffer[filled..]).await;
+        let n = match read {
+            Ok(n) => n,
+            Err(_) => return Err(http::error_response(400, "connection error")),
+        };
+        buffer.truncate(filled + n);
+        if n == 0 {
+            return Err(http::error_response(
+                400,
+                "connection closed before the request head",
+            ));
+        }
+        match http::parse_request_head(&buffer, max_head) {
+            Ok(Some(head)) => return Ok((head, buffer)),
+            Ok(None) => continue,
+            Err(err) => return Err(err.response()),
+        }
+    }
+}
+
+async fn upgrade(
+    ctx: Rc<ShardContext>,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+) {
+    let upgrade = match http::accept_upgrade(head) {
+        Ok(upgrade) => upgrade,
+        Err(response) => {
+            let _ = respond(&mut stream, &response).await;
+            return;
+        }
+    };
+    if let Some(token) = &upgrade.user_token {
+        if let Err(err) = ctx.shared.authority.verify(token) {
+            debug!(shard = ctx.id, %err, "socket token refused");
+            let _ = respond(&mut stream, &http::forbidden("invalid socket token")).await;
+            return;
+        }
+    }
+    if ctx.shutting_down.get() {
+        let _ = respond(&mut stream, &http::error_response(503, "shutting down")).await;
+        return;
+    }
+    let response = with_shard_header(&upgrade.response_101, ctx.id);
+    if stream.write_all(&response).await.is_err() {
+        return;
+    }
+    connection::run(ctx, stream, upgrade.vsn, upgrade.user_token, leftover).await;
+}
+
+async fn token(
+    ctx: &ShardContext,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    mut body: Vec<u8>,
+) -> HttpResponse {
+    let shared = &ctx.shared;
+    let max = shared.config.limits.max_token_body_bytes;
+    let length = head.content_length.unwrap_or(body.len());
+    if length > max {
+        return http::payload_too_large(max);
+    }
+    while body.len() < length {
+        let filled = body.len();
+        body.resize(length, 0);
+        match stream.read(&mut body[filled..]).await {
+            Ok(0) | Err(_) => return http::error_response(400, "body shorter than Content-Length"),
+            Ok(n) => body.truncate(filled + n),
+        }
+    }
+    body.truncate(length);
+    let mut response = handle_token_request(
+        &shared.authority,
+        shared.config.admin_key.as_ref(),
+        head.header("authorization"),
+        &body,
+        shared.config.id_length,
+    );
+    http::add_cors(&mut response, head);
+    response
+}
+
+async fn respond(stream: &mut TcpStream, response: &HttpResponse) -> std::io::Result<()> {
+    stream.write_all(&response.to_bytes()).await?;
+    stream.close().await
+}
+
+/// Adds `x-channel-shard: <id>` to the 101 response, so that operators and tests can tell
+/// which shard a socket landed on.
+fn with_shard_header(response_101: &[u8], shard: usize) -> Vec<u8> {
+    let end = response_101.len().saturating_sub(2);
+    let mut response = Vec::with_capacity(response_101.len() + 24);
+    response.extend_from_slice(&response_101[..end]);
+    response.extend_from_slice(format!("x-channel-shard: {shard}\r\n\r\n").as_bytes());
+    response
+}

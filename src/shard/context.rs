@@ -1,0 +1,120 @@
+//! What a shard owns, and what all shards share.
+//!
+//! [`Shared`] is built once per process and read by every shard (configuration, the token
+//! authority, the Redis handle); nothing in it is written on a per-message path.
+//! [`ShardContext`] is one executor's private state: its connections, its topic table and its
+//! scratch buffers. It is only touched from that executor's thread, so `RefCell`, not locks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::auth::TokenAuthority;
+use crate::config::Config;
+use crate::redis::interest::InterestChange;
+use crate::redis::RedisHandle;
+
+use super::connection::Conn;
+use super::inbox::ShardInbox;
+use super::topic_table::TopicTable;
+
+/// Size of the per-shard read buffer every connection reads into.
+pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
+/// A coalesced write gathers frames up to about this many bytes.
+pub const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Process-wide, read-only after start.
+pub struct Shared {
+    /// The effective configuration.
+    pub config: Config,
+    /// Verifies (and mints) channel tokens.
+    pub authority: TokenAuthority,
+    /// The Redis core: status, upstream queue, interest changes.
+    pub redis: RedisHandle,
+    /// Every shard's inbox, by shard index.
+    pub inboxes: Vec<Arc<ShardInbox>>,
+}
+
+/// One shard's private state.
+pub struct ShardContext {
+    /// The shard's index (0-based), also its bit in the Redis core's interest masks.
+    pub id: usize,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// Local topic → subscribers.
+    pub topics: RefCell<TopicTable>,
+    /// Every open WebSocket connection of this shard, by id.
+    pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    next_conn_id: Cell<u64>,
+    /// Connections read into this one buffer; only leftovers of partial frames are copied out.
+    pub read_scratch: RefCell<Vec<u8>>,
+    write_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Set when the shard is shutting down: no new connections, no new joins.
+    pub shutting_down: Cell<bool>,
+}
+
+impl ShardContext {
+    /// A fresh shard.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        Self {
+            id,
+            shared,
+            topics: RefCell::new(TopicTable::default()),
+            conns: RefCell::new(HashMap::new()),
+            next_conn_id: Cell::new(1),
+            read_scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
+            write_buffers: RefCell::new(Vec::new()),
+            shutting_down: Cell::new(false),
+        }
+    }
+
+    /// A connection id unique within this shard.
+    pub fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn_id.get();
+        self.next_conn_id.set(id + 1);
+        id
+    }
+
+    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.
+    pub fn subscribe(&self, topic: &str, conn: &Rc<Conn>) {
+        if self.topics.borrow_mut().subscribe(topic, conn) {
+            self.tell_interest(topic, true);
+        }
+    }
+
+    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic.
+    pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
+        if self.topics.borrow_mut().unsubscribe(topic, conn_id) {
+            self.tell_interest(topic, false);
+        }
+    }
+
+    fn tell_interest(&self, topic: &str, interested: bool) {
+        // The reader owns the receiving end for the life of the process.
+        let _ = self.shared.redis.interest.send(InterestChange {
+            shard: self.id,
+            topic: topic.to_owned(),
+            interested,
+        });
+    }
+
+    /// A buffer for coalescing frames into one write; give it back with [`Self::return_write_buffer`].
+    pub fn take_write_buffer(&self) -> Vec<u8> {
+        self.write_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(COALESCE_BYTES))
+    }
+
+    /// Returns a coalescing buffer to the shard's pool (oversized ones are freed).
+    pub fn return_write_buffer(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() <= 2 * COALESCE_BYTES {
+            buffer.clear();
+            let mut pool = self.write_buffers.borrow_mut();
+            if pool.len() < 8 {
+                pool.push(buffer);
+            }
+        }
+    }
+}

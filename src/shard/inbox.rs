@@ -1,0 +1,130 @@
+//! A shard's inbox: the lock-free hand-off from other threads (the Redis core, the signal
+//! handler) into one shard's executor.
+//!
+//! A bounded crossbeam queue carries the messages; an [`AtomicWaker`] wakes the shard's inbox
+//! task, which glommio turns into a cross-thread notification (eventfd), so an idle shard
+//! sleeps instead of polling. Overflow rule: `send` never blocks; when the queue is full the
+//! message is dropped, counted in `dropped`, and `send` returns false.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures::task::AtomicWaker;
+
+use crate::protocol::Broadcast;
+
+/// What a shard can be told from outside.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// A downstream message for every local subscriber of its topic.
+    Broadcast(Arc<Broadcast>),
+    /// The outcome of a client's push that the publisher sent to Redis.
+    PushResult {
+        /// Who to answer.
+        ack: PushAck,
+        /// Whether Redis accepted it.
+        outcome: PushOutcome,
+    },
+    /// Stop accepting, close every socket with 1012, then stop the executor.
+    Shutdown,
+}
+
+/// What the shard needs to answer a push once Redis has (or has not) accepted it.
+#[derive(Debug, Clone)]
+pub struct PushAck {
+    /// The connection that pushed, local to the shard.
+    pub conn: u64,
+    /// The join reference the push carried.
+    pub join_ref: Option<String>,
+    /// The push's own reference, echoed in the reply.
+    pub msg_ref: Option<String>,
+    /// The topic it was pushed on.
+    pub topic: String,
+}
+
+/// The publisher's verdict on one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Redis accepted the `PUBLISH`.
+    Published,
+    /// Redis was down, stalled or the queue was full: the client gets `backend unavailable`.
+    BackendUnavailable,
+}
+
+/// One shard's inbox. Shared (`Arc`) between the shard and every sender.
+#[derive(Debug)]
+pub struct ShardInbox {
+    tx: Sender<ShardMessage>,
+    rx: Receiver<ShardMessage>,
+    waker: AtomicWaker,
+    dropped: AtomicU64,
+}
+
+impl ShardInbox {
+    /// An inbox that holds at most `capacity` messages.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Self {
+            tx,
+            rx,
+            waker: AtomicWaker::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `message` and wakes the shard. Never blocks; false when the inbox was full (or
+    /// the shard is gone) and the message was dropped.
+    pub fn send(&self, message: ShardMessage) -> bool {
+        match self.tx.try_send(message) {
+            Ok(()) => {
+                self.waker.wake();
+                true
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.waker.wake();
+                false
+            }
+        }
+    }
+
+    /// Messages dropped because the inbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Takes one waiting message without waiting.
+    pub fn try_recv(&self) -> Option<ShardMessage> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits (asleep) until at least one message is waiting.
+    pub fn ready(&self) -> InboxReady<'_> {
+        InboxReady { inbox: self }
+    }
+}
+
+/// Future returned by [`ShardInbox::ready`].
+pub struct InboxReady<'a> {
+    inbox: &'a ShardInbox,
+}
+
+impl Future for InboxReady<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.inbox.rx.is_empty() {
+            return Poll::Ready(());
+        }
+        self.inbox.waker.register(cx.waker());
+        // A message sent between the check and the registration must not be missed.
+        if !self.inbox.rx.is_empty() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}

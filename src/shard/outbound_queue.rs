@@ -1,0 +1,199 @@
+//! One connection's outbound queue: the frames waiting to be written to its socket.
+//!
+//! Frames are shared, pre-encoded `Bytes` (a broadcast is the same allocation for every
+//! receiver). The queue is bounded in bytes, counting frames handed to the writer but not yet
+//! written: past the limit the connection is a slow consumer, its pending frames are dropped
+//! and it is closed with 1013. Once closing, nothing more is accepted.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+/// Why and how a connection is being closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// The WebSocket close code sent to the client.
+    pub code: u16,
+    /// A short human-readable reason (at most 123 bytes on the wire).
+    pub reason: &'static str,
+}
+
+/// What happened to a frame offered to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The frame will be written.
+    Queued,
+    /// The queue passed its limit: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection is already closing; the frame was discarded.
+    Closing,
+}
+
+/// Frames waiting for the connection's writer.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued or being written; the slow-consumer limit applies to this.
+    pending_bytes: usize,
+    limit: usize,
+    writer: Option<Waker>,
+    close: Option<CloseRequest>,
+}
+
+impl OutboundQueue {
+    /// An empty queue that tolerates at most `limit` pending bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            frames: VecDeque::new(),
+            pending_bytes: 0,
+            limit,
+            writer: None,
+            close: None,
+        }
+    }
+
+    /// Offers one frame. On overflow the queue switches to closing with 1013.
+    pub fn push(&mut self, frame: Bytes) -> Enqueued {
+        if self.close.is_some() {
+            return Enqueued::Closing;
+        }
+        if self.pending_bytes + frame.len() > self.limit {
+            self.frames.clear();
+            self.close = Some(CloseRequest {
+                code: crate::protocol::close_code::TRY_AGAIN_LATER,
+                reason: "slow consumer",
+            });
+            self.wake_writer();
+            return Enqueued::Overflow;
+        }
+        self.pending_bytes += frame.len();
+        self.frames.push_back(frame);
+        self.wake_writer();
+        Enqueued::Queued
+    }
+
+    /// Asks the writer to send what is queued, then a close frame. The first request wins.
+    pub fn close(&mut self, request: CloseRequest) {
+        if self.close.is_none() {
+            self.close = Some(request);
+            self.wake_writer();
+        }
+    }
+
+    /// True once a close was requested (by us or because of overflow).
+    pub fn is_closing(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// Moves every queued frame into `batch` (which must be empty), keeping both
+    /// allocations. Returns the close request when there is nothing left to write before it.
+    pub fn take(&mut self, batch: &mut VecDeque<Bytes>) -> Option<CloseRequest> {
+        debug_assert!(batch.is_empty());
+        std::mem::swap(&mut self.frames, batch);
+        if batch.is_empty() {
+            // An idle connection should not keep a burst's worth of capacity.
+            if self.frames.capacity() > 64 {
+                self.frames = VecDeque::new();
+            }
+            return self.close.clone();
+        }
+        None
+    }
+
+    /// The writer finished writing `bytes` of what it took.
+    pub fn written(&mut self, bytes: usize) {
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+    }
+
+    /// True when there is nothing to write and no close to send.
+    pub fn is_idle(&self) -> bool {
+        self.frames.is_empty() && self.close.is_none()
+    }
+
+    /// Bytes queued or in flight.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Registers the writer task to be woken by the next push or close.
+    pub fn register_writer(&mut self, waker: &Waker) {
+        match &self.writer {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.writer = Some(waker.clone()),
+        }
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn frames_are_taken_in_order() {
+        let mut q = OutboundQueue::new(100);
+        assert_eq!(q.push(Bytes::from_static(b"a")), Enqueued::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"b")), Enqueued::Queued);
+        let mut batch = VecDeque::new();
+        assert_eq!(q.take(&mut batch), None);
+        assert_eq!(
+            batch,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+    }
+
+    #[test]
+    fn passing_the_byte_limit_closes_as_slow_consumer() {
+        let mut q = OutboundQueue::new(10);
+        assert_eq!(q.push(frame(6)), Enqueued::Queued);
+        assert_eq!(q.push(frame(6)), Enqueued::Overflow);
+        assert_eq!(q.push(frame(1)), Enqueued::Closing);
+        let mut batch = VecDeque::new();
+        let close = q.take(&mut batch).expect("overflow requests a close");
+        assert!(
+            batch.is_empty(),
+            "pending frames of a slow consumer are dropped"
+        );
+        assert_eq!(close.code, 1013);
+        assert_eq!(close.reason, "slow consumer");
+    }
+
+    #[test]
+    fn bytes_being_written_still_count_against_the_limit() {
+        let mut q = OutboundQueue::new(10);
+        q.push(frame(8));
+        let mut batch = VecDeque::new();
+        q.take(&mut batch);
+        assert_eq!(q.push(frame(4)), Enqueued::Overflow);
+        let mut q = OutboundQueue::new(10);
+        q.push(frame(8));
+        q.take(&mut batch);
+        q.written(8);
+        assert_eq!(q.push(frame(4)), Enqueued::Queued);
+    }
+
+    #[test]
+    fn close_is_sent_after_queued_frames() {
+        let mut q = OutboundQueue::new(100);
+        q.push(frame(3));
+        q.close(CloseRequest {
+            code: 1012,
+            reason: "restart",
+        });
+        let mut batch = VecDeque::new();
+        assert_eq!(q.take(&mut batch), None);
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert_eq!(q.take(&mut batch).map(|c| c.code), Some(1012));
+    }
+}

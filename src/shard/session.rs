@@ -1,0 +1,328 @@
+//! The Phoenix protocol for one connection: what each client message means.
+//!
+//! Heartbeats, joins (token bound to the topic), leaves, pushes (published to Redis and
+//! answered once Redis accepted them), `unmatched topic`, reserved events and stale join
+//! references — PROTOCOL.md §4. Everything here is synchronous and CPU-only: it decides,
+//! queues frames on the connection, and hands publishes to the Redis core. It never waits.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::connection::{Conn, JoinedChannel};
+use super::context::ShardContext;
+use super::inbox::{PushAck, PushOutcome};
+use crate::protocol::{
+    channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
+    Inbound, Message, OpCode, Payload, ReplyStatus, Vsn,
+};
+use crate::redis::naming::upstream_channel;
+use crate::redis::publisher::PublishRequest;
+
+/// Why the connection stops reading.
+#[derive(Debug)]
+pub enum Stop {
+    /// The client sent a close frame; ours is queued.
+    ClientClosed,
+    /// The server decided to close; the close frame is queued.
+    Closing,
+}
+
+/// Topic of heartbeats; it cannot be joined.
+pub const HEARTBEAT_TOPIC: &str = "phoenix";
+/// Events that only the server may send.
+pub const RESERVED_EVENTS: [&str; 5] = [
+    "phx_reply",
+    "phx_error",
+    "phx_close",
+    "presence_state",
+    "presence_diff",
+];
+/// Longest topic accepted: binary frames carry its length in one byte.
+pub const MAX_TOPIC_BYTES: usize = 255;
+
+/// Join refusal reasons, as sent to the client.
+pub mod refusal {
+    /// Bad, expired or foreign token, or none at all.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The socket already has as many channels as `max_channels_per_socket`.
+    pub const TOO_MANY_CHANNELS: &str = "too many channels joined";
+    /// The topic is empty, too long, has control characters, or is `phoenix`.
+    pub const INVALID_TOPIC: &str = "invalid topic";
+    /// A push (or other event) on a topic this socket has not joined.
+    pub const UNMATCHED_TOPIC: &str = "unmatched topic";
+    /// A client tried to send an event only the server may send.
+    pub const RESERVED_EVENT: &str = "reserved event";
+    /// Redis is down, stalled, or the publisher queue is full.
+    pub const BACKEND_UNAVAILABLE: &str = "backend unavailable";
+    /// The server is shutting down and takes no new joins.
+    pub const SHUTTING_DOWN: &str = "shutting down";
+}
+
+/// Handles one complete client message.
+pub fn handle(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, message: Message<'_>) -> Result<(), Stop> {
+    match message {
+        Message::Text(data) => match decode_text(conn.vsn, data) {
+            Ok(inbound) => {
+                dispatch(ctx, conn, inbound);
+                Ok(())
+            }
+            Err(err) => {
+                debug!(conn = conn.id, %err, "undecodable text message");
+                conn.close(close_code::INVALID_PAYLOAD, "malformed phoenix message");
+                Err(Stop::Closing)
+            }
+        },
+        Message::Binary(data) => {
+            if conn.vsn == Vsn::V1 {
+                conn.close(close_code::UNSUPPORTED_DATA, "binary frames need vsn=2.0.0");
+                return Err(Stop::Closing);
+            }
+            match decode_binary(data) {
+                Ok(inbound) => {
+                    dispatch(ctx, conn, inbound);
+                    Ok(())
+                }
+                Err(err) => {
+                    debug!(conn = conn.id, %err, "undecodable binary message");
+                    conn.close(close_code::INVALID_PAYLOAD, "malformed phoenix message");
+                    Err(Stop::Closing)
+                }
+            }
+        }
+        Message::Ping(payload) => {
+            conn.send(encode_frame(OpCode::Pong, payload));
+            Ok(())
+        }
+        Message::Pong(_) => Ok(()),
+        Message::Close(_) => {
+            conn.close(close_code::NORMAL, "");
+            Err(Stop::ClientClosed)
+        }
+    }
+}
+
+fn dispatch(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: Inbound<'_>) {
+    let topic = msg.topic.as_ref();
+    let event = msg.event.as_ref();
+    if topic == HEARTBEAT_TOPIC && event == "heartbeat" {
+        send_reply(conn, &msg, ReplyStatus::Ok, "{}");
+        return;
+    }
+    match event {
+        "phx_join" => join(ctx, conn, &msg),
+        "phx_leave" => leave(ctx, conn, &msg),
+        _ => push(ctx, conn, &msg),
+    }
+}
+
+fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
+    let topic = msg.topic.as_ref();
+    if !is_valid_topic(topic) {
+        return refuse(conn, msg, refusal::INVALID_TOPIC);
+    }
+    if ctx.shutting_down.get() {
+        return refuse(conn, msg, refusal::SHUTTING_DOWN);
+    }
+    let token = join_token(&msg.payload).or_else(|| conn.user_token.as_deref().map(Into::into));
+    let Some(token) = token else {
+        return refuse(conn, msg, refusal::UNAUTHORIZED);
+    };
+    let claims = match ctx.shared.authority.verify_for_channel(&token, topic) {
+        Ok(claims) => claims,
+        Err(err) => {
+            debug!(conn = conn.id, topic, %err, "join refused");
+            return refuse(conn, msg, refusal::UNAUTHORIZED);
+        }
+    };
+    // phoenix.js sends join_ref == ref; a null join_ref falls back to ref.
+    let join_ref = msg
+        .join_ref
+        .as_deref()
+        .or(msg.msg_ref.as_deref())
+        .map(str::to_owned);
+    let joined = JoinedChannel {
+        join_ref,
+        client_id: claims.id,
+    };
+    let previous = {
+        let mut channels = conn.channels.borrow_mut();
+        if !channels.contains_key(topic)
+            && channels.len() >= ctx.shared.config.limits.max_channels_per_socket
+        {
+            drop(channels);
+            return refuse(conn, msg, refusal::TOO_MANY_CHANNELS);
+        }
+        channels.insert(topic.to_owned(), joined)
+    };
+    send_reply(conn, msg, ReplyStatus::Ok, "{}");
+    match previous {
+        // A second join of the same topic replaces the first: close the old one.
+        Some(old) => {
+            conn.send(channel_close(conn.vsn, old.join_ref.as_deref(), topic));
+        }
+        None => ctx.subscribe(topic, conn),
+    }
+}
+
+fn leave(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
+    let topic = msg.topic.as_ref();
+    if is_stale(conn, msg) {
+        return;
+    }
+    let removed = conn.channels.borrow_mut().remove(topic);
+    send_reply(conn, msg, ReplyStatus::Ok, "{}");
+    if let Some(old) = removed {
+        ctx.unsubscribe(topic, conn.id);
+        let join_ref = old.join_ref.as_deref().or(msg.join_ref.as_deref());
+        conn.send(channel_close(conn.vsn, join_ref, topic));
+    }
+}
+
+fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
+    let topic = msg.topic.as_ref();
+    let event = msg.event.as_ref();
+    if !conn.channels.borrow().contains_key(topic) {
+        return send_unmatched(conn, msg);
+    }
+    if is_stale(conn, msg) {
+        return;
+    }
+    if RESERVED_EVENTS.contains(&event) {
+        return send_reply(
+            conn,
+            msg,
+            ReplyStatus::Error,
+            &reason_json(refusal::RESERVED_EVENT),
+        );
+    }
+    let redis = &ctx.shared.redis;
+    if !redis.status.can_publish() {
+        return send_reply(
+            conn,
+            msg,
+            ReplyStatus::Error,
+            &reason_json(refusal::BACKEND_UNAVAILABLE),
+        );
+    }
+    let payload = match &msg.payload {
+        Payload::Json(text) => Bytes::copy_from_slice(text.as_bytes()),
+        Payload::Binary(data) => Bytes::copy_from_slice(data),
+    };
+    let request = PublishRequest {
+        channel: upstream_channel(topic, event),
+        payload,
+        origin: Some((
+            ctx.id,
+            PushAck {
+                conn: conn.id,
+                join_ref: msg.join_ref.as_deref().map(str::to_owned),
+                msg_ref: msg.msg_ref.as_deref().map(str::to_owned),
+                topic: topic.to_owned(),
+            },
+        )),
+    };
+    if redis.publish.try_send(request).is_err() {
+        send_reply(
+            conn,
+            msg,
+            ReplyStatus::Error,
+            &reason_json(refusal::BACKEND_UNAVAILABLE),
+        );
+    }
+}
+
+/// Answers a push once the publisher has its outcome.
+pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
+    let Some(conn) = ctx.conns.borrow().get(&ack.conn).cloned() else {
+        return;
+    };
+    let (status, response) = match outcome {
+        PushOutcome::Published => (ReplyStatus::Ok, "{}".to_owned()),
+        PushOutcome::BackendUnavailable => (
+            ReplyStatus::Error,
+            reason_json(refusal::BACKEND_UNAVAILABLE),
+        ),
+    };
+    conn.send(reply(
+        conn.vsn,
+        ack.join_ref.as_deref(),
+        ack.msg_ref.as_deref(),
+        &ack.topic,
+        status,
+        &response,
+    ));
+}
+
+/// Leaves every channel of a connection that is going away.
+pub fn leave_all(ctx: &ShardContext, conn: &Conn) {
+    let channels = std::mem::take(&mut *conn.channels.borrow_mut());
+    for topic in channels.keys() {
+        ctx.unsubscribe(topic, conn.id);
+    }
+}
+
+/// A message whose join_ref is non-null and not the current join's belongs to an old join.
+fn is_stale(conn: &Conn, msg: &Inbound<'_>) -> bool {
+    let Some(join_ref) = msg.join_ref.as_deref() else {
+        return false;
+    };
+    match conn.channels.borrow().get(msg.topic.as_ref()) {
+        Some(current) => current.join_ref.as_deref() != Some(join_ref),
+        None => false,
+    }
+}
+
+/// Topics are 1..=255 bytes without control characters; `phoenix` is reserved.
+pub fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_BYTES
+        && topic != HEARTBEAT_TOPIC
+        && !topic.chars().any(char::is_control)
+}
+
+fn refuse(conn: &Conn, msg: &Inbound<'_>, reason: &str) {
+    send_reply(conn, msg, ReplyStatus::Error, &reason_json(reason));
+}
+
+fn send_unmatched(conn: &Conn, msg: &Inbound<'_>) {
+    conn.send(reply(
+        conn.vsn,
+        None,
+        msg.msg_ref.as_deref(),
+        msg.topic.as_ref(),
+        ReplyStatus::Error,
+        &reason_json(refusal::UNMATCHED_TOPIC),
+    ));
+}
+
+fn send_reply(conn: &Conn, msg: &Inbound<'_>, status: ReplyStatus, response_json: &str) {
+    conn.send(reply(
+        conn.vsn,
+        msg.join_ref.as_deref(),
+        msg.msg_ref.as_deref(),
+        msg.topic.as_ref(),
+        status,
+        response_json,
+    ));
+}
+
+fn reason_json(reason: &str) -> String {
+    serde_json::json!({ "reason": reason }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        assert!(is_valid_topic("weather:wind"));
+        assert!(!is_valid_topic(""));
+        assert!(!is_valid_topic("phoenix"));
+        assert!(!is_valid_topic("a\nb"));
+        assert!(!is_valid_topic(&"x".repeat(256)));
+        assert!(is_valid_topic(&"x".repeat(255)));
+    }
+}

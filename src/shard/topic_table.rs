@@ -1,0 +1,70 @@
+//! The shard's local topic table: which of this shard's connections are joined to a topic.
+//!
+//! Owned by one executor, so plain `RefCell` access with no lock. Subscribers are kept in an
+//! `IndexMap` so that fan-out walks contiguous memory and a leave is O(1). A topic exists
+//! while it has a local subscriber and is forgotten when its last one leaves; the caller is
+//! told about both transitions so that it can update the Redis core's interest table.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use indexmap::IndexMap;
+
+use super::connection::Conn;
+
+/// Topic → local subscribers.
+#[derive(Default)]
+pub struct TopicTable {
+    topics: HashMap<String, IndexMap<u64, Rc<Conn>>>,
+}
+
+impl TopicTable {
+    /// Adds `conn` to `topic`; true when it is the topic's first local subscriber.
+    pub fn subscribe(&mut self, topic: &str, conn: &Rc<Conn>) -> bool {
+        match self.topics.get_mut(topic) {
+            Some(subscribers) => {
+                subscribers.insert(conn.id, Rc::clone(conn));
+                false
+            }
+            None => {
+                let mut subscribers = IndexMap::new();
+                subscribers.insert(conn.id, Rc::clone(conn));
+                self.topics.insert(topic.to_owned(), subscribers);
+                true
+            }
+        }
+    }
+
+    /// Removes connection `conn_id` from `topic`; true when the topic lost its last subscriber.
+    pub fn unsubscribe(&mut self, topic: &str, conn_id: u64) -> bool {
+        let Some(subscribers) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        subscribers.swap_remove(&conn_id);
+        if subscribers.is_empty() {
+            self.topics.remove(topic);
+            return true;
+        }
+        false
+    }
+
+    /// The local subscribers of `topic`.
+    pub fn subscribers(&self, topic: &str) -> Option<&IndexMap<u64, Rc<Conn>>> {
+        self.topics.get(topic)
+    }
+
+    /// Topics with their local subscriber counts.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.topics.iter().map(|(t, s)| (t.as_str(), s.len()))
+    }
+
+    /// Number of topics with at least one local subscriber.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// True when no topic has a local subscriber.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+}
