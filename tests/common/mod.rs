@@ -9,6 +9,7 @@
 
 pub mod channel_server;
 pub mod http;
+pub mod phoenix;
 pub mod redis_server;
 pub mod socket;
 pub mod tokens;

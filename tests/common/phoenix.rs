@@ -1,0 +1,264 @@
+//! Helpers for the protocol tests (`tests/*_test.rs`): one private Redis plus one server per
+//! test ([`Setup`]), locally signed tokens for it, and exact-frame assertions.
+//!
+//! Presence (`presence_state`, `presence_diff`) is pinned by its own tests; the receive helpers
+//! here skip presence frames so that a test pins only the behaviour it is named after and
+//! does not break when presence is added. Nothing else is ever skipped.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{
+    http_request, sign_token, ChannelServer, Frame, RedisServer, ServerOptions, TestSocket,
+    QUIET_PERIOD, RECV_TIMEOUT, TEST_JWT_SECRET,
+};
+
+/// A private Redis and a server bridged to it, both stopped on drop.
+pub struct Setup {
+    // Field order: the server stops before its Redis.
+    pub server: ChannelServer,
+    pub redis: RedisServer,
+}
+
+impl Setup {
+    /// One shard, the test secret, default limits.
+    pub fn new() -> Setup {
+        Setup::with(ServerOptions::default())
+    }
+
+    /// With any server options; `config` is a `[channel]` TOML table body when given.
+    pub fn with(opts: ServerOptions) -> Setup {
+        let redis = RedisServer::start();
+        let server = ChannelServer::start(&redis, opts);
+        Setup { server, redis }
+    }
+
+    /// One shard with `[channel]` keys `toml` (for example `"idle_timeout_secs = 1"`).
+    pub fn with_channel_keys(toml: &str) -> Setup {
+        Setup::with(ServerOptions::default().config(&format!("[channel]\n{toml}\n")))
+    }
+
+    /// A valid token for `topic` with identity `id`, signed with the server's secret.
+    pub fn token(&self, topic: &str) -> String {
+        token_for(topic)
+    }
+
+    /// A V2 socket (`vsn=2.0.0`).
+    pub fn v2(&self) -> TestSocket {
+        TestSocket::connect(&self.server.ws_url("2.0.0"))
+    }
+
+    /// A V1 socket (`vsn=1.0.0`).
+    pub fn v1(&self) -> TestSocket {
+        TestSocket::connect(&self.server.ws_url("1.0.0"))
+    }
+
+    /// A V2 socket that has joined `topic` (asserting the exact ok reply); returns it.
+    pub fn joined(&self, topic: &str) -> TestSocket {
+        let mut socket = self.v2();
+        join_ok_exact(&mut socket, topic, &self.token(topic));
+        socket
+    }
+
+    /// `GET /healthz` status.
+    pub fn healthz(&self) -> u16 {
+        http_request(self.server.addr(), "GET", "/healthz", &[], b"").status
+    }
+}
+
+impl Drop for Setup {
+    /// SIGKILL, not SIGTERM: teardown must be quick, and graceful shutdown has its own test.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // ChannelServer's own drop prints the log; let it see the process as it was.
+            return;
+        }
+        self.server.kill();
+    }
+}
+
+/// A valid token for `topic`, signed with [`TEST_JWT_SECRET`], valid for an hour.
+pub fn token_for(topic: &str) -> String {
+    sign_token(TEST_JWT_SECRET, topic, &format!("user-of-{topic}"), 3600)
+}
+
+/// Joins `topic` with `token` through the harness helper and asserts the reply is exactly
+/// `[R, R, topic, "phx_reply", {"status":"ok","response":{}}]`; returns the join ref (R),
+/// for [`send_raw_push`]. The harness's own `push`/`leave` do not know this join.
+pub fn join_ok_exact(socket: &mut TestSocket, topic: &str, token: &str) -> String {
+    let join_ref = socket.next_ref();
+    socket.send_json(&json!([join_ref, join_ref, topic, "phx_join", {"token": token}]));
+    expect_text(socket, &ok_reply(Some(&join_ref), &join_ref, topic, "{}"));
+    join_ref
+}
+
+/// The exact V2 text of a reply.
+pub fn reply_text(
+    join_ref: Option<&str>,
+    r: &str,
+    topic: &str,
+    status: &str,
+    response: &str,
+) -> String {
+    format!(
+        "[{},{},{},\"phx_reply\",{{\"status\":\"{status}\",\"response\":{response}}}]",
+        json_opt(join_ref),
+        json_str(r),
+        json_str(topic)
+    )
+}
+
+/// The exact V2 text of an ok reply with `response`.
+pub fn ok_reply(join_ref: Option<&str>, r: &str, topic: &str, response: &str) -> String {
+    reply_text(join_ref, r, topic, "ok", response)
+}
+
+/// The exact V2 text of an error reply with `{"reason": reason}`.
+pub fn error_reply(join_ref: Option<&str>, r: &str, topic: &str, reason: &str) -> String {
+    reply_text(
+        join_ref,
+        r,
+        topic,
+        "error",
+        &json!({ "reason": reason }).to_string(),
+    )
+}
+
+/// The exact V2 text of `[J, J, topic, "phx_close", {}]`.
+pub fn close_text(join_ref: Option<&str>, topic: &str) -> String {
+    format!(
+        "[{j},{j},{},\"phx_close\",{{}}]",
+        json_str(topic),
+        j = json_opt(join_ref)
+    )
+}
+
+/// The exact V2 text of a broadcast `[null, null, topic, event, payload]`, payload verbatim.
+pub fn broadcast_text(topic: &str, event: &str, payload: &str) -> String {
+    format!(
+        "[null,null,{},{},{payload}]",
+        json_str(topic),
+        json_str(event)
+    )
+}
+
+pub fn json_str(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+fn json_opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+/// Sends `[J, R, topic, event, payload]` (J and R as given, payload as raw JSON text);
+/// returns nothing: the caller knows R.
+pub fn send_raw_push(
+    socket: &mut TestSocket,
+    join_ref: Option<&str>,
+    r: &str,
+    topic: &str,
+    event: &str,
+    payload_json: &str,
+) {
+    socket.send_text(&format!(
+        "[{},{},{},{},{payload_json}]",
+        json_opt(join_ref),
+        json_str(r),
+        json_str(topic),
+        json_str(event)
+    ));
+}
+
+fn is_presence(frame: &Frame) -> bool {
+    let Frame::Text(text) = frame else {
+        return false;
+    };
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    let event = if value.is_array() {
+        value[3].clone()
+    } else {
+        value["event"].clone()
+    };
+    event == "presence_state" || event == "presence_diff"
+}
+
+/// The next frame that is not a presence frame, or `None` within `timeout`.
+pub fn try_next(socket: &mut TestSocket, timeout: Duration) -> Option<Frame> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = socket.try_recv_frame(left)?;
+        if !is_presence(&frame) {
+            return Some(frame);
+        }
+    }
+}
+
+/// The next non-presence frame; panics on timeout.
+pub fn next(socket: &mut TestSocket) -> Frame {
+    try_next(socket, RECV_TIMEOUT)
+        .unwrap_or_else(|| panic!("no frame from the server within {RECV_TIMEOUT:?}"))
+}
+
+/// The next non-presence frame must be a text frame with exactly `expected`.
+pub fn expect_text(socket: &mut TestSocket, expected: &str) {
+    match next(socket) {
+        Frame::Text(text) => assert_eq!(text, expected, "unexpected text frame"),
+        other => panic!("expected the text frame {expected}, got {other:?}"),
+    }
+}
+
+/// The next non-presence frame must be a text frame whose JSON equals `expected` (for V1
+/// objects, whose key order carries no meaning).
+pub fn expect_json(socket: &mut TestSocket, expected: &Value) {
+    match next(socket) {
+        Frame::Text(text) => {
+            let got: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text:?}"));
+            assert_eq!(&got, expected, "unexpected frame {text}");
+        }
+        other => panic!("expected the frame {expected}, got {other:?}"),
+    }
+}
+
+/// The next non-presence frame must be a binary frame with exactly `expected`.
+pub fn expect_binary(socket: &mut TestSocket, expected: &[u8]) {
+    match next(socket) {
+        Frame::Binary(bytes) => assert_eq!(bytes, expected, "unexpected binary frame"),
+        other => panic!("expected a binary frame {expected:?}, got {other:?}"),
+    }
+}
+
+/// The next non-presence frame must be a close frame with `code`; returns its reason.
+pub fn expect_close_code(socket: &mut TestSocket, code: u16, timeout: Duration) -> String {
+    match try_next(socket, timeout) {
+        Some(Frame::Close(Some((got, reason)))) => {
+            assert_eq!(got, code, "close code (reason {reason:?})");
+            reason
+        }
+        other => {
+            panic!("expected a close frame with code {code} within {timeout:?}, got {other:?}")
+        }
+    }
+}
+
+/// No non-presence frame arrives for the quiet period.
+pub fn expect_quiet(socket: &mut TestSocket) {
+    if let Some(frame) = try_next(socket, QUIET_PERIOD) {
+        panic!("expected no frame for {QUIET_PERIOD:?}, got {frame:?}");
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
