@@ -125,6 +125,55 @@ fn join_with_token_of_other_secret_is_refused() {
 }
 
 #[test]
+fn join_with_token_of_other_algorithm_is_refused() {
+    // Same secret, same claims, HS512: only HS256 is accepted.
+    let s = Setup::new();
+    let mut socket = s.v2();
+    let claims =
+        serde_json::json!({"id": "alice", "channel": TOPIC, "iat": 0, "exp": 4_000_000_000u64});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
+    )
+    .expect("HS512 signing works");
+    socket.send_text(&format!(
+        r#"["1","1","room:1","phx_join",{{"token":"{token}"}}]"#
+    ));
+    expect_text(
+        &mut socket,
+        &error_reply(Some("1"), "1", TOPIC, "unauthorized"),
+    );
+}
+
+#[test]
+fn join_reply_precedes_messages_of_the_topic() {
+    // A backend publishes to the topic without pause while a client joins: the first frame
+    // of that join is its reply, and broadcasts follow.
+    let s = Setup::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let mut conn = s.redis.connection();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: Result<i64, _> = redis::cmd("PUBLISH")
+                    .arg("to:room:1:flood")
+                    .arg("1")
+                    .query(&mut conn);
+            }
+        })
+    };
+    for _ in 0..5 {
+        let mut socket = s.v2();
+        join_ok_exact(&mut socket, TOPIC, &s.token(TOPIC));
+        expect_text(&mut socket, &broadcast_text(TOPIC, "flood", "1"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().expect("the publisher thread ends");
+}
+
+#[test]
 fn join_with_garbage_token_is_refused() {
     let s = Setup::new();
     let mut socket = s.v2();

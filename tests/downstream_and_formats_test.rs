@@ -432,3 +432,90 @@ fn client_ping_is_answered_with_pong() {
         other => panic!("expected a pong with the ping's payload, got {other:?}"),
     }
 }
+
+#[test]
+fn v1_and_v2_sockets_on_one_topic_each_get_their_format() {
+    let s = Setup::new();
+    let mut v2 = s.joined(TOPIC);
+    let mut v1 = s.v1();
+    v1_join(&mut v1, TOPIC, &s.token(TOPIC));
+    s.redis.publish("to:room:1:ev", r#"{"a":1}"#);
+    expect_text(&mut v2, &broadcast_text(TOPIC, "ev", r#"{"a":1}"#));
+    expect_json(
+        &mut v1,
+        &json!({"topic": TOPIC, "event": "ev", "payload": {"a": 1}, "ref": null}),
+    );
+}
+
+#[test]
+fn downstream_larger_than_the_inbound_limit_is_delivered() {
+    // max_frame_bytes limits what clients send, not what backends publish.
+    let s = Setup::new();
+    let mut socket = s.joined(TOPIC);
+    let payload = format!("\"{}\"", "y".repeat(200_000));
+    s.redis.publish("to:room:1:big", &payload);
+    expect_text(&mut socket, &broadcast_text(TOPIC, "big", &payload));
+}
+
+// --- WebSocket framing (RFC 6455) ------------------------------------------------------------
+
+/// A masked client frame (mask key 0, so the payload goes as is), for frames tungstenite
+/// would not send on its own.
+fn raw_frame(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = vec![
+        first_byte,
+        payload.len() as u8 | if masked { 0x80 } else { 0 },
+    ];
+    if masked {
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn write_raw(socket: &mut common::TestSocket, bytes: &[u8]) {
+    use std::io::Write;
+    let stream = socket.inner().get_mut();
+    stream.write_all(bytes).expect("raw write");
+    stream.flush().expect("raw flush");
+}
+
+#[test]
+fn fragmented_message_is_reassembled() {
+    let s = Setup::new();
+    let mut socket = s.v2();
+    let message = br#"[null,"1","phoenix","heartbeat",{}]"#;
+    let (a, b) = message.split_at(10);
+    let mut bytes = raw_frame(0x01, a, true); // text, not final
+    bytes.extend(raw_frame(0x80, b, true)); // continuation, final
+    write_raw(&mut socket, &bytes);
+    expect_text(&mut socket, &ok_reply(None, "1", "phoenix", "{}"));
+}
+
+#[test]
+fn unmasked_client_frame_closes_with_1002() {
+    let s = Setup::new();
+    let mut socket = s.v2();
+    write_raw(
+        &mut socket,
+        &raw_frame(0x81, br#"[null,"1","phoenix","heartbeat",{}]"#, false),
+    );
+    expect_close_code(&mut socket, 1002, Duration::from_secs(5));
+}
+
+#[test]
+fn invalid_utf8_text_frame_closes_with_1007() {
+    let s = Setup::new();
+    let mut socket = s.v2();
+    write_raw(&mut socket, &raw_frame(0x81, b"[null,\"\xff\"]", true));
+    expect_close_code(&mut socket, 1007, Duration::from_secs(5));
+}
+
+#[test]
+fn client_close_is_answered_with_1000() {
+    let s = Setup::new();
+    let mut socket = s.joined(TOPIC);
+    socket.close(1000, "bye");
+    expect_close_code(&mut socket, 1000, Duration::from_secs(5));
+}
