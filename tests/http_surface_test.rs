@@ -457,3 +457,27 @@ fn server_started_while_redis_is_down_connects_when_it_comes_up() {
     });
     expect_text(&mut socket, &broadcast_text("room:1", "ev", "1"));
 }
+
+#[test]
+fn user_token_and_subprotocol_token_that_differ_refuse_upgrade_with_400() {
+    let s = Setup::new();
+    let url = format!(
+        "{}&userToken={}",
+        s.server.ws_url("2.0.0"),
+        s.token("room:1")
+    );
+    let protocol = phoenix_protocol(&s.token("room:2"));
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(url).expect("the URL is valid");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("phoenix, {protocol}")
+            .parse()
+            .expect("valid header"),
+    );
+    match TestSocket::try_connect(request) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 400),
+        Err(e) => panic!("expected an HTTP 400, got {e}"),
+        Ok(_) => panic!("expected an HTTP 400, the upgrade succeeded"),
+    }
+}
