@@ -86,13 +86,14 @@ fn healthz_is_200_when_redis_is_up() {
 fn healthz_is_503_when_redis_is_down() {
     // Nothing listens on this port: the server starts anyway and says so.
     let dead = format!("redis://127.0.0.1:{}", common::free_port());
-    let server = ChannelServer::start_with_redis_url(&dead, ServerOptions::default());
+    let mut server = ChannelServer::start_with_redis_url(&dead, ServerOptions::default());
     let response = http_request(server.addr(), "GET", "/healthz", &[], b"");
     assert_eq!(response.status, 503);
     assert_eq!(
         response.json(),
         json!({"status": "unavailable", "redis": "disconnected"})
     );
+    server.kill();
 }
 
 #[test]
@@ -443,7 +444,7 @@ fn token_endpoint_answers_carry_cors_headers() {
 fn server_started_while_redis_is_down_connects_when_it_comes_up() {
     let mut redis = RedisServer::start();
     redis.kill();
-    let server = ChannelServer::start_with_redis_url(&redis.url(), ServerOptions::default());
+    let mut server = ChannelServer::start_with_redis_url(&redis.url(), ServerOptions::default());
     let healthz = || http_request(server.addr(), "GET", "/healthz", &[], b"").status;
     assert_eq!(healthz(), 503);
     redis.restart();
@@ -456,6 +457,7 @@ fn server_started_while_redis_is_down_connects_when_it_comes_up() {
         redis.publish("to:room:1:ev", "1") > 0
     });
     expect_text(&mut socket, &broadcast_text("room:1", "ev", "1"));
+    server.kill();
 }
 
 #[test]

@@ -231,3 +231,28 @@ fn graceful_shutdown_closes_sockets_with_1012() {
     let status = status.expect("the server exits within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn sigint_closes_sockets_with_1012() {
+    let mut s = Setup::new();
+    let mut socket = s.joined(TOPIC);
+    let status = s.server.interrupt(Duration::from_secs(10));
+    expect_close_code(&mut socket, 1012, Duration::from_secs(5));
+    assert!(status.is_some(), "the server exits within 10 s of SIGINT");
+}
+
+#[test]
+fn idle_server_exits_promptly_on_sigterm() {
+    // With no socket to drain and no publish in flight there is nothing to wait for; a slow
+    // exit delays every deploy and restart.
+    let mut s = Setup::new();
+    let started = Instant::now();
+    let status = s.server.terminate(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(status.is_some(), "the server exits within 10 s of SIGTERM");
+    assert!(
+        took < Duration::from_secs(2),
+        "an idle server took {took:?} to exit after SIGTERM; log:\n{}",
+        s.server.log()
+    );
+}
