@@ -182,9 +182,12 @@ impl TestSocket {
                 Ok(Message::Text(text)) => return Some(Frame::Text(text.as_str().to_string())),
                 Ok(Message::Binary(bytes)) => return Some(Frame::Binary(bytes.to_vec())),
                 Ok(Message::Close(close)) => {
+                    // Send the queued close reply now, as a browser would, so the server sees
+                    // the closing handshake complete.
+                    let _ = self.ws.flush();
                     return Some(Frame::Close(
                         close.map(|c| (u16::from(c.code), c.reason.as_str().to_string())),
-                    ))
+                    ));
                 }
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => continue,
                 Err(tungstenite::Error::Io(e))
