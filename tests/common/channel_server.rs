@@ -129,6 +129,8 @@ impl ChannelServer {
                 command.env("RUST_LOG", "info");
             }
             command.env("RUST_BACKTRACE", "1");
+            // The log goes to a file that failing tests print: no ANSI colour codes in it.
+            command.env("NO_COLOR", "1");
             for (name, value) in &opts.env {
                 command.env(name, value);
             }
