@@ -12,6 +12,7 @@ pub mod publisher;
 pub mod reader;
 pub mod status;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -38,14 +39,23 @@ pub struct RedisHandle {
 
 /// The running Redis core threads.
 pub struct RedisCore {
-    /// The publisher thread; joined at shutdown so that publishes in flight are flushed.
-    pub publisher: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    stop_publisher: Arc<AtomicBool>,
+}
+
+impl RedisCore {
+    /// Publishes what is still queued, then stops the publisher. Call once the shards have
+    /// stopped taking pushes. Returns false if the publisher thread panicked.
+    pub fn flush_and_stop(self) -> bool {
+        self.stop_publisher.store(true, Ordering::Release);
+        self.publisher.join().is_ok()
+    }
 }
 
 /// Starts the reader and the publisher threads.
 ///
-/// The returned handle's `publish` sender is the only one: when every clone is dropped the
-/// publisher drains what is queued and stops.
+/// At shutdown, [`RedisCore::flush_and_stop`] publishes what is queued and stops the publisher;
+/// the reader thread ends with the process.
 pub fn start(
     redis_url: &str,
     inboxes: Vec<Arc<ShardInbox>>,
@@ -70,11 +80,13 @@ pub fn start(
         .spawn(move || reader.run())
         .map_err(io_error)?;
 
+    let stop_publisher = Arc::new(AtomicBool::new(false));
     let publisher = RedisPublisher {
         client,
         status: Arc::clone(&status),
         inboxes,
         queue: publish_rx,
+        stop: Arc::clone(&stop_publisher),
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())
@@ -88,7 +100,10 @@ pub fn start(
             publish: publish_tx,
             interest: interest_tx,
         },
-        RedisCore { publisher },
+        RedisCore {
+            publisher,
+            stop_publisher,
+        },
     ))
 }
 

@@ -7,6 +7,7 @@
 //! While Redis is down every queued push is answered `backend unavailable` at once: a client
 //! never waits on a dead Redis and never gets a false `ok`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use crate::shard::inbox::{PushAck, PushOutcome, ShardInbox, ShardMessage};
 pub const MAX_BATCH: usize = 512;
 /// How long a pipeline may take before the connection is declared dead.
 const IO_DEADLINE: Duration = Duration::from_secs(3);
+/// How often an idle publisher looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// One message to publish, and who to tell when it is done.
 #[derive(Debug)]
@@ -40,10 +43,12 @@ pub struct RedisPublisher {
     pub(super) status: Arc<RedisStatus>,
     pub(super) inboxes: Vec<Arc<ShardInbox>>,
     pub(super) queue: Receiver<PublishRequest>,
+    /// Set at shutdown: publish what is queued, then stop.
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 impl RedisPublisher {
-    /// Runs until every sender of the queue is gone and the queue is drained (shutdown).
+    /// Runs until the stop flag is set (or every sender is gone) and the queue is drained.
     pub fn run(self) {
         let mut backoff = Backoff::default();
         let mut ever_connected = false;
@@ -73,6 +78,12 @@ impl RedisPublisher {
             }
             // While disconnected, answer everything that arrives at once, then try again.
             let wait = backoff.next_wait();
+            if self.stop.load(Ordering::Acquire) {
+                while let Ok(next) = self.queue.try_recv() {
+                    self.fail(next);
+                }
+                return;
+            }
             match self.queue.recv_timeout(wait) {
                 Ok(first) => {
                     self.fail(first);
@@ -102,8 +113,13 @@ impl RedisPublisher {
         batch: &mut Vec<PublishRequest>,
     ) -> redis::RedisResult<()> {
         loop {
-            let Ok(first) = self.queue.recv() else {
-                return Ok(());
+            let first = match self.queue.recv_timeout(STOP_CHECK) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Acquire) => {
+                    return Ok(())
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             batch.push(first);
             while batch.len() < MAX_BATCH {

@@ -71,11 +71,8 @@ pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
             let _ = respond(&mut stream, &http::error_response(404, "not found")).await;
         }
         Route::MethodNotAllowed => {
-            let _ = respond(
-                &mut stream,
-                &http::error_response(405, "method not allowed"),
-            )
-            .await;
+            let allow = http::allowed_methods(&head.path).unwrap_or("GET");
+            let _ = respond(&mut stream, &http::method_not_allowed(allow)).await;
         }
     }
 }

@@ -107,9 +107,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             error!("a shard ended with an error during shutdown");
         }
     }
-    // The last handle on the publisher queue goes with `shared`: the publisher flushes and stops.
+    // The shards take no more pushes: publish what is queued, then stop.
     drop(shared);
-    if core.publisher.join().is_err() {
+    if !core.flush_and_stop() {
         error!("the redis publisher ended with an error during shutdown");
     }
     info!("stopped");

@@ -177,6 +177,7 @@ mod tests {
         assert_eq!(q.push(frame(4)), Enqueued::Overflow);
         let mut q = OutboundQueue::new(10);
         q.push(frame(8));
+        batch.clear();
         q.take(&mut batch);
         q.written(8);
         assert_eq!(q.push(frame(4)), Enqueued::Queued);
