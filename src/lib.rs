@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shard;

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::shard::inbox::ShardInbox;
 use interest::InterestChange;
-use publisher::{PublishRequest, RedisPublisher};
+use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
 use status::RedisStatus;
 
@@ -31,8 +31,8 @@ pub struct RedisHandle {
     pub status: Arc<RedisStatus>,
     /// Reader counters.
     pub reader_stats: Arc<ReaderStats>,
-    /// The bounded upstream queue.
-    pub publish: Sender<PublishRequest>,
+    /// The bounded upstream queue (pushes and presence changes).
+    pub publish: Sender<UpstreamCommand>,
     /// Interest changes for the reader's routing table.
     pub interest: Sender<InterestChange>,
 }
@@ -60,6 +60,8 @@ pub fn start(
     redis_url: &str,
     inboxes: Vec<Arc<ShardInbox>>,
     publish_capacity: usize,
+    node: String,
+    presence_ttl: std::time::Duration,
 ) -> Result<(RedisHandle, RedisCore), redis::RedisError> {
     let client = redis::Client::open(redis_url)?;
     let status = Arc::new(RedisStatus::default());
@@ -87,6 +89,8 @@ pub fn start(
         inboxes,
         queue: publish_rx,
         stop: Arc::clone(&stop_publisher),
+        node,
+        presence_ttl,
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

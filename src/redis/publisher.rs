@@ -1,4 +1,5 @@
-//! The upstream half of the Redis core: pipelined `PUBLISH from:<topic>:<event>`.
+//! The upstream half of the Redis core: pipelined `PUBLISH from:<topic>:<event>` and the
+//! presence scripts.
 //!
 //! Runs on its own thread, fed by one bounded queue that every shard writes to. It takes
 //! whatever is waiting (up to [`MAX_BATCH`]), sends it as one pipeline, and tells each
@@ -6,10 +7,13 @@
 //! message. One thread and one FIFO queue keep a client's pushes in the order it sent them.
 //! While Redis is down every queued push is answered `backend unavailable` at once: a client
 //! never waits on a dead Redis and never gets a false `ok`.
+//!
+//! It also keeps this process's presence liveness entry fresh and reaps dead processes'
+//! presences (see [`crate::presence`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -17,14 +21,15 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::status::RedisStatus;
-use crate::shard::inbox::{PushAck, PushOutcome, ShardInbox, ShardMessage};
+use crate::presence::{self, scripts, shapes, Presence};
+use crate::shard::inbox::{PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage};
 
-/// The most publishes sent in one pipeline.
+/// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
 /// How long a pipeline may take before the connection is declared dead.
 const IO_DEADLINE: Duration = Duration::from_secs(3);
-/// How often an idle publisher looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(50);
+/// How often an idle publisher looks at the stop flag and its timers.
+const TICK: Duration = Duration::from_millis(50);
 
 /// One message to publish, and who to tell when it is done.
 #[derive(Debug)]
@@ -37,14 +42,48 @@ pub struct PublishRequest {
     pub origin: Option<(usize, PushAck)>,
 }
 
+/// What the shards ask of Redis.
+#[derive(Debug)]
+pub enum UpstreamCommand {
+    /// A client's push.
+    Publish(PublishRequest),
+    /// A presence joined `topic`; the shard wants the resulting state.
+    PresenceJoin {
+        /// The joined topic.
+        topic: String,
+        /// Who joined.
+        presence: Presence,
+        /// Where the state goes.
+        ticket: PresenceTicket,
+    },
+    /// A presence left `topic` (leave, rejoin or disconnect).
+    PresenceLeave {
+        /// The topic left.
+        topic: String,
+        /// Who left.
+        presence: Presence,
+    },
+}
+
 /// Everything the publisher thread needs.
 pub struct RedisPublisher {
     pub(super) client: redis::Client,
     pub(super) status: Arc<RedisStatus>,
     pub(super) inboxes: Vec<Arc<ShardInbox>>,
-    pub(super) queue: Receiver<PublishRequest>,
+    pub(super) queue: Receiver<UpstreamCommand>,
     /// Set at shutdown: publish what is queued, then stop.
     pub(super) stop: Arc<AtomicBool>,
+    /// This process's presence identity.
+    pub(super) node: String,
+    /// How long this process's presences survive without a liveness refresh.
+    pub(super) presence_ttl: Duration,
+}
+
+/// The scripts as loaded on the current connection.
+struct LoadedScripts {
+    join: String,
+    leave: String,
+    reap: String,
 }
 
 impl RedisPublisher {
@@ -55,7 +94,7 @@ impl RedisPublisher {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             match self.connect() {
-                Ok(mut conn) => {
+                Ok((mut conn, loaded)) => {
                     backoff.reset();
                     if ever_connected {
                         self.status.count_reconnect();
@@ -63,8 +102,9 @@ impl RedisPublisher {
                     ever_connected = true;
                     self.status.set_publisher_up(true);
                     info!("redis publisher connected");
-                    match self.publish_until_failure(&mut conn, &mut batch) {
+                    match self.serve_until_failure(&mut conn, &loaded, &mut batch) {
                         Ok(()) => {
+                            self.leave_node(&mut conn);
                             info!("redis publisher drained and stopped");
                             return;
                         }
@@ -97,23 +137,41 @@ impl RedisPublisher {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
+    fn connect(&self) -> redis::RedisResult<(redis::Connection, LoadedScripts)> {
+        let mut conn = self
             .client
             .get_connection_with_timeout(Duration::from_secs(2))?;
         conn.set_read_timeout(Some(IO_DEADLINE))?;
         conn.set_write_timeout(Some(IO_DEADLINE))?;
-        Ok(conn)
+        let mut load = |source: &str| -> redis::RedisResult<String> {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(source)
+                .query(&mut conn)
+        };
+        let loaded = LoadedScripts {
+            join: load(scripts::JOIN)?,
+            leave: load(scripts::LEAVE)?,
+            reap: load(scripts::REAP_DEAD_NODES)?,
+        };
+        Ok((conn, loaded))
     }
 
-    /// Publishes batches until the queue closes (Ok) or Redis fails (Err).
-    fn publish_until_failure(
+    /// Runs batches and presence upkeep until stopped (Ok) or Redis fails (Err).
+    fn serve_until_failure(
         &self,
         conn: &mut redis::Connection,
-        batch: &mut Vec<PublishRequest>,
+        scripts: &LoadedScripts,
+        batch: &mut Vec<UpstreamCommand>,
     ) -> redis::RedisResult<()> {
+        let upkeep_period = (self.presence_ttl / 3).max(Duration::from_millis(100));
+        let mut next_upkeep = Instant::now();
         loop {
-            let first = match self.queue.recv_timeout(STOP_CHECK) {
+            if Instant::now() >= next_upkeep {
+                self.presence_upkeep(conn, scripts)?;
+                next_upkeep = Instant::now() + upkeep_period;
+            }
+            let first = match self.queue.recv_timeout(TICK) {
                 Ok(first) => first,
                 Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Acquire) => {
                     return Ok(())
@@ -129,35 +187,162 @@ impl RedisPublisher {
                 }
             }
             let mut pipe = redis::pipe();
-            for request in batch.iter() {
+            for command in batch.iter() {
+                self.add_to_pipeline(&mut pipe, command, scripts);
+            }
+            match pipe.query::<Vec<redis::Value>>(conn) {
+                Ok(replies) => {
+                    for (command, reply) in batch.drain(..).zip(replies) {
+                        self.answer(command, Some(reply));
+                    }
+                }
+                Err(err) => {
+                    for command in batch.drain(..) {
+                        self.answer(command, None);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn add_to_pipeline(
+        &self,
+        pipe: &mut redis::Pipeline,
+        command: &UpstreamCommand,
+        s: &LoadedScripts,
+    ) {
+        match command {
+            UpstreamCommand::Publish(request) => {
                 pipe.cmd("PUBLISH")
                     .arg(&request.channel)
                     .arg(request.payload.as_ref());
             }
-            let result = pipe.query::<Vec<redis::Value>>(conn);
-            let outcome = match result {
-                Ok(_) => PushOutcome::Published,
-                Err(_) => PushOutcome::BackendUnavailable,
-            };
-            for request in batch.drain(..) {
-                self.answer(request, outcome);
+            UpstreamCommand::PresenceJoin {
+                topic, presence, ..
+            } => {
+                pipe.cmd("EVALSHA")
+                    .arg(&s.join)
+                    .arg(3)
+                    .arg(presence::members_key(topic))
+                    .arg(presence::version_key(topic))
+                    .arg(presence::node_topics_key(&self.node))
+                    .arg(presence.field(&self.node))
+                    .arg(shapes::stored_entry(presence))
+                    .arg(topic)
+                    .arg(presence::diff_channel(topic))
+                    .arg(shapes::join_diff(presence));
             }
-            result?;
+            UpstreamCommand::PresenceLeave { topic, presence } => {
+                pipe.cmd("EVALSHA")
+                    .arg(&s.leave)
+                    .arg(2)
+                    .arg(presence::members_key(topic))
+                    .arg(presence::version_key(topic))
+                    .arg(presence.field(&self.node))
+                    .arg(presence::diff_channel(topic))
+                    .arg(shapes::leave_diff(presence));
+            }
         }
     }
 
-    fn fail(&self, request: PublishRequest) {
-        self.answer(request, PushOutcome::BackendUnavailable);
+    /// Refreshes this process's liveness and removes the presences of dead processes.
+    fn presence_upkeep(
+        &self,
+        conn: &mut redis::Connection,
+        s: &LoadedScripts,
+    ) -> redis::RedisResult<()> {
+        let now = presence::unix_ms();
+        let expires = now + self.presence_ttl.as_millis() as u64;
+        let reaped: i64 = redis::pipe()
+            .cmd("ZADD")
+            .arg(presence::NODES_KEY)
+            .arg(expires)
+            .arg(&self.node)
+            .ignore()
+            .cmd("EVALSHA")
+            .arg(&s.reap)
+            .arg(0)
+            .arg(now)
+            .query::<(i64,)>(conn)?
+            .0;
+        if reaped > 0 {
+            info!(reaped, "removed the presences of stopped channel processes");
+        }
+        Ok(())
     }
 
-    fn answer(&self, request: PublishRequest, outcome: PushOutcome) {
-        let Some((shard, ack)) = request.origin else {
-            return;
-        };
+    /// At a clean stop, this process's presences leave at once instead of after the TTL.
+    fn leave_node(&self, conn: &mut redis::Connection) {
+        let result: redis::RedisResult<()> = redis::cmd("ZADD")
+            .arg(presence::NODES_KEY)
+            .arg(0)
+            .arg(&self.node)
+            .query(conn);
+        let reaped: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(scripts::REAP_DEAD_NODES)
+            .arg(0)
+            .arg(presence::unix_ms())
+            .query(conn);
+        if let Err(err) = result.and(reaped.map(|_| ())) {
+            debug!(%err, "could not remove this process's presences at stop");
+        }
+    }
+
+    fn fail(&self, command: UpstreamCommand) {
+        self.answer(command, None);
+    }
+
+    /// Tells the originating shard the outcome; `reply` is `None` when Redis failed.
+    fn answer(&self, command: UpstreamCommand, reply: Option<redis::Value>) {
+        match command {
+            UpstreamCommand::Publish(request) => {
+                let Some((shard, ack)) = request.origin else {
+                    return;
+                };
+                let outcome = match reply {
+                    Some(_) => PushOutcome::Published,
+                    None => PushOutcome::BackendUnavailable,
+                };
+                self.send(shard, ShardMessage::PushResult { ack, outcome });
+            }
+            UpstreamCommand::PresenceJoin { ticket, .. } => {
+                let state = reply.and_then(parse_join_reply);
+                let shard = ticket.shard;
+                self.send(shard, ShardMessage::PresenceState { ticket, state });
+            }
+            UpstreamCommand::PresenceLeave { .. } => {}
+        }
+    }
+
+    fn send(&self, shard: usize, message: ShardMessage) {
         if let Some(inbox) = self.inboxes.get(shard) {
             // An answer that does not fit leaves the client without a reply only when its shard
             // is hopelessly behind; the shard inbox counts it.
-            inbox.send(ShardMessage::PushResult { ack, outcome });
+            inbox.send(message);
         }
     }
+}
+
+/// `{version, [entry, …]}` → `(version, presence_state JSON)`.
+fn parse_join_reply(reply: redis::Value) -> Option<(u64, String)> {
+    let redis::Value::Array(mut parts) = reply else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let entries = parts.pop()?;
+    let version = match parts.pop()? {
+        redis::Value::Int(v) => u64::try_from(v).ok()?,
+        _ => return None,
+    };
+    let redis::Value::Array(entries) = entries else {
+        return None;
+    };
+    let raw = entries.iter().filter_map(|value| match value {
+        redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    });
+    Some((version, shapes::state_from_entries(raw)))
 }

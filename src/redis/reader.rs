@@ -19,6 +19,7 @@ use super::backoff::Backoff;
 use super::interest::{shards_in, InterestChange, InterestTable};
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
 use super::status::RedisStatus;
+use crate::presence;
 use crate::protocol::Broadcast;
 use crate::shard::inbox::{ShardInbox, ShardMessage};
 
@@ -103,7 +104,7 @@ impl RedisReader {
     ) -> Result<String, redis::RedisError> {
         let mut pubsub = conn.as_pubsub();
         pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
-        pubsub.psubscribe(DOWNSTREAM_PATTERN)?;
+        pubsub.psubscribe(&[DOWNSTREAM_PATTERN, presence::DIFF_PATTERN])?;
         pubsub.set_read_timeout(Some(READ_TICK))?;
         if *ever_connected {
             self.status.count_reconnect();
@@ -139,6 +140,9 @@ impl RedisReader {
 
     fn dispatch(&self, channel: &[u8], payload: &[u8], interest: &InterestTable) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(topic) = presence::topic_of_diff_channel(channel) {
+            return self.dispatch_presence_diff(topic, payload, interest);
+        }
         let Some((topic, event)) = split_downstream(channel) else {
             self.stats.malformed_names.fetch_add(1, Ordering::Relaxed);
             return;
@@ -160,6 +164,32 @@ impl RedisReader {
                         shard,
                         drops, "shard inbox full: downstream message dropped for that shard"
                     );
+                }
+            }
+        }
+    }
+}
+
+impl RedisReader {
+    /// Hands a versioned presence diff to the shards that have the topic.
+    fn dispatch_presence_diff(&self, topic: &str, payload: &[u8], interest: &InterestTable) {
+        let Some((version, diff)) = presence::parse_versioned_diff(payload) else {
+            self.stats.malformed_names.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mask = interest.shards_for(topic);
+        if mask == 0 {
+            return;
+        }
+        let broadcast = Arc::new(Broadcast::new(topic, "presence_diff", diff));
+        for shard in shards_in(mask) {
+            if let Some(inbox) = self.inboxes.get(shard) {
+                let message = ShardMessage::PresenceDiff {
+                    broadcast: Arc::clone(&broadcast),
+                    version,
+                };
+                if !inbox.send(message) {
+                    self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

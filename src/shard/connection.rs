@@ -22,7 +22,9 @@ use tracing::{debug, info};
 
 use super::context::{ShardContext, COALESCE_BYTES};
 use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
+use super::presence_delivery::PresenceSync;
 use super::session;
+use crate::presence::Presence;
 use crate::protocol::websocket::{encode_close, MessageReader, ReadError};
 use crate::protocol::{close_code, Vsn};
 
@@ -34,8 +36,10 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct JoinedChannel {
     /// The join reference of the current join; pushes with another non-null one are stale.
     pub join_ref: Option<String>,
-    /// The client identity from the token's `id` claim.
-    pub client_id: String,
+    /// This join's presence (its key is the token's `id` claim).
+    pub presence: Presence,
+    /// How far this channel's presence view is synchronised.
+    pub presence_sync: PresenceSync,
 }
 
 /// One WebSocket connection's state, shared by its two loops and the shard's topic table.

@@ -34,6 +34,8 @@ pub struct Shared {
     pub redis: RedisHandle,
     /// Every shard's inbox, by shard index.
     pub inboxes: Vec<Arc<ShardInbox>>,
+    /// This process's presence identity.
+    pub node: String,
 }
 
 /// One shard's private state.
@@ -47,6 +49,7 @@ pub struct ShardContext {
     /// Every open WebSocket connection of this shard, by id.
     pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_conn_id: Cell<u64>,
+    next_phx_ref: Cell<u64>,
     /// Connections read into this one buffer; only leftovers of partial frames are copied out.
     pub read_scratch: RefCell<Vec<u8>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
@@ -63,6 +66,7 @@ impl ShardContext {
             topics: RefCell::new(TopicTable::default()),
             conns: RefCell::new(HashMap::new()),
             next_conn_id: Cell::new(1),
+            next_phx_ref: Cell::new(1),
             read_scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
             write_buffers: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
@@ -74,6 +78,13 @@ impl ShardContext {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
         id
+    }
+
+    /// A presence reference unique across the deployment: node, shard and a counter.
+    pub fn next_phx_ref(&self) -> String {
+        let n = self.next_phx_ref.get();
+        self.next_phx_ref.set(n + 1);
+        format!("{}.{}.{n}", self.shared.node, self.id)
     }
 
     /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.

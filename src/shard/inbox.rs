@@ -29,8 +29,35 @@ pub enum ShardMessage {
         /// Whether Redis accepted it.
         outcome: PushOutcome,
     },
+    /// A presence diff for a topic, with the version of the members it leads to.
+    PresenceDiff {
+        /// The `presence_diff` broadcast, built once.
+        broadcast: Arc<Broadcast>,
+        /// The topic's presence version after this diff.
+        version: u64,
+    },
+    /// The presence state for a join, or `None` when Redis could not give it.
+    PresenceState {
+        /// Which join asked.
+        ticket: PresenceTicket,
+        /// The version and the `presence_state` JSON.
+        state: Option<(u64, String)>,
+    },
     /// Stop accepting, close every socket with 1012, then stop the executor.
     Shutdown,
+}
+
+/// Identifies the join waiting for its presence state.
+#[derive(Debug, Clone)]
+pub struct PresenceTicket {
+    /// The shard of the connection.
+    pub shard: usize,
+    /// The connection, local to the shard.
+    pub conn: u64,
+    /// The joined topic.
+    pub topic: String,
+    /// The phx_ref of the join; a state for an older join of the same topic is ignored.
+    pub phx_ref: String,
 }
 
 /// What the shard needs to answer a push once Redis has (or has not) accepted it.

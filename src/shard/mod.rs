@@ -11,6 +11,7 @@ pub mod connection;
 pub mod context;
 pub mod inbox;
 pub mod outbound_queue;
+pub mod presence_delivery;
 pub mod runtime_check;
 pub mod session;
 pub mod topic_table;
@@ -49,10 +50,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let inboxes: Vec<Arc<ShardInbox>> = (0..shards)
         .map(|_| Arc::new(ShardInbox::new(config.shard_inbox_capacity)))
         .collect();
+    let node = crate::presence::new_node_id();
     let (redis, core) = crate::redis::start(
         &config.redis_url,
         inboxes.clone(),
         config.publisher_queue_capacity,
+        node.clone(),
+        config.presence_ttl(),
     )
     .context("invalid redis_url")?;
 
@@ -61,6 +65,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         authority,
         redis,
         inboxes,
+        node,
     });
     let addr = shared.config.listen_addr();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -198,6 +203,12 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
                 ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast),
                 ShardMessage::PushResult { ack, outcome } => {
                     session::push_result(&ctx, ack, outcome)
+                }
+                ShardMessage::PresenceDiff { broadcast, version } => {
+                    presence_delivery::fan_out_diff(&ctx, &broadcast, version)
+                }
+                ShardMessage::PresenceState { ticket, state } => {
+                    presence_delivery::deliver_state(&ctx, ticket, state)
                 }
                 ShardMessage::Shutdown => {
                     ctx.shutting_down.set(true);

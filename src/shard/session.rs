@@ -13,12 +13,14 @@ use tracing::debug;
 use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
 use super::inbox::{PushAck, PushOutcome};
+use super::presence_delivery::{self, PresenceSync};
+use crate::presence::{unix_ms, Presence};
 use crate::protocol::{
     channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
     Inbound, Message, OpCode, Payload, ReplyStatus, Vsn,
 };
 use crate::redis::naming::upstream_channel;
-use crate::redis::publisher::PublishRequest;
+use crate::redis::publisher::{PublishRequest, UpstreamCommand};
 
 /// Why the connection stops reading.
 #[derive(Debug)]
@@ -142,9 +144,15 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
         .as_deref()
         .or(msg.msg_ref.as_deref())
         .map(str::to_owned);
+    let presence = Presence {
+        key: claims.id,
+        phx_ref: ctx.next_phx_ref(),
+        online_at: unix_ms(),
+    };
     let joined = JoinedChannel {
         join_ref,
-        client_id: claims.id,
+        presence: presence.clone(),
+        presence_sync: PresenceSync::Awaiting(Vec::new()),
     };
     let previous = {
         let mut channels = conn.channels.borrow_mut();
@@ -161,8 +169,14 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
         // A second join of the same topic replaces the first: close the old one.
         Some(old) => {
             conn.send(channel_close(conn.vsn, old.join_ref.as_deref(), topic));
+            presence_delivery::request_leave(ctx, topic, old.presence);
         }
         None => ctx.subscribe(topic, conn),
+    }
+    if !presence_delivery::request_join(ctx, conn, topic, presence) {
+        if let Some(channel) = conn.channels.borrow_mut().get_mut(topic) {
+            channel.presence_sync = PresenceSync::Unavailable;
+        }
     }
 }
 
@@ -175,6 +189,7 @@ fn leave(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     send_reply(conn, msg, ReplyStatus::Ok, "{}");
     if let Some(old) = removed {
         ctx.unsubscribe(topic, conn.id);
+        presence_delivery::request_leave(ctx, topic, old.presence.clone());
         let join_ref = old.join_ref.as_deref().or(msg.join_ref.as_deref());
         conn.send(channel_close(conn.vsn, join_ref, topic));
     }
@@ -223,7 +238,11 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             },
         )),
     };
-    if redis.publish.try_send(request).is_err() {
+    if redis
+        .publish
+        .try_send(UpstreamCommand::Publish(request))
+        .is_err()
+    {
         send_reply(
             conn,
             msg,
@@ -258,8 +277,9 @@ pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
 /// Leaves every channel of a connection that is going away.
 pub fn leave_all(ctx: &ShardContext, conn: &Conn) {
     let channels = std::mem::take(&mut *conn.channels.borrow_mut());
-    for topic in channels.keys() {
-        ctx.unsubscribe(topic, conn.id);
+    for (topic, channel) in channels {
+        ctx.unsubscribe(&topic, conn.id);
+        presence_delivery::request_leave(ctx, &topic, channel.presence);
     }
 }
 

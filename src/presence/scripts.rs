@@ -1,0 +1,65 @@
+//! The Lua scripts that change presence atomically in Redis.
+//!
+//! Each change and its published diff happen in one script, so that the version a diff carries
+//! is exactly the version of the members hash after that change, and a joiner's state (read in
+//! the same script as its join) is consistent with the diffs that follow it.
+
+/// Join: add the entry, bump the version, remember the topic for the node, publish the diff,
+/// and return `{version, HGETALL}`.
+///
+/// KEYS: members, version, node topics. ARGV: field, entry, topic, diff channel, diff JSON.
+pub const JOIN: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[4], v .. ' ' .. ARGV[5])
+return {v, redis.call('HVALS', KEYS[1])}
+"#;
+
+/// Leave: remove the entry and, if it was there, bump the version and publish the diff.
+///
+/// KEYS: members, version. ARGV: field, diff channel, diff JSON.
+pub const LEAVE: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  local v = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[2], v .. ' ' .. ARGV[3])
+end
+return 0
+"#;
+
+/// Clean-up of dead processes: every node whose liveness expired before ARGV[1] (unix ms) has
+/// its members removed, one leave diff per topic, then is forgotten. Idempotent, so every live
+/// process may run it. (Touches keys it computes: not for Redis Cluster.)
+pub const REAP_DEAD_NODES: &str = r#"
+local dead = redis.call('ZRANGEBYSCORE', 'presence:nodes', '-inf', ARGV[1])
+local reaped = 0
+for _, node in ipairs(dead) do
+  local prefix = node .. ':'
+  for _, topic in ipairs(redis.call('SMEMBERS', 'presence:node:' .. node)) do
+    local members = 'presence:{' .. topic .. '}:members'
+    local all = redis.call('HGETALL', members)
+    local leaves = {}
+    local any = false
+    for i = 1, #all, 2 do
+      if string.sub(all[i], 1, #prefix) == prefix then
+        redis.call('HDEL', members, all[i])
+        local ok, e = pcall(cjson.decode, all[i + 1])
+        if ok and type(e) == 'table' and e.key then
+          if not leaves[e.key] then leaves[e.key] = {metas = {}} end
+          table.insert(leaves[e.key].metas, e.meta)
+          any = true
+        end
+      end
+    end
+    if any then
+      local v = redis.call('INCR', 'presence:{' .. topic .. '}:version')
+      local diff = '{"joins":{},"leaves":' .. cjson.encode(leaves) .. '}'
+      redis.call('PUBLISH', 'presence:diff:' .. topic, v .. ' ' .. diff)
+    end
+  end
+  redis.call('DEL', 'presence:node:' .. node)
+  redis.call('ZREM', 'presence:nodes', node)
+  reaped = reaped + 1
+end
+return reaped
+"#;
