@@ -1,0 +1,207 @@
+//! Presence across shards and processes (PROTOCOL.md §5, issue 4): `presence_state` after
+//! every join, `presence_diff` to every member everywhere, one key with several metas, and
+//! the members of a killed process leaving within the TTL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{sign_token, ChannelServer, RedisServer, ServerOptions, TestSocket, TEST_JWT_SECRET};
+
+const TOPIC: &str = "room:presence";
+
+/// Servers with a short presence TTL, so that a killed process is reaped quickly.
+fn server(redis: &RedisServer, shards: usize) -> ChannelServer {
+    ChannelServer::start(
+        redis,
+        ServerOptions::default()
+            .shards(shards)
+            .config("[channel]\npresence_ttl_secs = 2\n"),
+    )
+}
+
+fn token(id: &str) -> String {
+    sign_token(TEST_JWT_SECRET, TOPIC, id, 600)
+}
+
+/// Joins `TOPIC` as `id` with join ref `r`; returns the socket after checking the ok reply,
+/// and the `presence_state` that must follow it.
+fn join(server: &ChannelServer, id: &str, r: &str) -> (TestSocket, Value) {
+    let mut socket = TestSocket::connect(&server.ws_url("2.0.0"));
+    let state = join_on(&mut socket, id, r);
+    (socket, state)
+}
+
+fn join_on(socket: &mut TestSocket, id: &str, r: &str) -> Value {
+    socket.send_json(&json!([r, r, TOPIC, "phx_join", {"token": token(id)}]));
+    let reply = socket.recv_json();
+    assert_eq!(
+        reply,
+        json!([r, r, TOPIC, "phx_reply", {"status": "ok", "response": {}}])
+    );
+    let state = next_event(socket, "presence_state");
+    assert_eq!(state[0], json!(r), "presence_state is a push with the join ref");
+    assert_eq!(state[1], Value::Null);
+    assert_eq!(state[2], json!(TOPIC));
+    state[4].clone()
+}
+
+/// The next frame with `event`, skipping `presence_diff`s and the `phx_close` of a replaced
+/// join, failing on anything else.
+fn next_event(socket: &mut TestSocket, event: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {event} within 10 s");
+        let frame = socket.recv_json_timeout(left);
+        if frame[3] == json!(event) {
+            return frame;
+        }
+        assert!(
+            frame[3] == json!("presence_diff") || frame[3] == json!("phx_close"),
+            "unexpected frame {frame}"
+        );
+    }
+}
+
+/// Waits for a diff that satisfies `pred` (diffs are broadcasts: null refs).
+fn diff_where(socket: &mut TestSocket, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching presence_diff within {timeout:?}");
+        let frame = socket.recv_json_timeout(left);
+        assert_eq!(frame[3], json!("presence_diff"), "unexpected frame {frame}");
+        assert_eq!(frame[0], Value::Null);
+        assert_eq!(frame[1], Value::Null);
+        let diff = &frame[4];
+        assert!(diff.get("joins").is_some() && diff.get("leaves").is_some(), "{diff}");
+        if pred(diff) {
+            return diff.clone();
+        }
+    }
+}
+
+fn metas(presences: &Value, key: &str) -> Vec<Value> {
+    presences[key]["metas"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn presence_state_lists_members_of_every_process() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 1);
+    let b = server(&redis, 2);
+    let (_alice, state) = join(&a, "alice", "1");
+    assert_eq!(metas(&state, "alice").len(), 1);
+    let (_bob, state) = join(&b, "bob", "1");
+    assert_eq!(metas(&state, "alice").len(), 1, "alice (other process) is listed: {state}");
+    assert_eq!(metas(&state, "bob").len(), 1, "bob sees himself: {state}");
+    let meta = &metas(&state, "bob")[0];
+    assert!(meta["phx_ref"].is_string());
+    assert!(meta["online_at"].as_u64().is_some_and(|ms| ms > 1_600_000_000_000));
+}
+
+#[test]
+fn presence_diff_reaches_members_on_other_processes() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 1);
+    let b = server(&redis, 1);
+    let (mut alice, _) = join(&a, "alice", "1");
+    let (mut bob, _) = join(&b, "bob", "1");
+    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    assert_eq!(diff["leaves"], json!({}));
+    bob.send_json(&json!(["1", "2", TOPIC, "phx_leave", {}]));
+    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| d["leaves"].get("bob").is_some());
+    assert_eq!(diff["joins"], json!({}));
+}
+
+#[test]
+fn same_id_on_two_sockets_is_one_key_with_two_metas() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 2);
+    let (_first, _) = join(&a, "carol", "1");
+    let (_second, state) = join(&a, "carol", "1");
+    let carol = metas(&state, "carol");
+    assert_eq!(carol.len(), 2, "{state}");
+    assert_ne!(carol[0]["phx_ref"], carol[1]["phx_ref"]);
+    assert_eq!(state.as_object().map(|o| o.len()), Some(1));
+}
+
+#[test]
+fn duplicate_join_and_rejoin_each_get_a_fresh_presence_state() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 1);
+    let (mut socket, first) = join(&a, "dave", "1");
+    let first_ref = metas(&first, "dave")[0]["phx_ref"].clone();
+    // A second join of the same topic replaces the first: a fresh state without the old meta
+    // (the old join's phx_close comes between the reply and the state).
+    let again = join_on(&mut socket, "dave", "5");
+    let dave = metas(&again, "dave");
+    assert_eq!(dave.len(), 1, "the replaced join's meta is gone: {again}");
+    assert_ne!(dave[0]["phx_ref"], first_ref);
+    // Leave, then join again: another fresh state.
+    socket.send_json(&json!(["5", "6", TOPIC, "phx_leave", {}]));
+    let reply = next_event(&mut socket, "phx_reply");
+    assert_eq!(reply[1], json!("6"));
+    let close = socket.recv_json();
+    assert_eq!(close, json!(["5", "5", TOPIC, "phx_close", {}]));
+    let rejoined = join_on(&mut socket, "dave", "7");
+    assert_eq!(metas(&rejoined, "dave").len(), 1, "{rejoined}");
+}
+
+#[test]
+fn disconnect_produces_a_leave_diff() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 2);
+    let (mut watcher, _) = join(&a, "erin", "1");
+    let (leaver, _) = join(&a, "frank", "1");
+    diff_where(&mut watcher, Duration::from_secs(5), |d| d["joins"].get("frank").is_some());
+    drop(leaver);
+    diff_where(&mut watcher, Duration::from_secs(5), |d| d["leaves"].get("frank").is_some());
+}
+
+#[test]
+fn killed_process_members_leave_within_the_ttl() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 1);
+    let mut b = server(&redis, 1);
+    let (mut alice, _) = join(&a, "alice", "1");
+    let (_bob, _) = join(&b, "bob", "1");
+    diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    let killed_at = Instant::now();
+    b.kill();
+    let diff = diff_where(&mut alice, Duration::from_secs(30), |d| {
+        d["leaves"].get("bob").is_some()
+    });
+    assert_eq!(diff["leaves"]["bob"]["metas"].as_array().map(Vec::len), Some(1));
+    assert!(killed_at.elapsed() < Duration::from_secs(30));
+    // A later joiner does not see the dead process's member.
+    let (_late, state) = join(&a, "gina", "1");
+    assert!(state.get("bob").is_none(), "no ghost: {state}");
+    assert!(state.get("alice").is_some());
+}
+
+#[test]
+fn restarted_process_does_not_resurrect_its_old_members() {
+    let redis = RedisServer::start();
+    let a = server(&redis, 1);
+    let mut b = server(&redis, 1);
+    let (_bob, _) = join(&b, "bob", "1");
+    b.kill();
+    // A new process (a fresh identity) on the same Redis: bob's old meta must be reaped, not
+    // adopted, and a new bob is one meta.
+    let b2 = server(&redis, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_probe, state) = join(&a, "probe", "1");
+        if state.get("bob").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's ghost was never reaped: {state}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_bob_again, state) = join(&b2, "bob", "1");
+    assert_eq!(metas(&state, "bob").len(), 1, "{state}");
+}
