@@ -231,3 +231,44 @@ test("a non-JSON Redis message arrives as an ArrayBuffer", async () => {
   assert.equal(await scalar, 42);
   socket.disconnect();
 });
+
+// Resolves once `check()` is true after a Presence sync, or rejects after WAIT_MS.
+function presenceUntil(presence, check, what) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`presence never showed ${what}: ${JSON.stringify(presence.list())}`)), WAIT_MS);
+    const test = () => {
+      if (check()) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    presence.onSync(test);
+    test();
+  });
+}
+
+test("phoenix.js Presence: two clients see each other, and a disconnect is a leave", async () => {
+  const { Presence } = await import("phoenix");
+  const topic = uniqueTopic("presence");
+  const aliceSocket = await openSocket();
+  const alice = aliceSocket.channel(topic, { token: await mintToken(topic, "alice") });
+  const aliceView = new Presence(alice);
+  assert.equal((await outcome(alice.join())).status, "ok");
+  await presenceUntil(aliceView, () => aliceView.list().length === 1, "alice alone");
+
+  const bobSocket = await openSocket();
+  const bob = bobSocket.channel(topic, { token: await mintToken(topic, "bob") });
+  const bobView = new Presence(bob);
+  assert.equal((await outcome(bob.join())).status, "ok");
+  const ids = (view) => view.list((id) => id).sort();
+  await presenceUntil(bobView, () => ids(bobView).join() === "alice,bob", "alice and bob (syncState)");
+  await presenceUntil(aliceView, () => ids(aliceView).join() === "alice,bob", "bob joining (syncDiff)");
+  for (const [id, { metas }] of Object.entries(bobView.state)) {
+    assert.equal(metas.length, 1, `${id} has one meta`);
+    assert.equal(typeof metas[0].phx_ref, "string");
+    assert.equal(typeof metas[0].online_at, "number");
+  }
+
+  bobSocket.disconnect();
+  await presenceUntil(aliceView, () => ids(aliceView).join() === "alice", "bob leaving on disconnect");
+});
