@@ -42,7 +42,11 @@ fn join_on(socket: &mut TestSocket, id: &str, r: &str) -> Value {
         json!([r, r, TOPIC, "phx_reply", {"status": "ok", "response": {}}])
     );
     let state = next_event(socket, "presence_state");
-    assert_eq!(state[0], json!(r), "presence_state is a push with the join ref");
+    assert_eq!(
+        state[0],
+        json!(r),
+        "presence_state is a push with the join ref"
+    );
     assert_eq!(state[1], Value::Null);
     assert_eq!(state[2], json!(TOPIC));
     state[4].clone()
@@ -71,13 +75,19 @@ fn diff_where(socket: &mut TestSocket, timeout: Duration, pred: impl Fn(&Value) 
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no matching presence_diff within {timeout:?}");
+        assert!(
+            !left.is_zero(),
+            "no matching presence_diff within {timeout:?}"
+        );
         let frame = socket.recv_json_timeout(left);
         assert_eq!(frame[3], json!("presence_diff"), "unexpected frame {frame}");
         assert_eq!(frame[0], Value::Null);
         assert_eq!(frame[1], Value::Null);
         let diff = &frame[4];
-        assert!(diff.get("joins").is_some() && diff.get("leaves").is_some(), "{diff}");
+        assert!(
+            diff.get("joins").is_some() && diff.get("leaves").is_some(),
+            "{diff}"
+        );
         if pred(diff) {
             return diff.clone();
         }
@@ -85,7 +95,10 @@ fn diff_where(socket: &mut TestSocket, timeout: Duration, pred: impl Fn(&Value) 
 }
 
 fn metas(presences: &Value, key: &str) -> Vec<Value> {
-    presences[key]["metas"].as_array().cloned().unwrap_or_default()
+    presences[key]["metas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -96,11 +109,17 @@ fn presence_state_lists_members_of_every_process() {
     let (_alice, state) = join(&a, "alice", "1");
     assert_eq!(metas(&state, "alice").len(), 1);
     let (_bob, state) = join(&b, "bob", "1");
-    assert_eq!(metas(&state, "alice").len(), 1, "alice (other process) is listed: {state}");
+    assert_eq!(
+        metas(&state, "alice").len(),
+        1,
+        "alice (other process) is listed: {state}"
+    );
     assert_eq!(metas(&state, "bob").len(), 1, "bob sees himself: {state}");
     let meta = &metas(&state, "bob")[0];
     assert!(meta["phx_ref"].is_string());
-    assert!(meta["online_at"].as_u64().is_some_and(|ms| ms > 1_600_000_000_000));
+    assert!(meta["online_at"]
+        .as_u64()
+        .is_some_and(|ms| ms > 1_600_000_000_000));
 }
 
 #[test]
@@ -110,10 +129,14 @@ fn presence_diff_reaches_members_on_other_processes() {
     let b = server(&redis, 1);
     let (mut alice, _) = join(&a, "alice", "1");
     let (mut bob, _) = join(&b, "bob", "1");
-    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
     assert_eq!(diff["leaves"], json!({}));
     bob.send_json(&json!(["1", "2", TOPIC, "phx_leave", {}]));
-    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| d["leaves"].get("bob").is_some());
+    let diff = diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["leaves"].get("bob").is_some()
+    });
     assert_eq!(diff["joins"], json!({}));
 }
 
@@ -157,9 +180,13 @@ fn disconnect_produces_a_leave_diff() {
     let a = server(&redis, 2);
     let (mut watcher, _) = join(&a, "erin", "1");
     let (leaver, _) = join(&a, "frank", "1");
-    diff_where(&mut watcher, Duration::from_secs(5), |d| d["joins"].get("frank").is_some());
+    diff_where(&mut watcher, Duration::from_secs(5), |d| {
+        d["joins"].get("frank").is_some()
+    });
     drop(leaver);
-    diff_where(&mut watcher, Duration::from_secs(5), |d| d["leaves"].get("frank").is_some());
+    diff_where(&mut watcher, Duration::from_secs(5), |d| {
+        d["leaves"].get("frank").is_some()
+    });
 }
 
 #[test]
@@ -169,13 +196,18 @@ fn killed_process_members_leave_within_the_ttl() {
     let mut b = server(&redis, 1);
     let (mut alice, _) = join(&a, "alice", "1");
     let (_bob, _) = join(&b, "bob", "1");
-    diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
     let killed_at = Instant::now();
     b.kill();
     let diff = diff_where(&mut alice, Duration::from_secs(30), |d| {
         d["leaves"].get("bob").is_some()
     });
-    assert_eq!(diff["leaves"]["bob"]["metas"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        diff["leaves"]["bob"]["metas"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert!(killed_at.elapsed() < Duration::from_secs(30));
     // A later joiner does not see the dead process's member.
     let (_late, state) = join(&a, "gina", "1");
@@ -199,7 +231,10 @@ fn restarted_process_does_not_resurrect_its_old_members() {
         if state.get("bob").is_none() {
             break;
         }
-        assert!(Instant::now() < deadline, "bob's ghost was never reaped: {state}");
+        assert!(
+            Instant::now() < deadline,
+            "bob's ghost was never reaped: {state}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let (_bob_again, state) = join(&b2, "bob", "1");

@@ -74,6 +74,14 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The socket part of a `phx_ref` (`<node>.<shard>.<conn>.<n>` → `<node>.<shard>.<conn>`):
+/// several joins of one socket share it.
+pub fn socket_of_phx_ref(phx_ref: &str) -> &str {
+    phx_ref
+        .rsplit_once('.')
+        .map_or(phx_ref, |(socket, _)| socket)
+}
+
 /// One member's entry: who (`key`, the token's `id`) and this join's meta.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {

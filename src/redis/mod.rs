@@ -5,6 +5,7 @@
 //! the [`publisher::RedisPublisher`] (pipelined upstream `PUBLISH`). Both reconnect with
 //! backoff and publish their state in [`status::RedisStatus`].
 
+pub mod admin_queries;
 pub mod backoff;
 pub mod interest;
 pub mod naming;

@@ -19,10 +19,13 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{debug, info, warn};
 
+use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
 use super::status::RedisStatus;
 use crate::presence::{self, scripts, shapes, Presence};
-use crate::shard::inbox::{PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage};
+use crate::shard::inbox::{
+    AdminTicket, PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage,
+};
 
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
@@ -62,6 +65,13 @@ pub enum UpstreamCommand {
         topic: String,
         /// Who left.
         presence: Presence,
+    },
+    /// A question from the admin channel (not pipelined: it may scan).
+    Admin {
+        /// What is asked.
+        query: AdminQuery,
+        /// Who asked.
+        ticket: AdminTicket,
     },
 }
 
@@ -186,6 +196,19 @@ impl RedisPublisher {
                     Err(_) => break,
                 }
             }
+            // Admin questions are rare and may scan: answered one by one, outside the pipeline.
+            let mut i = 0;
+            while i < batch.len() {
+                if matches!(batch[i], UpstreamCommand::Admin { .. }) {
+                    let command = batch.remove(i);
+                    self.answer_admin(conn, command)?;
+                } else {
+                    i += 1;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
             let mut pipe = redis::pipe();
             for command in batch.iter() {
                 self.add_to_pipeline(&mut pipe, command, scripts);
@@ -233,6 +256,7 @@ impl RedisPublisher {
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::join_diff(presence));
             }
+            UpstreamCommand::Admin { .. } => {}
             UpstreamCommand::PresenceLeave { topic, presence } => {
                 pipe.cmd("EVALSHA")
                     .arg(&s.leave)
@@ -312,6 +336,44 @@ impl RedisPublisher {
                 self.send(shard, ShardMessage::PresenceState { ticket, state });
             }
             UpstreamCommand::PresenceLeave { .. } => {}
+            UpstreamCommand::Admin { ticket, .. } => {
+                let shard = ticket.shard;
+                let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());
+                self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
+            }
+        }
+    }
+
+    /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
+    fn answer_admin(
+        &self,
+        conn: &mut redis::Connection,
+        command: UpstreamCommand,
+    ) -> redis::RedisResult<()> {
+        let UpstreamCommand::Admin { query, ticket } = command else {
+            return Ok(());
+        };
+        let result = match &query {
+            AdminQuery::Topics => admin_queries::topics(conn),
+            AdminQuery::Disconnect(id) => admin_queries::disconnect(conn, id),
+        };
+        let shard = ticket.shard;
+        match result {
+            Ok(value) => {
+                self.send(
+                    shard,
+                    ShardMessage::AdminAnswer {
+                        ticket,
+                        answer: Ok(value),
+                    },
+                );
+                Ok(())
+            }
+            Err(err) => {
+                let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());
+                self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
+                Err(err)
+            }
         }
     }
 

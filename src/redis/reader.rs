@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use tracing::{debug, info, warn};
 
+use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
 use super::interest::{shards_in, InterestChange, InterestTable};
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
@@ -105,6 +106,7 @@ impl RedisReader {
         let mut pubsub = conn.as_pubsub();
         pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
         pubsub.psubscribe(&[DOWNSTREAM_PATTERN, presence::DIFF_PATTERN])?;
+        pubsub.subscribe(CONTROL_CHANNEL)?;
         pubsub.set_read_timeout(Some(READ_TICK))?;
         if *ever_connected {
             self.status.count_reconnect();
@@ -143,6 +145,9 @@ impl RedisReader {
         if let Some(topic) = presence::topic_of_diff_channel(channel) {
             return self.dispatch_presence_diff(topic, payload, interest);
         }
+        if channel == CONTROL_CHANNEL.as_bytes() {
+            return self.dispatch_control(payload);
+        }
         let Some((topic, event)) = split_downstream(channel) else {
             self.stats.malformed_names.fetch_add(1, Ordering::Relaxed);
             return;
@@ -171,12 +176,55 @@ impl RedisReader {
 }
 
 impl RedisReader {
+    /// A control message from an admin of any process: `disconnect <id>` goes to every shard.
+    fn dispatch_control(&self, payload: &[u8]) {
+        let Some(id) = payload
+            .strip_prefix(DISCONNECT_PREFIX.as_bytes())
+            .and_then(|id| std::str::from_utf8(id).ok())
+        else {
+            return;
+        };
+        for inbox in &self.inboxes {
+            inbox.send(ShardMessage::DisconnectClient { id: id.to_owned() });
+        }
+    }
+
+    /// Turns a presence diff into the admin channel's `channel.join` / `channel.leave` events.
+    fn dispatch_admin_events(&self, topic: &str, diff: &[u8], interest: &InterestTable) {
+        let mask = interest.shards_for(crate::shard::admin::ADMIN_TOPIC);
+        if mask == 0 {
+            return;
+        }
+        let Ok(diff) = serde_json::from_slice::<serde_json::Value>(diff) else {
+            return;
+        };
+        for (side, event) in [("joins", "channel.join"), ("leaves", "channel.leave")] {
+            let Some(ids) = diff.get(side).and_then(|v| v.as_object()) else {
+                continue;
+            };
+            for id in ids.keys() {
+                let payload = serde_json::json!({ "topic": topic, "id": id }).to_string();
+                let broadcast = Arc::new(Broadcast::new(
+                    crate::shard::admin::ADMIN_TOPIC,
+                    event,
+                    payload.as_bytes(),
+                ));
+                for shard in shards_in(mask) {
+                    if let Some(inbox) = self.inboxes.get(shard) {
+                        inbox.send(ShardMessage::Broadcast(Arc::clone(&broadcast)));
+                    }
+                }
+            }
+        }
+    }
+
     /// Hands a versioned presence diff to the shards that have the topic.
     fn dispatch_presence_diff(&self, topic: &str, payload: &[u8], interest: &InterestTable) {
         let Some((version, diff)) = presence::parse_versioned_diff(payload) else {
             self.stats.malformed_names.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.dispatch_admin_events(topic, diff, interest);
         let mask = interest.shards_for(topic);
         if mask == 0 {
             return;

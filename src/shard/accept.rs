@@ -121,11 +121,15 @@ async fn upgrade(
             return;
         }
     };
+    let mut user_id = None;
     if let Some(token) = &upgrade.user_token {
-        if let Err(err) = ctx.shared.authority.verify(token) {
-            debug!(shard = ctx.id, %err, "socket token refused");
-            let _ = respond(&mut stream, &http::forbidden("invalid socket token")).await;
-            return;
+        match ctx.shared.authority.verify(token) {
+            Ok(claims) => user_id = Some(claims.id),
+            Err(err) => {
+                debug!(shard = ctx.id, %err, "socket token refused");
+                let _ = respond(&mut stream, &http::forbidden("invalid socket token")).await;
+                return;
+            }
         }
     }
     if ctx.shutting_down.get() {
@@ -136,7 +140,15 @@ async fn upgrade(
     if stream.write_all(&response).await.is_err() {
         return;
     }
-    connection::run(ctx, stream, upgrade.vsn, upgrade.user_token, leftover).await;
+    connection::run(
+        ctx,
+        stream,
+        upgrade.vsn,
+        upgrade.user_token,
+        user_id,
+        leftover,
+    )
+    .await;
 }
 
 async fn token(

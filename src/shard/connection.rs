@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,11 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::context::{ShardContext, COALESCE_BYTES};
+use super::context::{ShardContext, Shared, COALESCE_BYTES};
 use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
 use super::presence_delivery::PresenceSync;
 use super::session;
+use super::stats::ShardStats;
 use crate::presence::Presence;
 use crate::protocol::websocket::{encode_close, MessageReader, ReadError};
 use crate::protocol::{close_code, Vsn};
@@ -50,12 +52,16 @@ pub struct Conn {
     pub vsn: Vsn,
     /// Socket-level token (`userToken` or the phoenix subprotocol token), the fallback for joins.
     pub user_token: Option<String>,
+    /// The `id` claim of the socket-level token, if any.
+    pub user_id: Option<String>,
     /// Frames waiting to be written.
     pub out: RefCell<OutboundQueue>,
     /// Topics joined on this connection.
     pub channels: RefCell<HashMap<String, JoinedChannel>>,
     last_seen: Cell<Instant>,
     socket: SocketCutter,
+    shared: Arc<Shared>,
+    shard: usize,
 }
 
 impl Conn {
@@ -64,6 +70,7 @@ impl Conn {
         let outcome = self.out.borrow_mut().push(frame);
         if outcome == Enqueued::Overflow {
             debug!(conn = self.id, "slow consumer: closing with 1013");
+            ShardStats::add(&self.stats().slow_consumer_closes, 1);
             self.socket.cut_after(CLOSE_GRACE);
         }
         outcome
@@ -78,6 +85,11 @@ impl Conn {
     /// When the client was last heard from.
     pub fn last_seen(&self) -> Instant {
         self.last_seen.get()
+    }
+
+    /// The counters of this connection's shard.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.shard]
     }
 }
 
@@ -153,6 +165,7 @@ pub async fn run(
     stream: TcpStream,
     vsn: Vsn,
     user_token: Option<String>,
+    user_id: Option<String>,
     leftover: Vec<u8>,
 ) {
     let config = &ctx.shared.config;
@@ -161,6 +174,7 @@ pub async fn run(
         id: ctx.next_conn_id(),
         vsn,
         user_token,
+        user_id,
         out: RefCell::new(OutboundQueue::new(config.limits.outbound_queue_bytes)),
         channels: RefCell::new(HashMap::new()),
         last_seen: Cell::new(Instant::now()),
@@ -168,7 +182,10 @@ pub async fn run(
             fd: stream.as_raw_fd(),
             open: Rc::clone(&open),
         },
+        shared: Arc::clone(&ctx.shared),
+        shard: ctx.id,
     });
+    ShardStats::add(&ctx.stats().connections, 1);
     let conn_id = conn.id;
     let shard = ctx.id;
     ctx.conns.borrow_mut().insert(conn_id, Rc::clone(&conn));
@@ -202,6 +219,7 @@ pub async fn run(
     conn.socket.cut_after(CLOSE_GRACE);
     let _ = writer.await;
     open.set(false);
+    ShardStats::sub(&ctx.stats().connections, 1);
     info!(shard, conn = conn_id, %reason, "connection closed");
 }
 
@@ -281,8 +299,14 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
             let _ = stream.close().await;
             return;
         }
+        let frames = batch.len() as u64;
         match write_batch(&ctx, &mut stream, &mut batch).await {
-            Ok(bytes) => conn.out.borrow_mut().written(bytes),
+            Ok(bytes) => {
+                conn.out.borrow_mut().written(bytes);
+                let stats = ctx.stats();
+                ShardStats::add(&stats.frames_out, frames);
+                ShardStats::add(&stats.bytes_out, bytes as u64);
+            }
             Err(err) => {
                 debug!(conn = conn.id, %err, "write failed");
                 batch.clear();

@@ -17,6 +17,7 @@ use crate::redis::RedisHandle;
 
 use super::connection::Conn;
 use super::inbox::ShardInbox;
+use super::stats::ShardStats;
 use super::topic_table::TopicTable;
 
 /// Size of the per-shard read buffer every connection reads into.
@@ -36,6 +37,8 @@ pub struct Shared {
     pub inboxes: Vec<Arc<ShardInbox>>,
     /// This process's presence identity.
     pub node: String,
+    /// Every shard's counters, by shard index.
+    pub stats: Vec<ShardStats>,
 }
 
 /// One shard's private state.
@@ -73,6 +76,11 @@ impl ShardContext {
         }
     }
 
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
     /// A connection id unique within this shard.
     pub fn next_conn_id(&self) -> u64 {
         let id = self.next_conn_id.get();
@@ -80,11 +88,12 @@ impl ShardContext {
         id
     }
 
-    /// A presence reference unique across the deployment: node, shard and a counter.
-    pub fn next_phx_ref(&self) -> String {
+    /// A presence reference unique across the deployment: `<node>.<shard>.<conn>.<n>`, so that
+    /// the socket a presence belongs to can be told from it (admin `disconnect` counts them).
+    pub fn next_phx_ref(&self, conn: u64) -> String {
         let n = self.next_phx_ref.get();
         self.next_phx_ref.set(n + 1);
-        format!("{}.{}.{n}", self.shared.node, self.id)
+        format!("{}.{}.{conn}.{n}", self.shared.node, self.id)
     }
 
     /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.

@@ -43,8 +43,33 @@ pub enum ShardMessage {
         /// The version and the `presence_state` JSON.
         state: Option<(u64, String)>,
     },
+    /// The answer to an admin query.
+    AdminAnswer {
+        /// Who asked, and how to answer.
+        ticket: AdminTicket,
+        /// The JSON answer, or why there is none.
+        answer: Result<serde_json::Value, String>,
+    },
+    /// Close every socket of this client id (admin `disconnect`, from any process).
+    DisconnectClient {
+        /// The client id (token `id` claim).
+        id: String,
+    },
     /// Stop accepting, close every socket with 1012, then stop the executor.
     Shutdown,
+}
+
+/// Identifies an admin connection waiting for an answer from Redis.
+#[derive(Debug, Clone)]
+pub struct AdminTicket {
+    /// The shard of the connection.
+    pub shard: usize,
+    /// The connection, local to the shard.
+    pub conn: u64,
+    /// The join reference of the admin channel.
+    pub join_ref: Option<String>,
+    /// `Some(ref)`: answer as the reply to that push; `None`: push it as the join's `state`.
+    pub reply_to: Option<Option<String>>,
 }
 
 /// Identifies the join waiting for its presence state.

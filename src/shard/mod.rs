@@ -7,6 +7,7 @@
 //! accepted it, and nothing here takes a lock on a per-message path.
 
 pub mod accept;
+pub mod admin;
 pub mod connection;
 pub mod context;
 pub mod inbox;
@@ -14,6 +15,7 @@ pub mod outbound_queue;
 pub mod presence_delivery;
 pub mod runtime_check;
 pub mod session;
+pub mod stats;
 pub mod topic_table;
 
 use std::rc::Rc;
@@ -66,6 +68,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         redis,
         inboxes,
         node,
+        stats: (0..shards).map(|_| stats::ShardStats::default()).collect(),
     });
     let addr = shared.config.listen_addr();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -93,6 +96,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     info!(%addr, shards, "listening");
+    if let Some(interval) = shared.config.admin_stats_interval() {
+        admin::spawn_stats_ticker(Arc::clone(&shared), interval)
+            .context("cannot start the admin stats ticker")?;
+    }
 
     wait_for_termination_signal()?;
     info!("shutting down: closing sockets with 1012");
@@ -210,6 +217,8 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
                 ShardMessage::PresenceState { ticket, state } => {
                     presence_delivery::deliver_state(&ctx, ticket, state)
                 }
+                ShardMessage::AdminAnswer { ticket, answer } => admin::answer(&ctx, ticket, answer),
+                ShardMessage::DisconnectClient { id } => admin::disconnect_client(&ctx, &id),
                 ShardMessage::Shutdown => {
                     ctx.shutting_down.set(true);
                     if let Some(stop) = stop.take() {

@@ -10,10 +10,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tracing::debug;
 
+use super::admin;
 use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
 use super::inbox::{PushAck, PushOutcome};
 use super::presence_delivery::{self, PresenceSync};
+use super::stats::ShardStats;
 use crate::presence::{unix_ms, Presence};
 use crate::protocol::{
     channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
@@ -64,6 +66,11 @@ pub mod refusal {
 
 /// Handles one complete client message.
 pub fn handle(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, message: Message<'_>) -> Result<(), Stop> {
+    if let Message::Text(data) | Message::Binary(data) = &message {
+        let stats = ctx.stats();
+        ShardStats::add(&stats.messages_in, 1);
+        ShardStats::add(&stats.bytes_in, data.len() as u64);
+    }
     match message {
         Message::Text(data) => match decode_text(conn.vsn, data) {
             Ok(inbound) => {
@@ -146,7 +153,7 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
         .map(str::to_owned);
     let presence = Presence {
         key: claims.id,
-        phx_ref: ctx.next_phx_ref(),
+        phx_ref: ctx.next_phx_ref(conn.id),
         online_at: unix_ms(),
     };
     let joined = JoinedChannel {
@@ -171,12 +178,23 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             conn.send(channel_close(conn.vsn, old.join_ref.as_deref(), topic));
             presence_delivery::request_leave(ctx, topic, old.presence);
         }
-        None => ctx.subscribe(topic, conn),
+        None => {
+            ctx.subscribe(topic, conn);
+            ShardStats::add(&ctx.stats().channels, 1);
+        }
     }
     if !presence_delivery::request_join(ctx, conn, topic, presence) {
         if let Some(channel) = conn.channels.borrow_mut().get_mut(topic) {
             channel.presence_sync = PresenceSync::Unavailable;
         }
+    }
+    if topic == admin::ADMIN_TOPIC {
+        let join_ref = conn
+            .channels
+            .borrow()
+            .get(topic)
+            .and_then(|c| c.join_ref.clone());
+        admin::on_join(ctx, conn, join_ref.as_deref());
     }
 }
 
@@ -189,6 +207,7 @@ fn leave(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     send_reply(conn, msg, ReplyStatus::Ok, "{}");
     if let Some(old) = removed {
         ctx.unsubscribe(topic, conn.id);
+        ShardStats::sub(&ctx.stats().channels, 1);
         presence_delivery::request_leave(ctx, topic, old.presence.clone());
         let join_ref = old.join_ref.as_deref().or(msg.join_ref.as_deref());
         conn.send(channel_close(conn.vsn, join_ref, topic));
@@ -211,6 +230,9 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             ReplyStatus::Error,
             &reason_json(refusal::RESERVED_EVENT),
         );
+    }
+    if topic == admin::ADMIN_TOPIC {
+        return admin::handle_push(ctx, conn, msg);
     }
     let redis = &ctx.shared.redis;
     if !redis.status.can_publish() {
@@ -277,6 +299,7 @@ pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
 /// Leaves every channel of a connection that is going away.
 pub fn leave_all(ctx: &ShardContext, conn: &Conn) {
     let channels = std::mem::take(&mut *conn.channels.borrow_mut());
+    ShardStats::sub(&ctx.stats().channels, channels.len() as u64);
     for (topic, channel) in channels {
         ctx.unsubscribe(&topic, conn.id);
         presence_delivery::request_leave(ctx, &topic, channel.presence);
