@@ -272,3 +272,17 @@ test("phoenix.js Presence: two clients see each other, and a disconnect is a lea
   bobSocket.disconnect();
   await presenceUntil(aliceView, () => ids(aliceView).join() === "alice", "bob leaving on disconnect");
 });
+
+test("admin refuses a token minted for another channel, and /token will not mint admin anonymously", async () => {
+  const socket = await openSocket();
+  const topic = uniqueTopic("room");
+  const channel = socket.channel("admin", { token: await mintToken(topic, "eve") });
+  const joined = await outcome(channel.join());
+  assert.deepEqual(joined, { status: "error", response: { reason: "unauthorized" } });
+  const response = await fetch(`${CHANNEL_URL}/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ channel: "admin", id: "eve" }),
+  });
+  assert.equal(response.status, 403, await response.text());
+});
