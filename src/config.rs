@@ -147,6 +147,9 @@ pub struct Config {
     pub admin_stats_interval_secs: u64,
     /// Presences of a process that stopped refreshing them are removed after this long.
     pub presence_ttl_secs: u64,
+    /// Presence on every topic (`presence_state` / `presence_diff`); `false` turns it off for
+    /// broadcast-only deployments (joins then cost no Redis round trip).
+    pub presence_enabled: bool,
 }
 
 /// Default `host`, as in Tangram.
@@ -179,6 +182,7 @@ impl Default for Config {
             datetime_interval_ms: 1_000,
             admin_stats_interval_secs: 5,
             presence_ttl_secs: 30,
+            presence_enabled: true,
         }
     }
 }
@@ -242,6 +246,18 @@ impl Raw<'_> {
         match self {
             Raw::Toml(toml::Value::Integer(i)) => Some(i128::from(*i)),
             Raw::Text(s) => s.trim().parse().ok(),
+            Raw::Toml(_) => None,
+        }
+    }
+
+    fn boolean(&self) -> Option<bool> {
+        match self {
+            Raw::Toml(toml::Value::Boolean(b)) => Some(*b),
+            Raw::Text(s) => match s.trim() {
+                "true" | "1" => Some(true),
+                "false" | "0" => Some(false),
+                _ => None,
+            },
             Raw::Toml(_) => None,
         }
     }
@@ -498,6 +514,15 @@ pub static KEYS: &[Key] = &[
         secret: false,
         apply: |c, r| {
             c.presence_ttl_secs = int_in(r, 1, 86_400)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "presence_enabled",
+        expected: "true or false",
+        secret: false,
+        apply: |c, r| {
+            c.presence_enabled = r.boolean()?;
             Some(())
         },
     },
@@ -798,6 +823,7 @@ impl Config {
                 self.admin_stats_interval_secs.to_string(),
             ),
             ("presence_ttl_secs", self.presence_ttl_secs.to_string()),
+            ("presence_enabled", self.presence_enabled.to_string()),
         ];
         let mut out = String::from("[channel]\n");
         for (name, value) in lines {
@@ -970,6 +996,7 @@ mod tests {
                 "redis_url" => "redis://x",
                 "jwt_secret" | "admin_key" => "0123456789abcdef0",
                 "id_length" | "shards" => "100",
+                "presence_enabled" => "false",
                 _ => "1024",
             };
             let lookup = |name: &str| (name == var).then(|| value.to_string());

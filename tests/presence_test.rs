@@ -240,3 +240,21 @@ fn restarted_process_does_not_resurrect_its_old_members() {
     let (_bob_again, state) = join(&b2, "bob", "1");
     assert_eq!(metas(&state, "bob").len(), 1, "{state}");
 }
+
+#[test]
+fn presence_can_be_turned_off() {
+    let redis = RedisServer::start();
+    let diffs = redis.subscribe("presence:*");
+    let a = ChannelServer::start(
+        &redis,
+        ServerOptions::default().config("[channel]\npresence_enabled = false\n"),
+    );
+    let mut socket = TestSocket::connect(&a.ws_url("2.0.0"));
+    socket.send_json(&json!(["1", "1", TOPIC, "phx_join", {"token": token("ivan")}]));
+    assert_eq!(
+        socket.recv_json(),
+        json!(["1", "1", TOPIC, "phx_reply", {"status": "ok", "response": {}}])
+    );
+    socket.expect_no_message(Duration::from_millis(300));
+    diffs.expect_nothing(Duration::from_millis(100));
+}

@@ -34,7 +34,7 @@ pub enum PresenceSync {
 /// queued (Redis down or the queue full): the channel then runs without a presence state.
 pub fn request_join(ctx: &ShardContext, conn: &Conn, topic: &str, presence: Presence) -> bool {
     let redis = &ctx.shared.redis;
-    if !redis.status.can_publish() {
+    if !ctx.shared.config.presence_enabled || !redis.status.can_publish() {
         return false;
     }
     let ticket = PresenceTicket {
@@ -55,6 +55,9 @@ pub fn request_join(ctx: &ShardContext, conn: &Conn, topic: &str, presence: Pres
 
 /// Asks the Redis core to remove `presence` from `topic` (fire and forget).
 pub fn request_leave(ctx: &ShardContext, topic: &str, presence: Presence) {
+    if !ctx.shared.config.presence_enabled {
+        return;
+    }
     let _ = ctx
         .shared
         .redis
