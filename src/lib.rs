@@ -8,11 +8,15 @@
 //! - [`protocol`] the wire: WebSocket framing and the Phoenix V1/V2/binary serializers.
 //! - [`shard`]    one glommio executor per core: listener, connections, local topic table.
 //! - [`redis`]    the Redis core: the `PSUBSCRIBE to:*` reader and the pipelined publisher.
+//! - [`system`]   the `system` channel: the process's own `datetime` tick.
+//! - [`metrics`]  Prometheus metrics for `GET /metrics`.
 
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shard;
+pub mod system;

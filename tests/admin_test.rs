@@ -25,7 +25,8 @@ fn token(topic: &str, id: &str) -> String {
     sign_token(TEST_JWT_SECRET, topic, id, 600)
 }
 
-/// Joins `topic` as `id`; asserts the ok reply.
+/// Joins `topic` as `id`; asserts the ok reply and waits for the presence state (so that the
+/// join is recorded in Redis before the test goes on).
 fn joined(server: &ChannelServer, topic: &str, id: &str) -> TestSocket {
     let mut socket = TestSocket::connect(&server.ws_url("2.0.0"));
     socket.send_json(&json!(["1", "1", topic, "phx_join", {"token": token(topic, id)}]));
@@ -33,6 +34,9 @@ fn joined(server: &ChannelServer, topic: &str, id: &str) -> TestSocket {
         socket.recv_json(),
         json!(["1", "1", topic, "phx_reply", {"status": "ok", "response": {}}])
     );
+    if topic != "admin" {
+        next_event(&mut socket, "presence_state", Duration::from_secs(5));
+    }
     socket
 }
 
@@ -215,4 +219,29 @@ fn disconnect_closes_every_socket_of_that_id_in_every_process() {
     // A disconnect without an id is refused in the reply.
     admin.send_json(&json!(["1", "10", "admin", "disconnect", {}]));
     assert_eq!(reply_to(&mut admin, "10")[4]["status"], json!("error"));
+}
+
+#[test]
+fn admin_members_see_the_redis_state_change() {
+    let mut redis = RedisServer::start();
+    let a = server(&redis);
+    let mut admin = joined(&a, "admin", "ops");
+    next_event(&mut admin, "state", Duration::from_secs(5));
+    redis.kill();
+    let down = next_event(&mut admin, "redis", Duration::from_secs(10));
+    assert_eq!(down[0], Value::Null);
+    assert_eq!(down[4]["connected"], json!(false), "{down}");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = next_event(&mut admin, "redis", left);
+        if event[4]["connected"] == json!(true) {
+            assert!(
+                event[4]["reconnects"].as_u64().is_some_and(|n| n >= 1),
+                "{event}"
+            );
+            break;
+        }
+    }
 }

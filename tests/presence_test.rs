@@ -258,3 +258,30 @@ fn presence_can_be_turned_off() {
     socket.expect_no_message(Duration::from_millis(300));
     diffs.expect_nothing(Duration::from_millis(100));
 }
+
+#[test]
+fn presence_is_reestablished_after_redis_loses_its_data() {
+    let mut redis = RedisServer::start();
+    let a = server(&redis, 2);
+    let (mut alice, _) = join(&a, "alice", "1");
+    // Redis dies and comes back empty (no persistence in tests).
+    redis.kill();
+    redis.restart();
+    // Alice's channel gets a fresh state once the server is back, listing herself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no fresh presence_state after the Redis restart"
+        );
+        let frame = alice.recv_json_timeout(left);
+        if frame[3] == json!("presence_state") {
+            break frame[4].clone();
+        }
+    };
+    assert_eq!(metas(&state, "alice").len(), 1, "{state}");
+    // A newcomer sees alice, re-registered in the new Redis.
+    let (_bob, state) = join(&a, "bob", "1");
+    assert_eq!(metas(&state, "alice").len(), 1, "{state}");
+}

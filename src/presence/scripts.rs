@@ -4,15 +4,20 @@
 //! is exactly the version of the members hash after that change, and a joiner's state (read in
 //! the same script as its join) is consistent with the diffs that follow it.
 
-/// Join: add the entry, bump the version, remember the topic for the node, publish the diff,
-/// and return `{version, HGETALL}`.
+/// Join: add the entry and, if it is new, bump the version and publish the diff; remember the
+/// topic for the node; return `{version, HVALS}`. Re-registering an entry that is already there
+/// (after a reconnect) changes nothing and publishes nothing.
 ///
 /// KEYS: members, version, node topics. ARGV: field, entry, topic, diff channel, diff JSON.
 pub const JOIN: &str = r#"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local v = redis.call('INCR', KEYS[2])
+local v
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  v = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[4], v .. ' ' .. ARGV[5])
+else
+  v = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
 redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('PUBLISH', ARGV[4], v .. ' ' .. ARGV[5])
 return {v, redis.call('HVALS', KEYS[1])}
 "#;
 

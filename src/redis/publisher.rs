@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
+use super::reader::notify_all;
 use super::status::RedisStatus;
 use crate::presence::{self, scripts, shapes, Presence};
 use crate::shard::inbox::{
@@ -106,12 +107,18 @@ impl RedisPublisher {
             match self.connect() {
                 Ok((mut conn, loaded)) => {
                     backoff.reset();
-                    if ever_connected {
+                    let reconnected = ever_connected;
+                    if reconnected {
                         self.status.count_reconnect();
                     }
                     ever_connected = true;
                     self.status.set_publisher_up(true);
                     info!("redis publisher connected");
+                    notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+                    if reconnected {
+                        // Redis may have lost our presences: register them again.
+                        notify_all(&self.inboxes, || ShardMessage::PresenceResync);
+                    }
                     match self.serve_until_failure(&mut conn, &loaded, &mut batch) {
                         Ok(()) => {
                             self.leave_node(&mut conn);
@@ -120,6 +127,7 @@ impl RedisPublisher {
                         }
                         Err(err) => {
                             self.status.set_publisher_up(false);
+                            notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
                             warn!(%err, "redis publisher lost; reconnecting");
                         }
                     }
@@ -189,42 +197,56 @@ impl RedisPublisher {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.queue.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            // Admin questions are rare and may scan: answered one by one, outside the pipeline.
-            let mut i = 0;
-            while i < batch.len() {
-                if matches!(batch[i], UpstreamCommand::Admin { .. }) {
-                    let command = batch.remove(i);
-                    self.answer_admin(conn, command)?;
-                } else {
-                    i += 1;
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            for command in batch.iter() {
-                self.add_to_pipeline(&mut pipe, command, scripts);
-            }
-            match pipe.query::<Vec<redis::Value>>(conn) {
-                Ok(replies) => {
-                    for (command, reply) in batch.drain(..).zip(replies) {
-                        self.answer(command, Some(reply));
+            // An admin question ends the batch: it runs after the commands queued before it
+            // (so that it sees their effect), one by one, outside the pipeline (it may scan).
+            let mut admin = None;
+            if matches!(first, UpstreamCommand::Admin { .. }) {
+                admin = Some(first);
+            } else {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match self.queue.try_recv() {
+                        Ok(next @ UpstreamCommand::Admin { .. }) => {
+                            admin = Some(next);
+                            break;
+                        }
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
                 }
-                Err(err) => {
-                    for command in batch.drain(..) {
-                        self.answer(command, None);
-                    }
-                    return Err(err);
+            }
+            if !batch.is_empty() {
+                self.run_pipeline(conn, scripts, batch)?;
+            }
+            if let Some(command) = admin {
+                self.answer_admin(conn, command)?;
+            }
+        }
+    }
+
+    /// Sends `batch` as one pipeline and answers every command in it.
+    fn run_pipeline(
+        &self,
+        conn: &mut redis::Connection,
+        scripts: &LoadedScripts,
+        batch: &mut Vec<UpstreamCommand>,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for command in batch.iter() {
+            self.add_to_pipeline(&mut pipe, command, scripts);
+        }
+        match pipe.query::<Vec<redis::Value>>(conn) {
+            Ok(replies) => {
+                for (command, reply) in batch.drain(..).zip(replies) {
+                    self.answer(command, Some(reply));
                 }
+                Ok(())
+            }
+            Err(err) => {
+                for command in batch.drain(..) {
+                    self.answer(command, None);
+                }
+                Err(err)
             }
         }
     }

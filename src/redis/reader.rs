@@ -108,11 +108,17 @@ impl RedisReader {
         pubsub.psubscribe(&[DOWNSTREAM_PATTERN, presence::DIFF_PATTERN])?;
         pubsub.subscribe(CONTROL_CHANNEL)?;
         pubsub.set_read_timeout(Some(READ_TICK))?;
-        if *ever_connected {
+        let reconnected = *ever_connected;
+        if reconnected {
             self.status.count_reconnect();
         }
         *ever_connected = true;
         self.status.set_subscriber_up(true);
+        notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+        if reconnected {
+            // Diffs published while we were away are lost: fresh states for everyone.
+            notify_all(&self.inboxes, || ShardMessage::PresenceResync);
+        }
         info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
         let mut last_heard = Instant::now();
         loop {
@@ -141,6 +147,7 @@ impl RedisReader {
     }
 
     fn dispatch(&self, channel: &[u8], payload: &[u8], interest: &InterestTable) {
+        let received_at = Instant::now();
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(topic) = presence::topic_of_diff_channel(channel) {
             return self.dispatch_presence_diff(topic, payload, interest);
@@ -162,7 +169,11 @@ impl RedisReader {
             let Some(inbox) = self.inboxes.get(shard) else {
                 continue;
             };
-            if !inbox.send(ShardMessage::Broadcast(Arc::clone(&broadcast))) {
+            let message = ShardMessage::Downstream {
+                broadcast: Arc::clone(&broadcast),
+                received_at,
+            };
+            if !inbox.send(message) {
                 let drops = self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed) + 1;
                 if drops.is_power_of_two() {
                     warn!(
@@ -250,4 +261,11 @@ fn probe(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
     let answer = pubsub.ping::<redis::Value>();
     pubsub.set_read_timeout(Some(READ_TICK))?;
     answer.map(|_| ())
+}
+
+/// Sends a message made by `make` to every shard.
+pub(super) fn notify_all(inboxes: &[Arc<ShardInbox>], make: impl Fn() -> ShardMessage) {
+    for inbox in inboxes {
+        inbox.send(make());
+    }
 }

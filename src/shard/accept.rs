@@ -61,11 +61,8 @@ pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
             let _ = respond(&mut stream, &http::healthz_response(connected)).await;
         }
         Route::Metrics => {
-            let _ = respond(
-                &mut stream,
-                &http::error_response(404, "metrics are not served yet"),
-            )
-            .await;
+            let exposition = crate::metrics::render(&ctx.shared);
+            let _ = respond(&mut stream, &http::metrics_response(exposition)).await;
         }
         Route::NotFound => {
             let _ = respond(&mut stream, &http::error_response(404, "not found")).await;
@@ -140,6 +137,8 @@ async fn upgrade(
     if stream.write_all(&response).await.is_err() {
         return;
     }
+    let counted = Rc::clone(&ctx);
+    counted.metrics().connections_opened.inc();
     connection::run(
         ctx,
         stream,
@@ -149,6 +148,7 @@ async fn upgrade(
         leftover,
     )
     .await;
+    counted.metrics().connections_closed.inc();
 }
 
 async fn token(

@@ -39,6 +39,10 @@ pub struct Shared {
     pub node: String,
     /// Every shard's counters, by shard index.
     pub stats: Vec<ShardStats>,
+    /// The `system` channel: its ticker and which shards listen.
+    pub system: Arc<crate::system::SystemChannel>,
+    /// Prometheus metrics: per-shard handles and the `/metrics` rendering.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One shard's private state.
@@ -81,6 +85,11 @@ impl ShardContext {
         &self.shared.stats[self.id]
     }
 
+    /// This shard's metrics handles.
+    pub fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        self.shared.metrics.shard(self.id)
+    }
+
     /// A connection id unique within this shard.
     pub fn next_conn_id(&self) -> u64 {
         let id = self.next_conn_id.get();
@@ -111,6 +120,9 @@ impl ShardContext {
     }
 
     fn tell_interest(&self, topic: &str, interested: bool) {
+        self.shared
+            .system
+            .shard_interest(self.id, topic, interested);
         // The reader owns the receiving end for the life of the process.
         let _ = self.shared.redis.interest.send(InterestChange {
             shard: self.id,

@@ -22,6 +22,13 @@ use crate::protocol::Broadcast;
 pub enum ShardMessage {
     /// A downstream message for every local subscriber of its topic.
     Broadcast(Arc<Broadcast>),
+    /// A message from Redis (`to:<topic>:<event>`) for every local subscriber of its topic.
+    Downstream {
+        /// The frame, built once by the Redis reader.
+        broadcast: Arc<Broadcast>,
+        /// When the reader read it from Redis: the start of the downstream latency.
+        received_at: std::time::Instant,
+    },
     /// The outcome of a client's push that the publisher sent to Redis.
     PushResult {
         /// Who to answer.
@@ -50,6 +57,11 @@ pub enum ShardMessage {
         /// The JSON answer, or why there is none.
         answer: Result<serde_json::Value, String>,
     },
+    /// Redis came back: register every local presence again (its data may be gone, and diffs
+    /// published while we were away were missed) and send each channel a fresh state.
+    PresenceResync,
+    /// The Redis connection state changed; tell the admin members.
+    RedisStateChanged,
     /// Close every socket of this client id (admin `disconnect`, from any process).
     DisconnectClient {
         /// The client id (token `id` claim).

@@ -61,6 +61,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.presence_ttl(),
     )
     .context("invalid redis_url")?;
+    let system = crate::system::SystemChannel::start(config.datetime_interval(), inboxes.clone())
+        .context("cannot start the system channel ticker")?;
 
     let shared = Arc::new(Shared {
         config,
@@ -69,6 +71,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         inboxes,
         node,
         stats: (0..shards).map(|_| stats::ShardStats::default()).collect(),
+        system,
+        metrics: crate::metrics::Metrics::new(shards),
     });
     let addr = shared.config.listen_addr();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -208,7 +212,15 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
         while let Some(message) = inbox.try_recv() {
             match message {
                 ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast),
+                ShardMessage::Downstream {
+                    broadcast,
+                    received_at,
+                } => {
+                    fan_out(&ctx, &broadcast);
+                    ctx.metrics().downstream_queued(received_at);
+                }
                 ShardMessage::PushResult { ack, outcome } => {
+                    ctx.metrics().push_outcome(outcome);
                     session::push_result(&ctx, ack, outcome)
                 }
                 ShardMessage::PresenceDiff { broadcast, version } => {
@@ -219,6 +231,8 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
                 }
                 ShardMessage::AdminAnswer { ticket, answer } => admin::answer(&ctx, ticket, answer),
                 ShardMessage::DisconnectClient { id } => admin::disconnect_client(&ctx, &id),
+                ShardMessage::PresenceResync => presence_delivery::resync_all(&ctx),
+                ShardMessage::RedisStateChanged => admin::announce_redis_state(&ctx),
                 ShardMessage::Shutdown => {
                     ctx.shutting_down.set(true);
                     if let Some(stop) = stop.take() {

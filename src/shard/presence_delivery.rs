@@ -146,3 +146,30 @@ pub fn fan_out_diff(ctx: &ShardContext, broadcast: &Broadcast, version: u64) {
         }
     }
 }
+
+/// Registers every presence of this shard again and asks for fresh states (after Redis came
+/// back). Channels whose request cannot be queued run without presence until the next resync.
+pub fn resync_all(ctx: &ShardContext) {
+    let conns: Vec<_> = ctx.conns.borrow().values().cloned().collect();
+    for conn in conns {
+        let topics: Vec<(String, Presence)> = conn
+            .channels
+            .borrow()
+            .iter()
+            .map(|(topic, channel)| (topic.clone(), channel.presence.clone()))
+            .collect();
+        for (topic, presence) in topics {
+            let requested = request_join(ctx, &conn, &topic, presence);
+            if let Some(channel) = conn.channels.borrow_mut().get_mut(&topic) {
+                channel.presence_sync = if requested {
+                    match std::mem::replace(&mut channel.presence_sync, PresenceSync::Unavailable) {
+                        PresenceSync::Awaiting(held) => PresenceSync::Awaiting(held),
+                        _ => PresenceSync::Awaiting(Vec::new()),
+                    }
+                } else {
+                    PresenceSync::Unavailable
+                };
+            }
+        }
+    }
+}

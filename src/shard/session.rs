@@ -129,20 +129,20 @@ fn dispatch(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: Inbound<'_>) {
 fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     let topic = msg.topic.as_ref();
     if !is_valid_topic(topic) {
-        return refuse(conn, msg, refusal::INVALID_TOPIC);
+        return refuse(ctx, conn, msg, refusal::INVALID_TOPIC);
     }
     if ctx.shutting_down.get() {
-        return refuse(conn, msg, refusal::SHUTTING_DOWN);
+        return refuse(ctx, conn, msg, refusal::SHUTTING_DOWN);
     }
     let token = join_token(&msg.payload).or_else(|| conn.user_token.as_deref().map(Into::into));
     let Some(token) = token else {
-        return refuse(conn, msg, refusal::UNAUTHORIZED);
+        return refuse(ctx, conn, msg, refusal::UNAUTHORIZED);
     };
     let claims = match ctx.shared.authority.verify_for_channel(&token, topic) {
         Ok(claims) => claims,
         Err(err) => {
             debug!(conn = conn.id, topic, %err, "join refused");
-            return refuse(conn, msg, refusal::UNAUTHORIZED);
+            return refuse(ctx, conn, msg, refusal::UNAUTHORIZED);
         }
     };
     // phoenix.js sends join_ref == ref; a null join_ref falls back to ref.
@@ -167,11 +167,12 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             && channels.len() >= ctx.shared.config.limits.max_channels_per_socket
         {
             drop(channels);
-            return refuse(conn, msg, refusal::TOO_MANY_CHANNELS);
+            return refuse(ctx, conn, msg, refusal::TOO_MANY_CHANNELS);
         }
         channels.insert(topic.to_owned(), joined)
     };
     send_reply(conn, msg, ReplyStatus::Ok, "{}");
+    ctx.metrics().joins.inc();
     match previous {
         // A second join of the same topic replaces the first: close the old one.
         Some(old) => {
@@ -325,7 +326,8 @@ pub fn is_valid_topic(topic: &str) -> bool {
         && !topic.chars().any(char::is_control)
 }
 
-fn refuse(conn: &Conn, msg: &Inbound<'_>, reason: &str) {
+fn refuse(ctx: &ShardContext, conn: &Conn, msg: &Inbound<'_>, reason: &str) {
+    ctx.metrics().join_refused(reason);
     send_reply(conn, msg, ReplyStatus::Error, &reason_json(reason));
 }
 

@@ -1,0 +1,215 @@
+//! Prometheus metrics, served as text on `GET /metrics` (every series is listed, with its
+//! meaning, in docs/operations.md "Metrics").
+//!
+//! What it owns: the process's [`prometheus::Registry`] (a private one: no global state, so
+//! that nothing else in the process can add to or collide with it), the per-shard handles of
+//! the counters that only metrics needs ([`ShardMetrics`]), and the rendering, which also reads
+//! the counters other parts of the server already keep for themselves (the shards'
+//! [`ShardStats`](crate::shard::stats::ShardStats), the inboxes' drop counts, the Redis core's
+//! status and reader counters, the `system` channel) at scrape time.
+//!
+//! What it must never do: take a lock or look anything up by name on a per-message path. Every
+//! label combination is resolved once, when the server starts; a shard then holds plain handles
+//! (an atomic add each, on a value only that shard writes, so the cache line stays with its
+//! core) and the latency histogram's `observe` is lock-free. Only rendering, on a scrape,
+//! gathers, sums and formats.
+//!
+//! The `prometheus` crate (TiKV's) was chosen over `metrics` + `metrics-exporter-prometheus`
+//! and `prometheus-client` because its histograms have fixed buckets with atomic counts (the
+//! `metrics` exporter stores every sample until the next render or upkeep, unbounded while
+//! nobody scrapes, and `prometheus-client` takes a lock in `observe`), because it works on an
+//! explicit registry, and because it renders the classic text format (`version=0.0.4`) that
+//! [`crate::http::metrics_response`] announces.
+
+mod render;
+
+use std::time::Instant;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+
+use crate::shard::inbox::PushOutcome;
+use crate::shard::session::refusal;
+
+pub use render::render;
+
+/// Every series name starts with this.
+pub const PREFIX: &str = "channel";
+
+/// Upper bounds (seconds) of the Redis-receive → queued-for-the-socket latency buckets:
+/// 10 µs to 1 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The join refusal reasons that get their own series; anything else is counted as `other`.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    refusal::UNAUTHORIZED,
+    refusal::TOO_MANY_CHANNELS,
+    refusal::INVALID_TOPIC,
+    refusal::SHUTTING_DOWN,
+];
+
+/// The process's metrics: the registry and every shard's handles.
+pub struct Metrics {
+    registry: Registry,
+    shards: Vec<ShardMetrics>,
+}
+
+/// One shard's handles, resolved once at start. Only that shard writes through them.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    /// WebSocket connections upgraded on this shard.
+    pub connections_opened: IntCounter,
+    /// WebSocket connections of this shard that ended.
+    pub connections_closed: IntCounter,
+    /// Joins answered `ok`.
+    pub joins: IntCounter,
+    /// Join refusals, one handle per reason of [`REFUSAL_REASONS`], then `other`.
+    refusals: [IntCounter; REFUSAL_REASONS.len() + 1],
+    /// Client pushes Redis accepted.
+    pub pushes_published: IntCounter,
+    /// Client pushes answered `backend unavailable` by the publisher.
+    pub pushes_failed: IntCounter,
+    /// Redis-receive → queued on every local subscriber, per downstream message.
+    pub downstream_latency: Histogram,
+}
+
+impl Metrics {
+    /// Registers every series and resolves the handles of `shards` shards.
+    pub fn new(shards: usize) -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
+                .expect("metric names and labels here are valid Prometheus identifiers");
+            registry
+                .register(Box::new(family.clone()))
+                .expect("each series is registered once");
+            family
+        };
+        let opened = counter(
+            "connections_opened_total",
+            "WebSocket connections opened (upgraded).",
+            &["shard"],
+        );
+        let closed = counter(
+            "connections_closed_total",
+            "WebSocket connections closed, for any reason.",
+            &["shard"],
+        );
+        let joins = counter("joins_total", "Joins answered ok.", &["shard"]);
+        let refusals = counter(
+            "join_refusals_total",
+            "Joins refused, by the reason sent to the client.",
+            &["shard", "reason"],
+        );
+        let published = counter(
+            "pushes_published_total",
+            "Client pushes published to Redis (PUBLISH from:<topic>:<event> accepted).",
+            &["shard"],
+        );
+        let failed = counter(
+            "pushes_failed_total",
+            "Client pushes the publisher answered `backend unavailable` (Redis down or stalled).",
+            &["shard"],
+        );
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}_downstream_latency_seconds"),
+                "From the Redis reader reading a message to the shard having queued it on every \
+                 local subscriber's socket, per message and shard.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["shard"],
+        )
+        .expect("the histogram definition is valid");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("each series is registered once");
+
+        let shards = (0..shards)
+            .map(|shard| {
+                let shard = shard.to_string();
+                let label = [shard.as_str()];
+                let refusal = |reason: &str| refusals.with_label_values(&[shard.as_str(), reason]);
+                ShardMetrics {
+                    connections_opened: opened.with_label_values(&label),
+                    connections_closed: closed.with_label_values(&label),
+                    joins: joins.with_label_values(&label),
+                    refusals: [
+                        refusal(REFUSAL_REASONS[0]),
+                        refusal(REFUSAL_REASONS[1]),
+                        refusal(REFUSAL_REASONS[2]),
+                        refusal(REFUSAL_REASONS[3]),
+                        refusal("other"),
+                    ],
+                    pushes_published: published.with_label_values(&label),
+                    pushes_failed: failed.with_label_values(&label),
+                    downstream_latency: latency.with_label_values(&label),
+                }
+            })
+            .collect();
+        Metrics { registry, shards }
+    }
+
+    /// The handles of shard `id`.
+    pub fn shard(&self, id: usize) -> &ShardMetrics {
+        &self.shards[id]
+    }
+
+    /// How many shards this was built for.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl ShardMetrics {
+    /// Counts a join refused with `reason` (one of [`crate::shard::session::refusal`]).
+    pub fn join_refused(&self, reason: &str) {
+        let index = REFUSAL_REASONS
+            .iter()
+            .position(|known| *known == reason)
+            .unwrap_or(REFUSAL_REASONS.len());
+        self.refusals[index].inc();
+    }
+
+    /// Counts the publisher's verdict on one client push.
+    pub fn push_outcome(&self, outcome: PushOutcome) {
+        match outcome {
+            PushOutcome::Published => self.pushes_published.inc(),
+            PushOutcome::BackendUnavailable => self.pushes_failed.inc(),
+        }
+    }
+
+    /// Records one downstream message the shard has just queued on its subscribers, read from
+    /// Redis at `received_at`.
+    pub fn downstream_queued(&self, received_at: Instant) {
+        self.downstream_latency
+            .observe(received_at.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_unknown_ones_as_other() {
+        let metrics = Metrics::new(2);
+        let shard = metrics.shard(1);
+        shard.join_refused(refusal::UNAUTHORIZED);
+        shard.join_refused(refusal::UNAUTHORIZED);
+        shard.join_refused(refusal::INVALID_TOPIC);
+        shard.join_refused("something new");
+        assert_eq!(shard.refusals[0].get(), 2);
+        assert_eq!(shard.refusals[2].get(), 1);
+        assert_eq!(shard.refusals[REFUSAL_REASONS.len()].get(), 1);
+        assert_eq!(metrics.shard(0).refusals[0].get(), 0);
+    }
+}
