@@ -31,24 +31,52 @@ fn one(presence: &Presence) -> Value {
     Value::Object(map)
 }
 
+/// A stored entry, borrowed: the meta stays raw JSON text, never parsed into a tree.
+#[derive(serde::Deserialize)]
+struct StoredEntry<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    meta: &'a serde_json::value::RawValue,
+}
+
 /// `presence_state` from the stored entries (values of the members hash), grouped by key:
-/// `{<key>: {"metas": [...]}}`. Entries that do not parse are skipped.
+/// `{<key>: {"metas": [...]}}`. Entries that do not parse are skipped. Built by concatenation
+/// of the stored metas (this runs once per join over every member of the topic).
 pub fn state_from_entries<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let mut state = Map::new();
+    let mut by_key: Vec<(std::borrow::Cow<'a, str>, Vec<&'a str>)> = Vec::new();
+    let mut index: std::collections::HashMap<std::borrow::Cow<'a, str>, usize> =
+        std::collections::HashMap::new();
     for raw in entries {
-        let Ok(Value::Object(mut entry)) = serde_json::from_slice::<Value>(raw) else {
+        let Ok(entry) = serde_json::from_slice::<StoredEntry<'a>>(raw) else {
             continue;
         };
-        let (Some(Value::String(key)), Some(meta)) = (entry.remove("key"), entry.remove("meta"))
-        else {
-            continue;
-        };
-        let slot = state.entry(key).or_insert_with(|| json!({ "metas": [] }));
-        if let Some(Value::Array(metas)) = slot.get_mut("metas") {
-            metas.push(meta);
+        match index.get(&entry.key) {
+            Some(&i) => by_key[i].1.push(entry.meta.get()),
+            None => {
+                index.insert(entry.key.clone(), by_key.len());
+                by_key.push((entry.key, vec![entry.meta.get()]));
+            }
         }
     }
-    Value::Object(state).to_string()
+    let mut out = String::with_capacity(2 + by_key.len() * 96);
+    out.push('{');
+    for (i, (key, metas)) in by_key.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.to_string()).to_string());
+        out.push_str(":{\"metas\":[");
+        for (j, meta) in metas.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str(meta);
+        }
+        out.push_str("]}");
+    }
+    out.push('}');
+    out
 }
 
 #[cfg(test)]
@@ -84,5 +112,16 @@ mod tests {
         let state: Value = serde_json::from_str(&state).unwrap();
         assert_eq!(state["u1"]["metas"].as_array().unwrap().len(), 2);
         assert_eq!(state["u2"]["metas"][0]["phx_ref"], "r3");
+    }
+
+    #[test]
+    fn state_escapes_keys_and_keeps_metas_verbatim() {
+        let odd = stored_entry(&p("a\"b\\c", "r1"));
+        let state = state_from_entries([odd.as_bytes()]);
+        assert_eq!(
+            state,
+            r#"{"a\"b\\c":{"metas":[{"online_at":1700000000000,"phx_ref":"r1"}]}}"#
+        );
+        assert_eq!(state_from_entries(std::iter::empty::<&[u8]>()), "{}");
     }
 }
