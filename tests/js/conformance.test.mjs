@@ -286,3 +286,19 @@ test("admin refuses a token minted for another channel, and /token will not mint
   });
   assert.equal(response.status, 403, await response.text());
 });
+
+test("system sends datetime ticks with an increasing counter to its joiners", async () => {
+  const socket = await openSocket();
+  const channel = await joinOk(socket, "system", await mintToken("system", "clock-watcher"));
+  // The server's default interval is 1 s; nextEvent waits up to WAIT_MS for each tick.
+  const first = await nextEvent(channel, "datetime");
+  const second = await nextEvent(channel, "datetime");
+  for (const tick of [first, second]) {
+    assert.equal(tick.status, "ok", JSON.stringify(tick));
+    assert.match(tick.response.datetime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, JSON.stringify(tick));
+    const skew = Math.abs(Date.parse(tick.response.datetime) - Date.now());
+    assert.ok(skew < 5000, `datetime ${tick.response.datetime} is ${skew} ms off`);
+    assert.ok(Number.isInteger(tick.response.counter), JSON.stringify(tick));
+  }
+  assert.equal(second.response.counter, first.response.counter + 1);
+});
