@@ -1,0 +1,7 @@
+//! libFuzzer entry point; the check itself is `channel_fuzz::http_head` (fuzz/src/lib.rs), which
+//! tests/corpus_test.rs replays over fuzz/corpus/http_head/ on stable.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| channel_fuzz::http_head(data));
