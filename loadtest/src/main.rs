@@ -1,7 +1,9 @@
 //! `loadtest`: drives any server of the Phoenix Channels + Redis surface (`channel`, Tangram) with
 //! the scenarios of `loadtest/scenarios/`, and compares the summaries it writes.
 
+mod ceiling;
 mod client;
+mod fleet;
 mod redis;
 mod report;
 mod run;
@@ -71,9 +73,33 @@ enum Cmd {
         /// Ignore the scenario's [step] table and run one window at `rate`.
         #[arg(long)]
         no_step: bool,
+        /// Load processes: this one plus N-1 `loadtest worker` children, each with a slice of
+        /// the clients and its own source addresses; 0 = as many as the open-file limit needs.
+        #[arg(long, default_value_t = 0)]
+        procs: usize,
     },
+    /// Internal: one child process of `run --procs N` (spec and commands on stdin).
+    #[command(hide = true)]
+    Worker,
     /// Print two summary.json files side by side with B/A ratios.
     Compare { a: PathBuf, b: PathBuf },
+    /// Serve the fan-out ceiling: a minimal server (dummy /token, upgrade, ok to every phx_join)
+    /// that writes each Redis `to:*` message as a pre-encoded V2 broadcast to the sockets joined
+    /// on its topic, one write per socket per batch. Drive it with the fanout/topics scenarios.
+    Ceiling {
+        #[arg(long, default_value_t = 4200)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Socket-owning worker threads (0 = one per core); Redis is read on one more thread.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Bytes a slow socket may have pending before it is closed.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_backlog: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -95,6 +121,7 @@ fn main() -> Result<()> {
             join_in_flight,
             threads,
             no_step,
+            procs,
         } => {
             let mut sc = scenario::Scenario::load(&scenario)?;
             sc.apply(&scenario::Overrides {
@@ -119,10 +146,25 @@ fn main() -> Result<()> {
                 out,
                 server_pid,
                 source_ips,
+                procs,
             })?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
+        Cmd::Worker => fleet::worker_main(),
+        Cmd::Ceiling {
+            port,
+            bind,
+            redis,
+            threads,
+            max_backlog,
+        } => ceiling::serve(ceiling::CeilingArgs {
+            bind,
+            port,
+            redis,
+            threads,
+            max_backlog,
+        }),
         Cmd::Compare { a, b } => {
             let read = |p: &PathBuf| -> Result<serde_json::Value> {
                 let p = if p.is_dir() {

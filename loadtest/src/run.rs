@@ -2,23 +2,18 @@
 //! (join → warmup → window → drain, per step), samples CPU and memory, prints progress, and builds
 //! the summary. It owns time; the load threads own sockets.
 
-use crate::client::{run_thread, ClientSpec, RunShared, ThreadPlan};
+use crate::fleet::{run_shared, Fleet, WorkerSpec};
 use crate::redis::PublishPlan;
-use crate::redis::{
-    parse_redis_url, publish_open_loop, redis_cpu_us, subscribe_and_measure, WindowClock,
-};
+use crate::redis::{parse_redis_url, publish_open_loop, redis_cpu_us, subscribe_and_measure};
 use crate::report::{write_outputs, Latency, Summary, Window};
 use crate::scenario::{Kind, Scenario};
 use crate::stamp::now_us;
-use crate::stats::{
-    self, merged_join_latency, merged_latency, own_cpu_us, process_cpu_us, process_rss_bytes,
-    totals, ThreadStats,
-};
+use crate::stats::{self, process_cpu_us, process_rss_bytes, ThreadStats};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +25,9 @@ pub struct RunArgs {
     pub out: PathBuf,
     pub server_pid: Option<u32>,
     pub source_ips: Vec<IpAddr>,
+    /// Load processes (this one and `procs - 1` `loadtest worker` children); 0 = as many as the
+    /// open-file limit requires.
+    pub procs: usize,
 }
 
 /// Sockets a process may hold besides the clients (token pool, Redis, files).
@@ -81,8 +79,38 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// The source addresses of each load process. Given addresses are dealt round-robin (a process
+/// gets at least one; with fewer addresses than processes they are shared). Without any, and with
+/// several processes against a loopback server, process k binds 127.0.0.(k+1): each its own.
+pub fn split_source_ips(
+    given: &[IpAddr],
+    procs: usize,
+    server: IpAddr,
+) -> Result<Vec<Vec<IpAddr>>> {
+    let mut out: Vec<Vec<IpAddr>> = vec![Vec::new(); procs];
+    if !given.is_empty() {
+        if given.len() >= procs {
+            for (j, ip) in given.iter().enumerate() {
+                out[j % procs].push(*ip);
+            }
+        } else {
+            for (k, ips) in out.iter_mut().enumerate() {
+                ips.push(given[k % given.len()]);
+            }
+        }
+    } else if procs > 1 && server.is_loopback() {
+        if procs > 254 {
+            bail!("at most 254 load processes get their own 127.0.0.x address");
+        }
+        for (k, ips) in out.iter_mut().enumerate() {
+            ips.push(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, k as u8 + 1)));
+        }
+    }
+    Ok(out)
+}
+
 /// Raises the soft open-file limit to the hard one; returns the limit now in force.
-fn raise_fd_limit() -> u64 {
+pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit on a struct we own.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
@@ -114,9 +142,8 @@ struct Coordinator {
     url: String,
     server_pid: Option<u32>,
     redis_addr: SocketAddr,
-    stats: Vec<Arc<ThreadStats>>,
-    shared: Arc<RunShared>,
-    control: tokio::sync::watch::Sender<u64>,
+    /// Every load thread of every load process.
+    fleet: Fleet,
     t_start: u64,
     /// Progress counters of the current window.
     published: Arc<AtomicU64>,
@@ -130,7 +157,7 @@ impl Coordinator {
         Probe {
             t_us: now_us(),
             server_cpu: self.server_pid.and_then(process_cpu_us),
-            load_cpu: own_cpu_us(),
+            load_cpu: self.fleet.cpu_us(),
             redis_cpu: redis_cpu_us(self.redis_addr),
         }
     }
@@ -139,7 +166,7 @@ impl Coordinator {
         if self.sc.kind == Kind::Upstream {
             self.sub_stats.delivered.load(Relaxed) + self.sub_stats.delivered_outside.load(Relaxed)
         } else {
-            let t = totals(&self.stats);
+            let t = self.fleet.totals();
             t.delivered + t.delivered_outside
         }
     }
@@ -147,7 +174,7 @@ impl Coordinator {
     /// One progress line on stderr.
     fn progress(&mut self, phase: &str) {
         let now = now_us();
-        let t = totals(&self.stats);
+        let t = self.fleet.totals();
         let delivered = self.delivered_now();
         let (last_t, last_d) = self.last_line;
         let rate = if now > last_t && last_t > 0 {
@@ -214,7 +241,7 @@ impl Coordinator {
         let clients = self.sc.clients as u64;
         let mut last_progress = (now_us(), 0u64);
         loop {
-            let t = totals(&self.stats);
+            let t = self.fleet.totals();
             let done = t.joined + t.join_failed;
             if done >= clients {
                 break;
@@ -223,6 +250,10 @@ impl Coordinator {
                 last_progress = (now_us(), done);
             } else if now_us() - last_progress.0 > (self.sc.join_timeout * 1e6) as u64 + 5_000_000 {
                 eprintln!("joins stalled at {done}/{clients}; going on");
+                break;
+            }
+            if let Some(w) = self.fleet.lost_worker() {
+                eprintln!("load worker process {w} exited during the joins; going on without it");
                 break;
             }
             let next = now_us() + 20_000;
@@ -235,18 +266,12 @@ impl Coordinator {
 
     /// One measured window at `rate`: warmup, window, drain. Returns the window's figures and histogram.
     fn window(&mut self, rate: f64, duration: f64) -> Result<(Window, Histogram<u64>)> {
-        for s in &self.stats {
-            s.reset_window();
-        }
         self.sub_stats.reset_window();
         let warm = (self.sc.warmup * 1e6) as u64;
         let start = now_us() + warm.max(20_000);
         let end = start + (duration * 1e6) as u64;
-        let w = &self.shared.window;
-        w.end_us.store(u64::MAX, Relaxed);
-        w.start_us.store(start, Relaxed);
-        w.end_us.store(end, Relaxed);
-        let dropped_before = totals(&self.stats).dropped;
+        self.fleet.begin_window(start, end)?;
+        let dropped_before = self.fleet.totals().dropped;
         let (published, live) = if self.sc.kind.is_downstream() {
             let plan = PublishPlan {
                 addr: self.redis_addr,
@@ -256,19 +281,14 @@ impl Coordinator {
                 message_bytes: self.sc.message_bytes,
                 stop_at_us: end,
             };
-            let window = self.shared.window.clone();
+            let window = self.fleet.local.shared.window.clone();
             let counter = self.published.clone();
             counter.store(0, Relaxed);
             let publisher = std::thread::Builder::new()
                 .name("lt-publisher".into())
                 .spawn(move || publish_open_loop(&plan, &window, &counter))?;
             self.wait_until(start, "warmup");
-            let live: Vec<i64> = self
-                .shared
-                .live_per_topic
-                .iter()
-                .map(|a| a.load(Relaxed))
-                .collect();
+            let live = self.fleet.live_per_topic();
             let p0 = self.probe();
             self.wait_until(end, "measure");
             let p1 = self.probe();
@@ -283,24 +303,21 @@ impl Coordinator {
             }
             ((published, p0, p1), live)
         } else {
-            self.shared
-                .push_rate_milli
-                .store((rate * 1000.0) as u64, Relaxed);
-            self.control.send_modify(|g| *g += 1);
+            self.fleet.set_push_rate((rate * 1000.0) as u64)?;
             self.wait_until(start, "warmup");
             let p0 = self.probe();
             self.wait_until(end, "measure");
             let p1 = self.probe();
-            self.shared.push_rate_milli.store(0, Relaxed);
-            self.control.send_modify(|g| *g += 1);
+            self.fleet.set_push_rate(0)?;
             // A tick due before the end may fire (late) after it: give the load threads time to
             // send it before counting what was sent inside the window.
             let grace = now_us() + 200_000;
             self.wait_until(grace, "stop");
+            self.fleet.refresh()?;
             (
                 (
                     crate::redis::Published {
-                        in_window: vec![totals(&self.stats).pushes_sent],
+                        in_window: vec![self.fleet.totals().pushes_sent],
                         total: 0,
                         errors: 0,
                     },
@@ -324,7 +341,7 @@ impl Coordinator {
             let d = if upstream {
                 c.sub_stats.delivered.load(Relaxed)
             } else {
-                totals(&c.stats).delivered
+                c.fleet.totals().delivered
             };
             d < expected
         });
@@ -334,7 +351,8 @@ impl Coordinator {
                 stats::merged_latency(std::slice::from_ref(&self.sub_stats)),
             )
         } else {
-            (totals(&self.stats).delivered, merged_latency(&self.stats))
+            self.fleet.refresh()?;
+            (self.fleet.totals().delivered, self.fleet.latency())
         };
         let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
         let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -374,7 +392,7 @@ impl Coordinator {
                 0.0
             },
             latency,
-            dropped: totals(&self.stats).dropped - dropped_before,
+            dropped: self.fleet.totals().dropped.saturating_sub(dropped_before),
             server_cpu_percent: pct(p0.server_cpu, p1.server_cpu),
             server_cpu_us_per_delivery: per(p0.server_cpu, p1.server_cpu),
             load_cpu_percent: pct(Some(p0.load_cpu), Some(p1.load_cpu)).unwrap_or(0.0),
@@ -412,14 +430,27 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     let (addr, host) = parse_http_url(&args.url)?;
     let redis_addr = parse_redis_url(&args.redis)?;
     let limit = raise_fd_limit();
-    if sc.clients as u64 + FD_MARGIN > limit {
+    // Besides its clients, a process holds up to its share of join_in_flight keep-alive token
+    // connections (the token pool) and a few more (Redis, probes, files).
+    let per_proc_max = limit
+        .saturating_sub(FD_MARGIN + sc.join_in_flight as u64)
+        .max(1) as usize;
+    let procs = if args.procs == 0 {
+        sc.clients.div_ceil(per_proc_max).max(1)
+    } else {
+        args.procs
+    };
+    if sc.clients.div_ceil(procs) > per_proc_max {
         bail!(
-            "{} clients need more than the {limit} open files this process may hold; run several \
-             loadtest processes with fewer clients each (multi-process runs are not implemented yet)",
-            sc.clients
+            "{} clients over {procs} process(es) need more than the {limit} open files one process \
+             may hold; use --procs {} (or leave --procs out to pick it)",
+            sc.clients,
+            sc.clients.div_ceil(per_proc_max)
         );
     }
-    if sc.clients > 25_000 && args.source_ips.len() < 2 {
+    let ips_per_proc = split_source_ips(&args.source_ips, procs, addr.ip())?;
+    let distinct: std::collections::HashSet<&IpAddr> = ips_per_proc.iter().flatten().collect();
+    if sc.clients > 25_000 && distinct.len() < 2 {
         bail!("{} clients from one source address may exhaust the ephemeral port range: give --source-ips 127.0.0.2-127.0.0.9", sc.clients);
     }
     let threads = if sc.threads == 0 {
@@ -429,36 +460,25 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     } else {
         sc.threads
     };
-    let threads = threads.min(sc.clients).max(1);
+    let threads = threads.min(sc.clients.div_ceil(procs)).max(1);
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     eprintln!(
-        "loadtest {} ({:?}): {} clients on {} topic(s), {} thread(s), server {} , redis {}",
+        "loadtest {} ({:?}): {} clients on {} topic(s), {procs} process(es) x {} thread(s), server {} , redis {}",
         sc.name, sc.kind, sc.clients, sc.topics, threads, args.url, args.redis
     );
 
     let rss_before = args.server_pid.and_then(process_rss_bytes);
-    let window = Arc::new(WindowClock::default());
-    let shared = Arc::new(RunShared {
+    let mut ips_per_proc = ips_per_proc.into_iter();
+    let shared = Arc::new(run_shared(
+        &sc,
         addr,
         host,
-        ws_path: sc.ws_path.clone(),
-        event: sc.event.clone(),
-        message_bytes: sc.message_bytes,
-        join_timeout: Duration::from_secs_f64(sc.join_timeout),
-        heartbeat: Duration::from_secs_f64(sc.heartbeat),
-        source_ips: args.source_ips.clone(),
-        push_rate_milli: AtomicU64::new(0),
-        pushers: if sc.kind == Kind::Upstream {
-            sc.clients
-        } else {
-            0
-        },
-        window: window.clone(),
-        live_per_topic: (0..sc.topics).map(|_| AtomicI64::new(0)).collect(),
-    });
+        ips_per_proc.next().unwrap_or_default(),
+    ));
+    let window = shared.window.clone();
 
     // Upstream: be subscribed before any client can push.
     let sub_stats = Arc::new(ThreadStats::default());
@@ -477,38 +497,21 @@ pub fn run(args: RunArgs) -> Result<Summary> {
             .map_err(|_| anyhow!("Redis subscription timed out"))??;
     }
 
-    let (control_tx, control_rx) = tokio::sync::watch::channel(0u64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stats: Vec<Arc<ThreadStats>> = (0..threads)
-        .map(|_| Arc::new(ThreadStats::default()))
+    // Each process runs its share of the joins in flight, so the total stays what was asked.
+    let mut proc_sc = sc.clone();
+    proc_sc.join_in_flight = sc.join_in_flight.div_ceil(procs).max(1);
+    let children: Vec<WorkerSpec> = ips_per_proc
+        .enumerate()
+        .map(|(k, source_ips)| WorkerSpec {
+            scenario: proc_sc.clone(),
+            url: args.url.clone(),
+            proc_index: k + 1,
+            procs,
+            source_ips,
+        })
         .collect();
-    let mut per_thread: Vec<Vec<ClientSpec>> = (0..threads).map(|_| Vec::new()).collect();
-    for i in 0..sc.clients {
-        let t = sc.topic_of(i);
-        per_thread[i % threads].push(ClientSpec {
-            index: i,
-            topic_index: t,
-            topic: sc.topic_name(t),
-        });
-    }
-    let in_flight = sc.join_in_flight.div_ceil(threads).max(1);
-    let mut handles = Vec::new();
-    for (i, clients) in per_thread.into_iter().enumerate() {
-        let plan = ThreadPlan {
-            thread: i,
-            clients,
-            join_in_flight: in_flight,
-            stats: stats[i].clone(),
-            shared: shared.clone(),
-            control: control_rx.clone(),
-            stop: stop_rx.clone(),
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("lt-load-{i}"))
-                .spawn(move || run_thread(plan))?,
-        );
-    }
+    let mine: Vec<usize> = (0..sc.clients).filter(|i| i % procs == 0).collect();
+    let fleet = Fleet::start(&proc_sc, mine, shared, &children)?;
 
     let t_start = now_us();
     let mut co = Coordinator {
@@ -516,9 +519,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         url: args.url.clone(),
         server_pid: args.server_pid,
         redis_addr,
-        stats: stats.clone(),
-        shared,
-        control: control_tx,
+        fleet,
         t_start,
         published: Arc::new(AtomicU64::new(0)),
         sub_stats: sub_stats.clone(),
@@ -526,8 +527,9 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     };
 
     let (join_secs, jb, ja) = co.joins();
-    let t = totals(&stats);
-    let join_hist = merged_join_latency(&stats);
+    let refreshed = co.fleet.refresh();
+    let t = co.fleet.totals();
+    let join_hist = co.fleet.join_latency();
     eprintln!(
         "joins: {} ok, {} failed in {:.2}s ({:.0}/s), join p50={:.1}ms p99={:.1}ms",
         t.joined,
@@ -565,6 +567,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     let mut main_hist = join_hist.clone();
     let mut plot: Vec<(String, Histogram<u64>)> = Vec::new();
     let result = (|| -> Result<()> {
+        refreshed?;
         if t.joined == 0 {
             bail!("no client joined");
         }
@@ -583,7 +586,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 let rss_end = args.server_pid.and_then(process_rss_bytes);
                 let rss = rss_joined.max(rss_end);
                 summary.server_rss_joined_bytes = rss;
-                let joined = totals(&co.stats).joined;
+                let joined = co.fleet.totals().joined;
                 if let (Some(b), Some(a)) = (rss_before, rss) {
                     summary.rss_per_connection_bytes =
                         Some(a.saturating_sub(b) as f64 / joined.max(1) as f64);
@@ -622,7 +625,8 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                     } else if sc.step.as_ref().is_some_and(|s| s.stop_on_failure) {
                         break;
                     }
-                    if totals(&co.stats).joined == totals(&co.stats).dropped {
+                    let t = co.fleet.totals();
+                    if t.joined == t.dropped {
                         eprintln!("every client was dropped; stopping");
                         break;
                     }
@@ -646,22 +650,17 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         Ok(())
     })();
 
-    let _ = stop_tx.send(true);
+    // Children's first errors travel with their reports.
+    let _ = co.fleet.refresh();
+    summary.first_error = co
+        .fleet
+        .first_error()
+        .or_else(|| sub_stats.first_error.lock().ok().and_then(|g| g.clone()));
     sub_stop.store(true, Relaxed);
-    for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("load thread failed: {e:#}"),
-            Err(_) => eprintln!("load thread panicked"),
-        }
-    }
+    co.fleet.stop();
     if let Some(s) = subscriber {
         let _ = s.join();
     }
-    summary.first_error = stats
-        .iter()
-        .chain(std::iter::once(&sub_stats))
-        .find_map(|s| s.first_error.lock().ok().and_then(|g| g.clone()));
     if let Err(e) = &result {
         summary.first_error.get_or_insert_with(|| format!("{e:#}"));
     }
@@ -686,6 +685,32 @@ mod tests {
         assert_eq!(s, vec!["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]);
         assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
         assert!(parse_source_ips("nope").is_err());
+    }
+
+    #[test]
+    fn source_ips_are_dealt_over_processes() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let ips = parse_source_ips("127.0.0.2-127.0.0.5").unwrap();
+        let s = split_source_ips(&ips, 2, lo).unwrap();
+        assert_eq!(s[0], vec![ips[0], ips[2]]);
+        assert_eq!(s[1], vec![ips[1], ips[3]]);
+        let s = split_source_ips(&ips[..1], 3, lo).unwrap();
+        assert!(s.iter().all(|v| v == &vec![ips[0]]));
+        let s = split_source_ips(&[], 3, lo).unwrap();
+        let want: Vec<Vec<IpAddr>> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|a| vec![a.parse().unwrap()])
+            .collect();
+        assert_eq!(s, want);
+        assert_eq!(
+            split_source_ips(&[], 1, lo).unwrap(),
+            vec![Vec::<IpAddr>::new()]
+        );
+        let remote: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(split_source_ips(&[], 2, remote)
+            .unwrap()
+            .iter()
+            .all(Vec::is_empty));
     }
 
     #[test]

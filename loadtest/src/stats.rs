@@ -99,7 +99,7 @@ impl ThreadStats {
 }
 
 /// Sums of all threads' counters at one instant.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub joined: u64,
     pub join_failed: u64,
@@ -110,6 +110,21 @@ pub struct Totals {
     pub pushes_total: u64,
     pub other_frames: u64,
     pub max_latency_us: u64,
+}
+
+impl Totals {
+    /// Adds another process's counters (sums; the maximum latency is a maximum).
+    pub fn add(&mut self, o: &Totals) {
+        self.joined += o.joined;
+        self.join_failed += o.join_failed;
+        self.dropped += o.dropped;
+        self.delivered += o.delivered;
+        self.delivered_outside += o.delivered_outside;
+        self.pushes_sent += o.pushes_sent;
+        self.pushes_total += o.pushes_total;
+        self.other_frames += o.other_frames;
+        self.max_latency_us = self.max_latency_us.max(o.max_latency_us);
+    }
 }
 
 /// Adds up the counters of `stats`.
