@@ -8,8 +8,11 @@ mod fuzz_checks;
 
 use std::path::{Path, PathBuf};
 
-/// Every target, its corpus directory name and its check.
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+/// The check a fuzz target runs on one input.
+type Check = fn(&[u8]);
+
+/// Every target: its name (and corpus directory) and its check.
+const TARGETS: [(&str, Check); 4] = [
     ("v2_text_decode", fuzz_checks::v2_text_decode),
     ("binary_decode", fuzz_checks::binary_decode),
     ("http_head", fuzz_checks::http_head),
@@ -29,7 +32,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 
 /// Runs `check` on every file of the target's corpus; panics naming every file that failed and
 /// how, after trying them all.
-fn replay(target: &str, check: fn(&[u8])) {
+fn replay(target: &str, check: Check) {
     let dir = corpus_dir(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
