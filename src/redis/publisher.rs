@@ -32,8 +32,8 @@ use crate::shard::inbox::{
 pub const MAX_BATCH: usize = 512;
 /// How long a pipeline may take before the connection is declared dead.
 const IO_DEADLINE: Duration = Duration::from_secs(3);
-/// How often an idle publisher looks at the stop flag and its timers.
-const TICK: Duration = Duration::from_millis(50);
+/// How often an idle publisher looks at the stop flag, its timers and probe requests.
+const TICK: Duration = Duration::from_millis(100);
 
 /// One message to publish, and who to tell when it is done.
 #[derive(Debug)]
@@ -188,6 +188,10 @@ impl RedisPublisher {
             if Instant::now() >= next_upkeep {
                 self.presence_upkeep(conn, scripts)?;
                 next_upkeep = Instant::now() + upkeep_period;
+            }
+            if self.status.take_publisher_probe() {
+                // The subscriber saw Redis go or come back: is our connection still good?
+                redis::cmd("PING").query::<()>(conn)?;
             }
             let first = match self.queue.recv_timeout(TICK) {
                 Ok(first) => first,

@@ -67,6 +67,8 @@ impl RedisReader {
                     {
                         Ok(reason) => {
                             self.status.set_subscriber_up(false);
+                            self.status.ask_publisher_to_probe();
+                            notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
                             backoff.reset();
                             warn!(%reason, "redis subscriber lost; reconnecting");
                         }
@@ -114,6 +116,7 @@ impl RedisReader {
         }
         *ever_connected = true;
         self.status.set_subscriber_up(true);
+        self.status.ask_publisher_to_probe();
         notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
         if reconnected {
             // Diffs published while we were away are lost: fresh states for everyone.

@@ -11,6 +11,9 @@ pub struct RedisStatus {
     subscriber_up: AtomicBool,
     publisher_up: AtomicBool,
     reconnects: AtomicU64,
+    /// Set by the reader when its connection changed state: the publisher, which only notices
+    /// a dead connection when it next uses it, then checks its own at once.
+    publisher_should_probe: AtomicBool,
 }
 
 impl RedisStatus {
@@ -35,6 +38,14 @@ impl RedisStatus {
 
     pub(crate) fn set_publisher_up(&self, up: bool) {
         self.publisher_up.store(up, Ordering::Release);
+    }
+
+    pub(crate) fn ask_publisher_to_probe(&self) {
+        self.publisher_should_probe.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_publisher_probe(&self) -> bool {
+        self.publisher_should_probe.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn count_reconnect(&self) {
