@@ -5,6 +5,7 @@
 #
 #   loadtest/compare.sh [--small] [--runs N] [--out DIR] [--scenarios "fanout topics ..."]
 #                       [--servers "channel1 channel2 ceiling tangram"]
+#   loadtest/compare.sh --report DIR [--scenarios ...]   # only rebuild DIR/table.md
 #
 # Full size (the bars of issue 3; long, run it on a quiet machine):
 #   fanout 5000 clients x 100 msgs/s · fanout-step 5000 clients · topics 5000 clients / 100 topics
@@ -24,10 +25,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-perf}
 RUNS=3
-OUT=$ROOT/loadtest-out/compare-$(date +%Y%m%d-%H%M%S)
+OUT=${TMPDIR:-/tmp}/channel-compare-$(date +%Y%m%d-%H%M%S)
 SMALL=0
 SCENARIOS=""
 SERVERS="channel1 channel2 ceiling tangram"
+REPORT_ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --small) SMALL=1; RUNS=1 ;;
@@ -35,7 +37,8 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --report) REPORT_ONLY=$2; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -85,6 +88,94 @@ wait_port() { # port timeout_s
     sleep 0.1
   done
 }
+
+report() { # dir
+python3 - "$1" "$SERVERS" "$SCENARIOS" <<'PY' | tee "$1/table.md"
+import json, os, statistics, sys
+out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+runs = sorted(d for d in os.listdir(out) if d.isdigit())
+
+def load(run, server, sc):
+    p = os.path.join(out, run, server, sc, "summary.json")
+    try:
+        return json.load(open(p))
+    except Exception:
+        return None
+
+def get(s, path):
+    for k in path.split("."):
+        if not isinstance(s, dict) or s.get(k) is None:
+            return None
+        s = s[k]
+    return s
+
+def med(server, sc, path):
+    vals = [get(load(r, server, sc), path) for r in runs]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return (statistics.median(vals), len(vals)) if vals else (None, 0)
+
+cols = {
+    "fanout": [("deliveries/s", "window.deliveries_per_s"), ("loss", "window.loss_ratio"),
+               ("p50 ms", "window.latency.p50_ms"), ("p99 ms", "window.latency.p99_ms"),
+               ("srv µs/deliv", "window.server_cpu_us_per_delivery"),
+               ("load µs/deliv", "window.load_cpu_us_per_delivery"), ("dropped", "window.dropped")],
+    "fanout-step": [("highest rate", "highest_sustainable_rate"), ("deliveries/s", "window.deliveries_per_s"),
+                    ("p99 ms", "window.latency.p99_ms"), ("srv µs/deliv", "window.server_cpu_us_per_delivery")],
+    "upstream": [("pushes/s", "window.deliveries_per_s"), ("loss", "window.loss_ratio"),
+                 ("p50 ms", "window.latency.p50_ms"), ("p99 ms", "window.latency.p99_ms"),
+                 ("srv µs/push", "window.server_cpu_us_per_delivery")],
+    "join-storm": [("joins/s", "joins_per_s"), ("failed", "join_failures"),
+                   ("p50 ms", "join_latency.p50_ms"), ("p99 ms", "join_latency.p99_ms"),
+                   ("srv µs/join", "server_cpu_us_per_join")],
+    "idle": [("joined", "joined"), ("failed", "join_failures"),
+             ("RSS B/conn", "rss_per_connection_bytes"), ("idle CPU %", "server_cpu_percent_idle")],
+}
+cols["topics"] = cols["fanout"]
+# What the ratio columns compare: at a fixed rate every server that keeps up delivers the same
+# messages/s, so fanout/topics compare server CPU per delivery (server ÷ reference, lower is
+# better); the others compare their headline figure (server ÷ reference).
+ratio_key = {
+    "fanout": ("srv CPU/deliv", "window.server_cpu_us_per_delivery"),
+    "topics": ("srv CPU/deliv", "window.server_cpu_us_per_delivery"),
+    "fanout-step": ("highest rate", "highest_sustainable_rate"),
+    "upstream": ("p99", "window.latency.p99_ms"),
+    "join-storm": ("joins/s", "joins_per_s"),
+    "idle": ("RSS/conn", "rss_per_connection_bytes"),
+}
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and abs(v) < 10 and v != int(v):
+        return f"{v:.3g}"
+    return f"{v:,.0f}"
+
+print(f"Medians of {len(runs)} run(s) per cell; ratio columns divide this server's median by the ceiling's / Tangram's.\n")
+for sc in scenarios:
+    c = cols.get(sc, cols["fanout"])
+    print(f"### {sc}\n")
+    rname, key = ratio_key.get(sc, (c[0][0], c[0][1]))
+    print("| server | " + " | ".join(n for n, _ in c) + f" | {rname} ÷ ceiling | {rname} ÷ Tangram | runs |")
+    print("|---" * (len(c) + 4) + "|")
+    ceil = med("ceiling", sc, key)[0]
+    tang = med("tangram", sc, key)[0]
+    for server in servers:
+        vals = [med(server, sc, p) for _, p in c]
+        n = max(v[1] for v in vals)
+        if n == 0:
+            continue
+        head = med(server, sc, key)[0]
+        rc = f"{head / ceil:.2f}" if head is not None and ceil else "–"
+        rt = f"{head / tang:.2f}" if head is not None and tang else "–"
+        print(f"| {server} | " + " | ".join(fmt(v) for v, _ in vals) + f" | {rc} | {rt} | {n} |")
+    print()
+PY
+}
+
+if [ -n "$REPORT_ONLY" ]; then
+  report "$REPORT_ONLY"
+  exit 0
+fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p channel -p loadtest >&2
@@ -148,73 +239,5 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
-python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY' | tee "$OUT/table.md"
-import json, os, statistics, sys
-out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-runs = sorted(d for d in os.listdir(out) if d.isdigit())
-
-def load(run, server, sc):
-    p = os.path.join(out, run, server, sc, "summary.json")
-    try:
-        return json.load(open(p))
-    except Exception:
-        return None
-
-def get(s, path):
-    for k in path.split("."):
-        if not isinstance(s, dict) or s.get(k) is None:
-            return None
-        s = s[k]
-    return s
-
-def med(server, sc, path):
-    vals = [get(load(r, server, sc), path) for r in runs]
-    vals = [v for v in vals if isinstance(v, (int, float))]
-    return (statistics.median(vals), len(vals)) if vals else (None, 0)
-
-cols = {
-    "fanout": [("deliveries/s", "window.deliveries_per_s"), ("loss", "window.loss_ratio"),
-               ("p50 ms", "window.latency.p50_ms"), ("p99 ms", "window.latency.p99_ms"),
-               ("srv µs/deliv", "window.server_cpu_us_per_delivery"),
-               ("load µs/deliv", "window.load_cpu_us_per_delivery"), ("dropped", "window.dropped")],
-    "fanout-step": [("highest rate", "highest_sustainable_rate"), ("deliveries/s", "window.deliveries_per_s"),
-                    ("p99 ms", "window.latency.p99_ms"), ("srv µs/deliv", "window.server_cpu_us_per_delivery")],
-    "upstream": [("pushes/s", "window.deliveries_per_s"), ("loss", "window.loss_ratio"),
-                 ("p50 ms", "window.latency.p50_ms"), ("p99 ms", "window.latency.p99_ms"),
-                 ("srv µs/push", "window.server_cpu_us_per_delivery")],
-    "join-storm": [("joins/s", "joins_per_s"), ("failed", "join_failures"),
-                   ("p50 ms", "join_latency.p50_ms"), ("p99 ms", "join_latency.p99_ms"),
-                   ("srv µs/join", "server_cpu_us_per_join")],
-    "idle": [("joined", "joined"), ("failed", "join_failures"),
-             ("RSS B/conn", "rss_per_connection_bytes"), ("idle CPU %", "server_cpu_percent_idle")],
-}
-cols["topics"] = cols["fanout"]
-
-def fmt(v):
-    if v is None:
-        return "–"
-    if isinstance(v, float) and abs(v) < 10 and v != int(v):
-        return f"{v:.3g}"
-    return f"{v:,.0f}"
-
-print(f"Medians of {len(runs)} run(s) per cell; ratios are against the ceiling (fan-out scenarios) and Tangram.\n")
-for sc in scenarios:
-    c = cols.get(sc, cols["fanout"])
-    print(f"### {sc}\n")
-    print("| server | " + " | ".join(n for n, _ in c) + " | vs ceiling | vs Tangram | runs |")
-    print("|---" * (len(c) + 4) + "|")
-    key = c[0][1]
-    ceil = med("ceiling", sc, key)[0]
-    tang = med("tangram", sc, key)[0]
-    for server in servers:
-        vals = [med(server, sc, p) for _, p in c]
-        n = max(v[1] for v in vals)
-        if n == 0:
-            continue
-        head = vals[0][0]
-        rc = f"{head / ceil:.2f}" if head is not None and ceil else "–"
-        rt = f"{head / tang:.2f}" if head is not None and tang else "–"
-        print(f"| {server} | " + " | ".join(fmt(v) for v, _ in vals) + f" | {rc} | {rt} | {n} |")
-    print()
-PY
+report "$OUT"
 echo "outputs in $OUT" >&2
