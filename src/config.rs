@@ -150,6 +150,9 @@ pub struct Config {
     /// Presence on every topic (`presence_state` / `presence_diff`); `false` turns it off for
     /// broadcast-only deployments (joins then cost no Redis round trip).
     pub presence_enabled: bool,
+    /// Presence diffs of a topic arriving within this many milliseconds go out merged as one
+    /// `presence_diff` (like Phoenix.Tracker's broadcast period); 0 sends each at once.
+    pub presence_batch_ms: u64,
 }
 
 /// Default `host`, as in Tangram.
@@ -183,6 +186,7 @@ impl Default for Config {
             admin_stats_interval_secs: 5,
             presence_ttl_secs: 30,
             presence_enabled: true,
+            presence_batch_ms: 100,
         }
     }
 }
@@ -526,6 +530,15 @@ pub static KEYS: &[Key] = &[
             Some(())
         },
     },
+    Key {
+        name: "presence_batch_ms",
+        expected: "a number of milliseconds between 0 and 10000",
+        secret: false,
+        apply: |c, r| {
+            c.presence_batch_ms = int_in(r, 0, 10_000)?;
+            Some(())
+        },
+    },
 ];
 
 fn key(name: &str) -> Option<&'static Key> {
@@ -757,6 +770,11 @@ impl Config {
             .then(|| Duration::from_secs(self.admin_stats_interval_secs))
     }
 
+    /// The presence diff batching window; `None` when diffs go out one by one.
+    pub fn presence_batch(&self) -> Option<Duration> {
+        (self.presence_batch_ms > 0).then(|| Duration::from_millis(self.presence_batch_ms))
+    }
+
     /// Lifetime of presences a dead process left behind.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl_secs)
@@ -824,6 +842,7 @@ impl Config {
             ),
             ("presence_ttl_secs", self.presence_ttl_secs.to_string()),
             ("presence_enabled", self.presence_enabled.to_string()),
+            ("presence_batch_ms", self.presence_batch_ms.to_string()),
         ];
         let mut out = String::from("[channel]\n");
         for (name, value) in lines {

@@ -285,3 +285,26 @@ fn presence_is_reestablished_after_redis_loses_its_data() {
     let (_bob, state) = join(&a, "bob", "1");
     assert_eq!(metas(&state, "alice").len(), 1, "{state}");
 }
+
+#[test]
+fn diffs_within_the_batch_window_go_out_merged() {
+    let redis = RedisServer::start();
+    let a = ChannelServer::start(
+        &redis,
+        ServerOptions::default().config("[channel]\npresence_batch_ms = 1000\n"),
+    );
+    let (mut watcher, _) = join(&a, "watcher", "1");
+    // Three joins well inside one window: the watcher gets one diff with all three.
+    let mut others = Vec::new();
+    for id in ["x1", "x2", "x3"] {
+        let mut socket = TestSocket::connect(&a.ws_url("2.0.0"));
+        socket.send_json(&json!(["1", "1", TOPIC, "phx_join", {"token": token(id)}]));
+        others.push(socket);
+    }
+    let diff = diff_where(&mut watcher, Duration::from_secs(5), |_| true);
+    let mut joined: Vec<&String> = diff["joins"].as_object().unwrap().keys().collect();
+    joined.sort();
+    assert_eq!(joined, ["x1", "x2", "x3"], "{diff}");
+    assert_eq!(diff["leaves"], json!({}));
+    watcher.expect_no_message(Duration::from_millis(300));
+}

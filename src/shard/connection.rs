@@ -306,6 +306,11 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
                 let stats = ctx.stats();
                 ShardStats::add(&stats.frames_out, frames);
                 ShardStats::add(&stats.bytes_out, bytes as u64);
+                // A burst (a presence storm, a backlog) must not leave an idle connection
+                // holding a large empty queue.
+                if batch.capacity() > 64 {
+                    batch = VecDeque::new();
+                }
             }
             Err(err) => {
                 debug!(conn = conn.id, %err, "write failed");

@@ -17,6 +17,7 @@ use crate::redis::RedisHandle;
 
 use super::connection::Conn;
 use super::inbox::ShardInbox;
+use super::presence_delivery::PendingDiffs;
 use super::stats::ShardStats;
 use super::topic_table::TopicTable;
 
@@ -62,6 +63,8 @@ pub struct ShardContext {
     write_buffers: RefCell<Vec<Vec<u8>>>,
     /// Set when the shard is shutting down: no new connections, no new joins.
     pub shutting_down: Cell<bool>,
+    /// Presence diffs waiting for their topic's batching window to end.
+    pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
 }
 
 impl ShardContext {
@@ -77,6 +80,7 @@ impl ShardContext {
             read_scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
             write_buffers: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
+            pending_diffs: RefCell::new(HashMap::new()),
         }
     }
 

@@ -224,7 +224,7 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
                     session::push_result(&ctx, ack, outcome)
                 }
                 ShardMessage::PresenceDiff { broadcast, version } => {
-                    presence_delivery::fan_out_diff(&ctx, &broadcast, version)
+                    presence_delivery::take_diff(&ctx, broadcast, version)
                 }
                 ShardMessage::PresenceState { ticket, state } => {
                     presence_delivery::deliver_state(&ctx, ticket, state)

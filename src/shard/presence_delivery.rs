@@ -6,6 +6,9 @@
 //! later diffs are sent only when their version is above V. So a joiner sees its join reply,
 //! then `presence_state`, then only the diffs that state does not already contain.
 
+use std::rc::Rc;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::connection::Conn;
@@ -111,40 +114,138 @@ pub fn deliver_state(ctx: &ShardContext, ticket: PresenceTicket, state: Option<(
     }
 }
 
-/// Delivers one presence diff to the shard's subscribers of its topic.
-pub fn fan_out_diff(ctx: &ShardContext, broadcast: &Broadcast, version: u64) {
+/// Diffs of one topic waiting for the end of the batching window.
+#[derive(Default)]
+pub struct PendingDiffs {
+    diffs: Vec<(u64, Arc<Broadcast>)>,
+}
+
+/// Takes one presence diff for the shard's subscribers of its topic. With a batching window
+/// (`presence_batch_ms`, like Phoenix.Tracker's broadcast period) the diffs of a topic that
+/// arrive within it go out merged as one `presence_diff`: during a join storm into a topic of
+/// N members this turns N frames per member into a handful.
+pub fn take_diff(ctx: &Rc<ShardContext>, broadcast: Arc<Broadcast>, version: u64) {
+    let window = ctx.shared.config.presence_batch();
+    let Some(window) = window else {
+        let topic = broadcast.topic().to_owned();
+        return deliver(ctx, &topic, vec![(version, broadcast)]);
+    };
+    let topic = broadcast.topic().to_owned();
+    let mut pending = ctx.pending_diffs.borrow_mut();
+    let first = !pending.contains_key(&topic);
+    pending
+        .entry(topic.clone())
+        .or_default()
+        .diffs
+        .push((version, broadcast));
+    drop(pending);
+    if first {
+        let ctx = Rc::clone(ctx);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(window).await;
+            let diffs = ctx.pending_diffs.borrow_mut().remove(&topic);
+            if let Some(pending) = diffs {
+                deliver(&ctx, &topic, pending.diffs);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Sends `diffs` (in version order) to the subscribers of `topic`: one merged frame, built
+/// once, for every channel that has seen none of them; the held or filtered subset for a
+/// channel that is still waiting for, or has just received, its state.
+fn deliver(ctx: &ShardContext, topic: &str, diffs: Vec<(u64, Arc<Broadcast>)>) {
+    let Some(newest) = diffs.iter().map(|(v, _)| *v).max() else {
+        return;
+    };
+    let oldest = diffs.iter().map(|(v, _)| *v).min().unwrap_or(newest);
+    let merged = merge(topic, diffs.iter().map(|(_, b)| b.as_ref()));
     let topics = ctx.topics.borrow();
-    let Some(subscribers) = topics.subscribers(broadcast.topic()) else {
+    let Some(subscribers) = topics.subscribers(topic) else {
         return;
     };
     for conn in subscribers.values() {
-        let Some(frame) = broadcast.frame_for(conn.vsn) else {
-            continue;
-        };
         let mut channels = conn.channels.borrow_mut();
-        let Some(channel) = channels.get_mut(broadcast.topic()) else {
+        let Some(channel) = channels.get_mut(topic) else {
             continue;
         };
-        match &mut channel.presence_sync {
+        let send = match &mut channel.presence_sync {
             PresenceSync::Awaiting(held) => {
-                if held.len() >= MAX_HELD_DIFFS {
-                    held.remove(0);
+                for (version, broadcast) in &diffs {
+                    if let Some(frame) = broadcast.frame_for(conn.vsn) {
+                        if held.len() >= MAX_HELD_DIFFS {
+                            held.remove(0);
+                        }
+                        held.push((*version, frame.clone()));
+                    }
                 }
-                held.push((version, frame.clone()));
+                None
+            }
+            PresenceSync::Synced(seen) if *seen >= newest => None,
+            PresenceSync::Synced(seen) if *seen >= oldest => {
+                // The state already has some of these: send only the newer ones.
+                let floor = *seen;
+                *seen = newest;
+                let newer = diffs
+                    .iter()
+                    .filter(|(v, _)| *v > floor)
+                    .map(|(_, b)| b.as_ref());
+                merge(topic, newer).frame_for(conn.vsn).cloned()
             }
             PresenceSync::Synced(seen) => {
-                if version > *seen {
-                    *seen = version;
-                    drop(channels);
-                    conn.send(frame.clone());
-                }
+                *seen = newest;
+                merged.frame_for(conn.vsn).cloned()
             }
-            PresenceSync::Unavailable => {
-                drop(channels);
-                conn.send(frame.clone());
+            PresenceSync::Unavailable => merged.frame_for(conn.vsn).cloned(),
+        };
+        drop(channels);
+        if let Some(frame) = send {
+            conn.send(frame);
+        }
+    }
+}
+
+/// One `presence_diff` with the joins and the leaves of `diffs`, in order. Applying it (joins,
+/// then leaves, as phoenix.js does) gives the same presences as applying them one by one,
+/// because a `phx_ref` joins at most once and leaves at most once, after its join.
+fn merge<'a>(topic: &str, diffs: impl IntoIterator<Item = &'a Broadcast>) -> Broadcast {
+    let mut diffs = diffs.into_iter().peekable();
+    let Some(first) = diffs.next() else {
+        return Broadcast::new(topic, "presence_diff", br#"{"joins":{},"leaves":{}}"#);
+    };
+    if diffs.peek().is_none() {
+        return Broadcast::new(topic, "presence_diff", first.payload());
+    }
+    let mut joins = serde_json::Map::new();
+    let mut leaves = serde_json::Map::new();
+    for diff in std::iter::once(first).chain(diffs) {
+        let Ok(serde_json::Value::Object(mut diff)) =
+            serde_json::from_slice::<serde_json::Value>(diff.payload())
+        else {
+            continue;
+        };
+        for (side, into) in [("joins", &mut joins), ("leaves", &mut leaves)] {
+            let Some(serde_json::Value::Object(entries)) = diff.remove(side) else {
+                continue;
+            };
+            for (key, entry) in entries {
+                let metas = entry
+                    .get("metas")
+                    .and_then(|m| m.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                let slot = into
+                    .entry(key)
+                    .or_insert_with(|| serde_json::json!({ "metas": [] }));
+                if let Some(serde_json::Value::Array(all)) = slot.get_mut("metas") {
+                    all.extend(metas);
+                }
             }
         }
     }
+    let payload = serde_json::json!({ "joins": joins, "leaves": leaves }).to_string();
+    Broadcast::new(topic, "presence_diff", payload.as_bytes())
 }
 
 /// Registers every presence of this shard again and asks for fresh states (after Redis came
@@ -171,5 +272,36 @@ pub fn resync_all(ctx: &ShardContext) {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diff(json: &str) -> Broadcast {
+        Broadcast::new("t", "presence_diff", json.as_bytes())
+    }
+
+    #[test]
+    fn merged_diff_keeps_every_join_and_leave() {
+        let a = diff(r#"{"joins":{"u1":{"metas":[{"phx_ref":"a"}]}},"leaves":{}}"#);
+        let b = diff(r#"{"joins":{"u1":{"metas":[{"phx_ref":"b"}]}},"leaves":{}}"#);
+        let c = diff(r#"{"joins":{},"leaves":{"u1":{"metas":[{"phx_ref":"a"}]}}}"#);
+        let merged = merge("t", [&a, &b, &c]);
+        let value: serde_json::Value = serde_json::from_slice(merged.payload()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "joins": {"u1": {"metas": [{"phx_ref": "a"}, {"phx_ref": "b"}]}},
+                "leaves": {"u1": {"metas": [{"phx_ref": "a"}]}}
+            })
+        );
+    }
+
+    #[test]
+    fn a_single_diff_is_sent_as_it_came() {
+        let a = diff(r#"{"joins":{},"leaves":{}}"#);
+        assert_eq!(merge("t", [&a]).payload(), a.payload());
     }
 }
