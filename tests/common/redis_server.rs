@@ -26,6 +26,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     starts: usize,
+    /// Further `redis-server` arguments, kept across restarts.
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -33,6 +35,12 @@ impl RedisServer {
     ///
     /// Panics with an install hint if `redis-server` is not on PATH.
     pub fn start() -> RedisServer {
+        RedisServer::start_with_args(&[])
+    }
+
+    /// Like [`RedisServer::start`] with further `redis-server` arguments (for example
+    /// `["--enable-debug-command", "local"]` for `DEBUG SLEEP`), kept across restarts.
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
         let dir = scratch_dir("redis");
         let mut last_failure = String::new();
         for _attempt in 0..5 {
@@ -42,6 +50,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 starts: 0,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn_and_wait() {
                 Ok(()) => return server,
@@ -145,6 +154,7 @@ impl RedisServer {
             .args(["--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
