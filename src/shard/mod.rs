@@ -261,6 +261,30 @@ fn fan_out(ctx: &ShardContext, broadcast: &Broadcast) {
     }
 }
 
+/// Bytes written since the last trim beyond which the heap is trimmed.
+const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Gives the memory of a burst back to the kernel. glibc keeps freed memory in its arenas:
+/// after a storm of large frames (a presence join storm sends every joiner the topic's whole
+/// state) the process would keep its peak RSS forever. Runs on shard 0's sweeper, only after
+/// that much traffic, so an idle or steady server never pays for it.
+fn trim_heap_after_bursts(ctx: &ShardContext, bytes_at_last_trim: u64) -> u64 {
+    let written: u64 = ctx
+        .shared
+        .stats
+        .iter()
+        .map(|s| s.snapshot().bytes_out)
+        .sum();
+    if written.saturating_sub(bytes_at_last_trim) < TRIM_AFTER_BYTES {
+        return bytes_at_last_trim;
+    }
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    written
+}
+
 /// Closes connections that have sent nothing (not even a heartbeat) for `idle_timeout`.
 async fn idle_sweeper(ctx: Rc<ShardContext>) {
     let idle = ctx.shared.config.limits.idle_timeout();
@@ -268,8 +292,12 @@ async fn idle_sweeper(ctx: Rc<ShardContext>) {
         return;
     }
     let period = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut bytes_at_last_trim = 0u64;
     loop {
         glommio::timer::sleep(period).await;
+        if ctx.id == 0 {
+            bytes_at_last_trim = trim_heap_after_bursts(&ctx, bytes_at_last_trim);
+        }
         let now = Instant::now();
         let idle_conns: Vec<_> = ctx
             .conns
