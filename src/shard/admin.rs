@@ -223,20 +223,14 @@ pub fn spawn_stats_ticker(shared: Arc<Shared>, interval: Duration) -> std::io::R
 
 /// Tells this shard's admin members the Redis connection state (event `redis`).
 pub fn announce_redis_state(ctx: &ShardContext) {
-    let topics = ctx.topics.borrow();
-    let Some(admins) = topics.subscribers(ADMIN_TOPIC) else {
+    if ctx.topics.borrow().subscribers(ADMIN_TOPIC).is_none() {
         return;
-    };
+    }
     let status = &ctx.shared.redis.status;
     let payload = json!({
         "connected": status.is_connected(),
         "reconnects": status.reconnects(),
     })
     .to_string();
-    let broadcast = Broadcast::new(ADMIN_TOPIC, "redis", payload.as_bytes());
-    for conn in admins.values() {
-        if let Some(frame) = broadcast.frame_for(conn.vsn) {
-            conn.send(frame.clone());
-        }
-    }
+    super::fan_out(ctx, &Broadcast::new(ADMIN_TOPIC, "redis", payload.as_bytes()));
 }

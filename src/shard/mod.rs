@@ -249,7 +249,7 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
 }
 
 /// Queues one broadcast's pre-encoded frame on every local subscriber of its topic.
-fn fan_out(ctx: &ShardContext, broadcast: &Broadcast) {
+pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast) {
     let topics = ctx.topics.borrow();
     let Some(subscribers) = topics.subscribers(broadcast.topic()) else {
         return;
