@@ -232,5 +232,8 @@ pub fn announce_redis_state(ctx: &ShardContext) {
         "reconnects": status.reconnects(),
     })
     .to_string();
-    super::fan_out(ctx, &Broadcast::new(ADMIN_TOPIC, "redis", payload.as_bytes()));
+    super::fan_out(
+        ctx,
+        &Broadcast::new(ADMIN_TOPIC, "redis", payload.as_bytes()),
+    );
 }
