@@ -552,6 +552,9 @@ fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), 
         expected: key.expected,
         got: if key.secret {
             "<redacted>".to_string()
+        } else if key.name == "redis_url" {
+            // A URL may carry a password even when it is invalid.
+            redact_url_password(&raw.shown())
         } else {
             raw.shown()
         },

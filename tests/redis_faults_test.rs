@@ -325,7 +325,6 @@ fn subscriber_killed_by_client_kill_resubscribes_and_delivery_resumes_quickly() 
 // --- Redis unreachable at start-up --------------------------------------------------------
 
 #[test]
-#[ignore = "server defect: members who joined before Redis first answered are never registered in presence (no resync on the first connect)"]
 fn client_joined_while_redis_was_unreachable_at_start_is_served_once_redis_comes_up() {
     // http_surface_test pins 503 at start and delivery to a client joined after Redis came
     // up; this pins the client that joined before, its pushes, and its presence.

@@ -115,10 +115,10 @@ impl RedisPublisher {
                     self.status.set_publisher_up(true);
                     info!("redis publisher connected");
                     notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
-                    if reconnected {
-                        // Redis may have lost our presences: register them again.
-                        notify_all(&self.inboxes, || ShardMessage::PresenceResync);
-                    }
+                    // Redis may have lost our presences, or never had them (members who joined
+                    // while it was unreachable): register them (again). At start-up there are
+                    // none and this costs nothing.
+                    notify_all(&self.inboxes, || ShardMessage::PresenceResync);
                     match self.serve_until_failure(&mut conn, &loaded, &mut batch) {
                         Ok(()) => {
                             self.leave_node(&mut conn);
