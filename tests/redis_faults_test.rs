@@ -430,7 +430,6 @@ fn redis_stalled_by_debug_sleep_gets_no_false_ok_and_delivery_resumes() {
 }
 
 #[test]
-#[ignore = "server defect: the 3 s pipeline deadline is per reply read, so a stalled Redis holds a batch of N pushes for up to N x 3 s and /healthz stays 200"]
 fn pushes_to_a_stalled_redis_are_answered_within_the_pipeline_deadline() {
     // docs/protocol.md: a push is answered `backend unavailable` when "the pipeline failed or
     // timed out (3 s)". Redis asleep for 8 s: pushes sent together (one pipeline) must all be
