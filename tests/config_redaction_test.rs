@@ -45,3 +45,23 @@ fn invalid_redis_url_error_does_not_show_its_password() {
         );
     }
 }
+
+#[test]
+#[ignore = "server bug: redact_url_password ends the authority at the first '/', so a password containing '/' is printed in full by describe() (check-config, start-up log) and in errors"]
+fn redis_password_containing_a_slash_is_redacted() {
+    // Found by the config_load fuzz check (fuzz/src/lib.rs, `assert_no_password`).
+    let toml = "[channel]\nredis_url = \"redis://user:pa/ss@127.0.0.1:6379\"\n";
+    let no_env = |_: &str| -> Option<String> { None };
+    let config = Config::load_str(toml, "test.toml", &no_env, &Overrides::default())
+        .expect("the URL has an accepted scheme");
+    assert!(
+        !config.describe().contains("pa/ss"),
+        "describe() shows the password: {}",
+        config.describe()
+    );
+    let error = load_error("[channel]\nredis_url = \"redis://user:pa/ss@127.0.0.1:6379 \"\n");
+    assert!(
+        !error.contains("pa/ss"),
+        "the error shows the password: {error}"
+    );
+}

@@ -474,16 +474,19 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// `Config::load_str` on the bytes as a TOML file (UTF-8 only: the binary reads the file into a
 /// `String`), with an empty environment and no flags. A loaded configuration must describe
-/// itself as valid TOML, and secrets must never show in what it prints.
+/// itself as valid TOML, and secrets (`jwt_secret`, `admin_key`, the password of `redis_url`)
+/// must never show in what it prints, nor in the error that refuses it.
 pub fn config_load(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let no_env = |_: &str| -> Option<String> { None };
+    let passwords = redis_url_passwords(text);
     let config = match Config::load_str(text, "fuzz.toml", &no_env, &Overrides::default()) {
         Ok(config) => config,
         Err(e) => {
-            let _ = e.to_string();
+            // The error goes to stderr and the logs: a refused URL must not show its password.
+            assert_no_password(&e.to_string(), &passwords, "a configuration error");
             return;
         }
     };
@@ -512,4 +515,42 @@ pub fn config_load(data: &[u8]) {
         format!("{config:?}"),
         "Debug shows a secret"
     );
+    assert_no_password(&described, &passwords, "describe()");
+}
+
+/// The passwords of the `redis_url` strings of a TOML text (`[channel]` and Tangram's `[core]`),
+/// as an operator would read them: after `scheme://user:`, up to the last `@`.
+fn redis_url_passwords(text: &str) -> Vec<String> {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    ["channel", "core"]
+        .iter()
+        .filter_map(|section| doc.get(*section)?.get("redis_url")?.as_str())
+        .filter_map(|url| {
+            let (_, rest) = url.split_once("://")?;
+            let (userinfo, _) = rest.rsplit_once('@')?;
+            let (_, password) = userinfo.split_once(':')?;
+            (!password.is_empty()).then(|| password.to_string())
+        })
+        .collect()
+}
+
+/// `text` shows none of `passwords` as `:<password>@`, whether raw, Debug-escaped (error
+/// messages quote values with `{:?}`) or TOML-escaped (`describe()`).
+fn assert_no_password(text: &str, passwords: &[String], what: &str) {
+    for password in passwords {
+        let debug = format!("{password:?}");
+        let toml = toml::Value::String(password.clone()).to_string();
+        for shown in [
+            password.as_str(),
+            &debug[1..debug.len() - 1],
+            &toml[1..toml.len() - 1],
+        ] {
+            assert!(
+                !text.contains(&format!(":{shown}@")),
+                "{what} shows the password of redis_url: {text}"
+            );
+        }
+    }
 }
