@@ -565,8 +565,9 @@ fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The password may itself contain `/`: the user info ends at the last `@` (a Redis URL's
+    // path is a database number, never an `@`).
+    let Some(at) = rest.rfind('@') else {
         return url.to_string();
     };
     let user = rest[..at].split(':').next().unwrap_or("");
