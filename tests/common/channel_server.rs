@@ -165,6 +165,78 @@ impl ChannelServer {
         panic!("`channel serve` did not start: {last_failure}");
     }
 
+    /// Starts the server on a given `port` (say, the port of a server that was just stopped,
+    /// to test that clients come back to a restarted server) and waits until it answers. Does
+    /// not fall back to another port: a port still held (for example by a process that has not
+    /// exited yet) is retried for up to 5 s, then the test fails with the server's log.
+    pub fn start_on_port(redis: &RedisServer, port: u16, opts: ServerOptions) -> ChannelServer {
+        let dir = scratch_dir("channel");
+        let config_path = opts.config.as_ref().map(|toml| {
+            let path = dir.join("channel.toml");
+            std::fs::write(&path, toml).expect("the scratch dir is writable");
+            path
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut attempt = 0;
+        loop {
+            let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
+            let child = spawn_serve(&redis.url(), port, &opts, config_path.as_deref(), &log_path);
+            let mut server = ChannelServer {
+                child: Some(child),
+                port,
+                log_path,
+                jwt_secret: opts.jwt_secret.clone(),
+            };
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(failure) => {
+                    let log = server.log();
+                    let port_taken = log.contains("in use") || log.contains("AddrInUse");
+                    server.kill();
+                    server.child = None;
+                    if !port_taken || Instant::now() >= deadline {
+                        panic!(
+                            "`channel serve` did not start on port {port}: {failure}\n\
+                             --- server log ---\n{log}"
+                        );
+                    }
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` (for example `libc::SIGTERM`) and returns at once, so that a test can
+    /// watch the shutdown while it happens; [`ChannelServer::wait_for_exit`] then reaps it.
+    pub fn send_signal(&self, signal: libc::c_int) {
+        let child = self
+            .child
+            .as_ref()
+            .expect("send_signal() asked of a server that was already stopped");
+        // SAFETY: kill(2) on the pid of our own child only delivers a signal. The child is not
+        // reaped before `wait_for_exit`/`terminate`, so the pid cannot have been reused.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself, sending no signal; returns its
+    /// status, or `None` if it was still running (it is left running).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -304,4 +376,49 @@ impl Drop for ChannelServer {
         let _ = self.terminate(STOP_TIMEOUT);
         self.child = None;
     }
+}
+
+/// Spawns `channel serve` on `port` as [`ChannelServer::start_with_redis_url`] does, output to
+/// `log_path`.
+fn spawn_serve(
+    redis_url: &str,
+    port: u16,
+    opts: &ServerOptions,
+    config_path: Option<&std::path::Path>,
+    log_path: &std::path::Path,
+) -> Child {
+    let log = std::fs::File::create(log_path).expect("the scratch dir is writable");
+    let log_err = log.try_clone().expect("a file handle can be cloned");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_channel"));
+    command
+        .arg("serve")
+        .args(["--port", &port.to_string()])
+        .args(["--redis-url", redis_url])
+        .args(["--shards", &opts.shards.to_string()]);
+    if let Some(secret) = &opts.jwt_secret {
+        command.args(["--jwt-secret", secret]);
+    }
+    if let Some(path) = config_path {
+        command.arg("--config").arg(path);
+    }
+    command.args(&opts.extra_args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHANNEL_") {
+            command.env_remove(&name);
+        }
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    command.env("RUST_BACKTRACE", "1");
+    command.env("NO_COLOR", "1");
+    for (name, value) in &opts.env {
+        command.env(name, value);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", env!("CARGO_BIN_EXE_channel")))
 }
