@@ -28,15 +28,13 @@ use crate::shard::inbox::{
     AdminTicket, PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage,
 };
 
-/// How long a pipeline may take before the connection is declared dead.
+/// How long a pipeline may take, from sending it to its last reply, before the connection is
+/// declared dead. Enforced over the whole pipeline: each reply is read with the time that is
+/// left (redis-rs's own pipeline query would give every reply the full socket timeout, so a
+/// stalled Redis would hold a batch of N for N times the deadline).
 const IO_DEADLINE: Duration = Duration::from_secs(3);
-/// How long each reply of a pipeline may take. redis-rs reads every reply of a pipeline even
-/// after one timed out, each with the socket's read timeout, so the pipeline's deadline is
-/// this times the batch size: [`MAX_BATCH`] is chosen so that it stays within [`IO_DEADLINE`].
-const REPLY_DEADLINE: Duration = Duration::from_millis(200);
-/// The most commands sent in one pipeline (15 × 200 ms = 3 s). Enough for well over 100,000
-/// publishes a second on a local Redis (one round trip per batch).
-pub const MAX_BATCH: usize = 15;
+/// The most commands sent in one pipeline.
+pub const MAX_BATCH: usize = 512;
 /// How often an idle publisher looks at the stop flag, its timers and probe requests.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -244,16 +242,15 @@ impl RedisPublisher {
         for command in batch.iter() {
             self.add_to_pipeline(&mut pipe, command, scripts);
         }
-        // Per reply, so that the whole batch is bounded by IO_DEADLINE (see REPLY_DEADLINE).
-        conn.set_read_timeout(Some(REPLY_DEADLINE))?;
-        let result = pipe.query::<Vec<redis::Value>>(conn);
-        if result.is_ok() {
-            conn.set_read_timeout(Some(IO_DEADLINE))?;
-        }
-        match result {
+        match read_replies_within_deadline(conn, &pipe, batch.len()) {
             Ok(replies) => {
                 for (command, reply) in batch.drain(..).zip(replies) {
-                    self.answer(command, Some(reply));
+                    // A command Redis refused (OOM, NOSCRIPT, …) is not a success.
+                    let reply = match reply {
+                        redis::Value::ServerError(_) => None,
+                        other => Some(other),
+                    };
+                    self.answer(command, reply);
                 }
                 Ok(())
             }
@@ -444,4 +441,29 @@ fn parse_join_reply(reply: redis::Value) -> Option<(u64, String)> {
         _ => None,
     });
     Some((version, shapes::state_from_entries(raw)))
+}
+
+/// Sends `pipe` and reads its `count` replies, all within [`IO_DEADLINE`] from now.
+fn read_replies_within_deadline(
+    conn: &mut redis::Connection,
+    pipe: &redis::Pipeline,
+    count: usize,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let deadline = Instant::now() + IO_DEADLINE;
+    conn.send_packed_command(&pipe.get_packed_pipeline())?;
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "redis pipeline deadline passed",
+            )
+            .into());
+        }
+        conn.set_read_timeout(Some(left))?;
+        replies.push(conn.recv_response()?);
+    }
+    conn.set_read_timeout(Some(IO_DEADLINE))?;
+    Ok(replies)
 }
