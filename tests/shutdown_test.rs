@@ -296,3 +296,136 @@ fn presence_diff_where(
     let (frame, _) = socket.recv_json_until(timeout, |f| f[3] == "presence_diff" && pred(&f[4]));
     frame[4].clone()
 }
+
+#[test]
+fn sigterm_with_a_client_that_never_answers_the_close_still_exits_within_5s() {
+    // A client that reads nothing never completes the closing handshake: the shard waits for
+    // it only so long, and the process still exits within the bound.
+    let redis = RedisServer::start();
+    let mut server = ChannelServer::start(&redis, ServerOptions::default());
+    let mut silent = joined(&server, "room:shutdown-silent", "silent");
+    let polite = joined(&server, "room:shutdown-polite", "polite");
+
+    server.send_signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let polite_closed = await_close(polite);
+    let status = server.wait_for_exit(Duration::from_secs(10));
+    let exited_after = signalled.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the server had not exited 10 s after SIGTERM; log:\n{}",
+            server.log()
+        )
+    });
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        exited_after < EXIT_BOUND,
+        "the server exited {exited_after:?} after SIGTERM with a silent client; log:\n{}",
+        server.log()
+    );
+    let ((code, _), _) = polite_closed
+        .join()
+        .expect("the reader thread does not panic")
+        .unwrap_or_else(|e| panic!("the polite socket: {e}"));
+    assert_eq!(code, 1012);
+    // The silent client finds the 1012 waiting when it finally reads.
+    let close = loop {
+        match silent.try_recv_frame(Duration::from_secs(1)) {
+            Some(Frame::Text(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&close, Some(Frame::Close(Some((1012, _))))),
+        "the silent client's socket: {close:?}"
+    );
+}
+
+#[test]
+fn sigterm_while_redis_stalls_exits_within_5s_without_false_oks() {
+    // Pushes queued for a Redis that has stopped answering: the flush cannot finish, and the
+    // process must still exit within the bound, with no push answered ok that Redis did not
+    // take.
+    const TOPIC: &str = "room:shutdown-stall";
+    const PUSHES: usize = 20;
+    let redis = RedisServer::start_with_args(&["--enable-debug-command", "local"]);
+    let mut server = ChannelServer::start(&redis, ServerOptions::default());
+    let published = redis.subscribe("from:*");
+    let mut socket = joined(&server, TOPIC, "pusher");
+    let mut sleeper = redis.connection();
+    let stall = std::thread::spawn(move || {
+        let slept: redis::RedisResult<()> =
+            redis::cmd("DEBUG").arg("SLEEP").arg(6).query(&mut sleeper);
+        slept.expect("DEBUG SLEEP 6 (enable-debug-command local)");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..PUSHES {
+        let frame = json!(["1", format!("p{i}"), TOPIC, "say", {"n": i}]);
+        socket
+            .inner()
+            .write(tungstenite::Message::text(frame.to_string()))
+            .expect("buffered WebSocket write");
+    }
+    socket.inner().flush().expect("WebSocket flush");
+    std::thread::sleep(Duration::from_millis(100));
+    server.send_signal(libc::SIGTERM);
+    let signalled = Instant::now();
+
+    let mut oks = BTreeSet::new();
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let close = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match socket.try_recv_frame(left) {
+            Some(frame @ Frame::Text(_)) => {
+                let value = frame.json();
+                if value[3] != "phx_reply" {
+                    continue;
+                }
+                if value[4] == json!({"status": "ok", "response": {}}) {
+                    oks.insert(
+                        value[1].as_str().unwrap_or_default()[1..]
+                            .parse::<u64>()
+                            .unwrap_or(u64::MAX),
+                    );
+                }
+                answers.push(value);
+            }
+            other => break other,
+        }
+    };
+    let status = server.wait_for_exit(Duration::from_secs(10));
+    let exited_after = signalled.elapsed();
+    assert!(
+        matches!(&close, Some(Frame::Close(Some((1012, _))))),
+        "close: {close:?}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}; log:\n{}",
+        server.log()
+    );
+    assert!(
+        exited_after < EXIT_BOUND,
+        "the server exited {exited_after:?} after SIGTERM while Redis stalled; log:\n{}",
+        server.log()
+    );
+
+    stall.join().expect("the sleeper thread does not panic");
+    let mut in_redis = BTreeSet::new();
+    while let Some(message) = published.try_recv_timeout(Duration::from_millis(500)) {
+        let payload: Value = serde_json::from_slice(&message.payload).expect("a JSON payload");
+        in_redis.insert(payload["n"].as_u64().unwrap_or(u64::MAX));
+    }
+    let missing: Vec<_> = oks.difference(&in_redis).collect();
+    assert!(
+        missing.is_empty(),
+        "pushes answered ok but not in Redis: {missing:?}; answers {answers:?}; in Redis {in_redis:?}"
+    );
+    println!(
+        "{PUSHES} pushes to a stalled Redis then SIGTERM: {} answered ({} ok), {} in Redis after it woke, exit after {exited_after:?}",
+        answers.len(),
+        oks.len(),
+        in_redis.len()
+    );
+}
