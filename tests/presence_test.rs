@@ -308,3 +308,48 @@ fn diffs_within_the_batch_window_go_out_merged() {
     assert_eq!(diff["leaves"], json!({}));
     watcher.expect_no_message(Duration::from_millis(300));
 }
+
+#[test]
+fn a_leave_while_redis_is_unreachable_is_applied_when_it_is_back() {
+    let redis = RedisServer::start();
+    let relay = common::TcpRelay::to_local_port(redis.port());
+    let server = ChannelServer::start_with_redis_url(
+        &relay.url(),
+        ServerOptions::default().config("[channel]\npresence_ttl_secs = 30\n"),
+    );
+    let (mut alice, _) = join(&server, "alice", "1");
+    let (mut bob, _) = join(&server, "bob", "1");
+    diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    relay.cut();
+    std::thread::sleep(Duration::from_millis(300));
+    bob.send_json(&json!(["1", "2", TOPIC, "phx_leave", {}]));
+    std::thread::sleep(Duration::from_millis(300));
+    relay.restore();
+    // Once Redis is reachable again, the leave that failed is replayed: alice learns it (as a
+    // leave diff, or through the fresh presence_state every channel gets after a reconnect),
+    // and a newcomer's state no longer lists bob (well before the 30 s TTL could explain it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "alice never learnt that bob left");
+        let frame = alice.recv_json_timeout(left);
+        let gone = match frame[3].as_str() {
+            Some("presence_diff") => frame[4]["leaves"].get("bob").is_some(),
+            Some("presence_state") => frame[4].get("bob").is_none(),
+            _ => false,
+        };
+        if gone {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_probe, state) = join(&server, "probe", "1");
+        if state.get("bob").is_none() {
+            assert!(state.get("alice").is_some(), "{state}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob is still listed: {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

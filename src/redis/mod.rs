@@ -92,6 +92,7 @@ pub fn start(
         stop: Arc::clone(&stop_publisher),
         node,
         presence_ttl,
+        failed_leaves: Default::default(),
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -11,6 +11,8 @@
 //! It also keeps this process's presence liveness entry fresh and reaps dead processes'
 //! presences (see [`crate::presence`]).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +93,14 @@ pub struct RedisPublisher {
     pub(super) node: String,
     /// How long this process's presences survive without a liveness refresh.
     pub(super) presence_ttl: Duration,
+    /// Presence leaves Redis did not take (it was away): replayed on the next connection, or
+    /// the members would stay listed while this process lives.
+    pub(super) failed_leaves: RefCell<VecDeque<UpstreamCommand>>,
 }
+
+/// The most failed leaves kept for replay; beyond, the oldest are dropped (their members then
+/// stay listed until this process stops or dies).
+const MAX_FAILED_LEAVES: usize = 100_000;
 
 /// The scripts as loaded on the current connection.
 struct LoadedScripts {
@@ -122,7 +131,10 @@ impl RedisPublisher {
                     // while it was unreachable): register them (again). At start-up there are
                     // none and this costs nothing.
                     notify_all(&self.inboxes, || ShardMessage::PresenceResync);
-                    match self.serve_until_failure(&mut conn, &loaded, &mut batch) {
+                    match self
+                        .replay_failed_leaves(&mut conn, &loaded, &mut batch)
+                        .and_then(|()| self.serve_until_failure(&mut conn, &loaded, &mut batch))
+                    {
                         Ok(()) => {
                             self.leave_node(&mut conn);
                             info!("redis publisher drained and stopped");
@@ -229,6 +241,29 @@ impl RedisPublisher {
                 self.answer_admin(conn, command)?;
             }
         }
+    }
+
+    /// Sends the leaves that failed while Redis was away, before anything else (once each: a
+    /// leave Redis refuses again waits for the next connection).
+    fn replay_failed_leaves(
+        &self,
+        conn: &mut redis::Connection,
+        scripts: &LoadedScripts,
+        batch: &mut Vec<UpstreamCommand>,
+    ) -> redis::RedisResult<()> {
+        let mut remaining = self.failed_leaves.borrow().len();
+        while remaining > 0 {
+            {
+                let mut failed = self.failed_leaves.borrow_mut();
+                let n = remaining.min(MAX_BATCH).min(failed.len());
+                batch.extend(failed.drain(..n));
+                remaining = remaining.saturating_sub(n.max(1));
+            }
+            if !batch.is_empty() {
+                self.run_pipeline(conn, scripts, batch)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends `batch` as one pipeline and answers every command in it.
@@ -369,7 +404,15 @@ impl RedisPublisher {
                 let shard = ticket.shard;
                 self.send(shard, ShardMessage::PresenceState { ticket, state });
             }
-            UpstreamCommand::PresenceLeave { .. } => {}
+            leave @ UpstreamCommand::PresenceLeave { .. } => {
+                if reply.is_none() {
+                    let mut failed = self.failed_leaves.borrow_mut();
+                    if failed.len() >= MAX_FAILED_LEAVES {
+                        failed.pop_front();
+                    }
+                    failed.push_back(leave);
+                }
+            }
             UpstreamCommand::Admin { ticket, .. } => {
                 let shard = ticket.shard;
                 let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());
