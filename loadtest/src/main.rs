@@ -8,6 +8,7 @@ mod redis;
 mod report;
 mod run;
 mod scenario;
+mod soak;
 mod stamp;
 mod stats;
 mod token;
@@ -135,6 +136,18 @@ fn main() -> Result<()> {
                 threads,
                 no_step,
             });
+            if sc.kind == scenario::Kind::Soak {
+                // One process, one load thread: a soak is about time, not throughput.
+                let summary = soak::run(soak::SoakArgs {
+                    scenario: sc,
+                    url,
+                    redis,
+                    out,
+                    server_pid,
+                })?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             let source_ips = match source_ips {
                 Some(s) => run::parse_source_ips(&s)?,
                 None => Vec::new(),

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The five kinds of load the tool knows.
+/// The six kinds of load the tool knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -21,6 +21,8 @@ pub enum Kind {
     JoinStorm,
     /// C joined clients held idle; the server's RSS per connection.
     Idle,
+    /// Churn, fan-out, pushes, slow clients and Redis restarts for `duration` (see `soak.rs`).
+    Soak,
 }
 
 impl Kind {
@@ -129,6 +131,9 @@ pub struct Scenario {
     /// Rate stepping (fanout, topics, upstream).
     #[serde(default)]
     pub step: Option<Step>,
+    /// Soak settings (kind = "soak" only).
+    #[serde(default)]
+    pub soak: Option<crate::soak::SoakParams>,
 }
 
 fn d_clients() -> usize {
@@ -306,6 +311,9 @@ impl Scenario {
         }
         if self.heartbeat <= 0.0 || self.join_timeout <= 0.0 {
             bail!("heartbeat and join_timeout must be positive");
+        }
+        if self.soak.is_some() && self.kind != Kind::Soak {
+            bail!("[soak] applies to kind = \"soak\" only");
         }
         if let Some(step) = &self.step {
             if !needs_rate {
