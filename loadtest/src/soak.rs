@@ -200,6 +200,9 @@ pub struct PushTally {
     /// `ok` pushes sent or answered while the subscriber was (re)connecting.
     pub ok_unverifiable: u64,
     pub ok_unverifiable_seen: u64,
+    /// For unverifiable `ok` pushes never seen (first 50): ms from the reply to the moment the
+    /// subscriber noticed its connection go (negative: the reply came after; None: no outage after).
+    pub ok_unverifiable_unseen_ack_to_down_ms: Vec<Option<f64>>,
     /// `error` pushes seen on Redis anyway (allowed: an error means "not known to be published").
     pub error_seen: u64,
     pub unanswered_seen: u64,
@@ -292,6 +295,15 @@ impl Ledger {
                     } else {
                         t.ok_unverifiable += 1;
                         t.ok_unverifiable_seen += u64::from(seen);
+                        if !seen && t.ok_unverifiable_unseen_ack_to_down_ms.len() < 50 {
+                            let down = self
+                                .sub_up
+                                .iter()
+                                .filter_map(|&(_, d)| d)
+                                .find(|&d| d + 5_000_000 >= at);
+                            t.ok_unverifiable_unseen_ack_to_down_ms
+                                .push(down.map(|d| (d as f64 - at as f64) / 1000.0));
+                        }
                     }
                 }
                 Some((false, _)) => {
@@ -1643,6 +1655,7 @@ mod tests {
         assert_eq!(t.ok_verifiable, 2);
         assert_eq!(t.ok_unverifiable, 2);
         assert_eq!(t.ok_unverifiable_seen, 1);
+        assert_eq!(t.ok_unverifiable_unseen_ack_to_down_ms, vec![Some(0.05)]);
         assert_eq!(l.outages(0), vec![(0.001, 0.002)]);
     }
 
