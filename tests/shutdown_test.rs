@@ -240,6 +240,18 @@ fn pushes_accepted_before_sigterm_are_published() {
         refused.len(),
         in_redis.len()
     );
+    // Shutdown waits for the answers of pushes already handed to Redis before closing the
+    // sockets: a published push is never left unanswered (the client would resend it).
+    let published_unanswered: Vec<_> = in_redis.difference(&oks).collect();
+    assert!(
+        published_unanswered.is_empty(),
+        "{} pushes reached Redis but got no ok: {published_unanswered:?}",
+        published_unanswered.len()
+    );
+    // Whatever was refused was refused because of the shutdown, with that reason.
+    for value in &refused {
+        assert_eq!(value[4]["response"]["reason"], "shutting down", "{value}");
+    }
 }
 
 #[test]

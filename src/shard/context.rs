@@ -63,6 +63,8 @@ pub struct ShardContext {
     write_buffers: RefCell<Vec<Vec<u8>>>,
     /// Set when the shard is shutting down: no new connections, no new joins.
     pub shutting_down: Cell<bool>,
+    /// Pushes handed to the publisher and not answered yet; shutdown waits for them.
+    pub pushes_in_flight: Cell<u64>,
     /// Presence diffs waiting for their topic's batching window to end.
     pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
 }
@@ -80,6 +82,7 @@ impl ShardContext {
             read_scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
             write_buffers: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
+            pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
         }
     }

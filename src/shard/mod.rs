@@ -35,6 +35,8 @@ use inbox::{ShardInbox, ShardMessage};
 
 /// How long shutdown waits for sockets to close before the process exits anyway.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+/// How long shutdown waits for the answers to pushes already handed to Redis.
+pub const ACKS_AT_SHUTDOWN: Duration = Duration::from_millis(1500);
 /// Close code for a socket that sent nothing for `idle_timeout`: not 1000, so that phoenix.js
 /// reconnects.
 pub const IDLE_CLOSE_CODE: u16 = 4000;
@@ -171,12 +173,19 @@ async fn run_shard(
     .await;
     drop(listener);
 
+    // Pushes already handed to Redis get their answer before the sockets close (new pushes are
+    // refused with "shutting down" from now on).
+    let stopping_at = Instant::now();
+    let acks_deadline = stopping_at + ACKS_AT_SHUTDOWN;
+    while ctx.pushes_in_flight.get() > 0 && Instant::now() < acks_deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     let conns: Vec<_> = ctx.conns.borrow().values().cloned().collect();
     for conn in &conns {
         conn.close(close_code::SERVICE_RESTART, "server restart");
     }
     drop(conns);
-    let deadline = Instant::now() + SHUTDOWN_DEADLINE - Duration::from_millis(500);
+    let deadline = stopping_at + SHUTDOWN_DEADLINE - Duration::from_millis(500);
     while !ctx.conns.borrow().is_empty() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }

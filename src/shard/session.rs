@@ -62,7 +62,7 @@ pub mod refusal {
     pub const RESERVED_EVENT: &str = "reserved event";
     /// Redis is down, stalled, or the publisher queue is full.
     pub const BACKEND_UNAVAILABLE: &str = "backend unavailable";
-    /// The server is shutting down and takes no new joins.
+    /// The server is shutting down and takes no new joins or pushes.
     pub const SHUTTING_DOWN: &str = "shutting down";
 }
 
@@ -237,6 +237,15 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     if topic == admin::ADMIN_TOPIC {
         return admin::handle_push(ctx, conn, msg);
     }
+    if ctx.shutting_down.get() {
+        // The answers to pushes taken now could not be delivered before the sockets close.
+        return send_reply(
+            conn,
+            msg,
+            ReplyStatus::Error,
+            &reason_json(refusal::SHUTTING_DOWN),
+        );
+    }
     let redis = &ctx.shared.redis;
     if !redis.status.can_publish() {
         return send_reply(
@@ -274,11 +283,15 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             ReplyStatus::Error,
             &reason_json(refusal::BACKEND_UNAVAILABLE),
         );
+    } else {
+        ctx.pushes_in_flight.set(ctx.pushes_in_flight.get() + 1);
     }
 }
 
 /// Answers a push once the publisher has its outcome.
 pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
+    ctx.pushes_in_flight
+        .set(ctx.pushes_in_flight.get().saturating_sub(1));
     let Some(conn) = ctx.conns.borrow().get(&ack.conn).cloned() else {
         return;
     };
