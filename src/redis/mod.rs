@@ -42,6 +42,7 @@ pub struct RedisHandle {
 pub struct RedisCore {
     publisher: JoinHandle<()>,
     stop_publisher: Arc<AtomicBool>,
+    wake_publisher: Sender<UpstreamCommand>,
 }
 
 impl RedisCore {
@@ -49,6 +50,8 @@ impl RedisCore {
     /// stopped taking pushes. Returns false if the publisher thread panicked.
     pub fn flush_and_stop(self) -> bool {
         self.stop_publisher.store(true, Ordering::Release);
+        // The queue may be full (then the publisher is busy and sees the flag on its own).
+        let _ = self.wake_publisher.try_send(UpstreamCommand::Wake);
         self.publisher.join().is_ok()
     }
 }
@@ -68,6 +71,7 @@ pub fn start(
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
     let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
+    let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();
 
@@ -77,6 +81,7 @@ pub fn start(
         stats: Arc::clone(&reader_stats),
         inboxes: inboxes.clone(),
         interest_changes: interest_rx,
+        publisher_wake: publish_tx.clone(),
     };
     std::thread::Builder::new()
         .name("redis-reader".into())
@@ -109,6 +114,7 @@ pub fn start(
         RedisCore {
             publisher,
             stop_publisher,
+            wake_publisher: wake,
         },
     ))
 }

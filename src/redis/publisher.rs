@@ -37,8 +37,6 @@ use crate::shard::inbox::{
 const IO_DEADLINE: Duration = Duration::from_secs(3);
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
-/// How often an idle publisher looks at the stop flag, its timers and probe requests.
-const TICK: Duration = Duration::from_millis(100);
 
 /// One message to publish, and who to tell when it is done.
 #[derive(Debug)]
@@ -72,6 +70,9 @@ pub enum UpstreamCommand {
         /// Who left.
         presence: Presence,
     },
+    /// Look at the stop flag and the probe request now (sent by the reader and at shutdown, so
+    /// that an idle publisher can sleep until it has work).
+    Wake,
     /// A question from the admin channel (not pipelined: it may scan).
     Admin {
         /// What is asked.
@@ -208,12 +209,14 @@ impl RedisPublisher {
                 // The subscriber saw Redis go or come back: is our connection still good?
                 redis::cmd("PING").query::<()>(conn)?;
             }
-            let first = match self.queue.recv_timeout(TICK) {
+            if self.stop.load(Ordering::Acquire) && self.queue.is_empty() {
+                return Ok(());
+            }
+            // Asleep until there is work, a wake-up, or the next upkeep: idle costs nothing.
+            let until_upkeep = next_upkeep.saturating_duration_since(Instant::now());
+            let first = match self.queue.recv_timeout(until_upkeep) {
+                Ok(UpstreamCommand::Wake) | Err(RecvTimeoutError::Timeout) => continue,
                 Ok(first) => first,
-                Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Acquire) => {
-                    return Ok(())
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             // An admin question ends the batch: it runs after the commands queued before it
@@ -229,6 +232,7 @@ impl RedisPublisher {
                             admin = Some(next);
                             break;
                         }
+                        Ok(UpstreamCommand::Wake) => continue,
                         Ok(next) => batch.push(next),
                         Err(_) => break,
                     }
@@ -325,7 +329,7 @@ impl RedisPublisher {
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::join_diff(presence));
             }
-            UpstreamCommand::Admin { .. } => {}
+            UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {}
             UpstreamCommand::PresenceLeave { topic, presence } => {
                 pipe.cmd("EVALSHA")
                     .arg(&s.leave)
@@ -413,6 +417,7 @@ impl RedisPublisher {
                     failed.push_back(leave);
                 }
             }
+            UpstreamCommand::Wake => {}
             UpstreamCommand::Admin { ticket, .. } => {
                 let shard = ticket.shard;
                 let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());

@@ -19,6 +19,7 @@ use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
 use super::interest::{shards_in, InterestChange, InterestTable};
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
+use super::publisher::UpstreamCommand;
 use super::status::RedisStatus;
 use crate::presence;
 use crate::protocol::Broadcast;
@@ -51,6 +52,8 @@ pub struct RedisReader {
     pub(super) stats: Arc<ReaderStats>,
     pub(super) inboxes: Vec<Arc<ShardInbox>>,
     pub(super) interest_changes: Receiver<InterestChange>,
+    /// Wakes the publisher when it should probe its own connection.
+    pub(super) publisher_wake: crossbeam_channel::Sender<UpstreamCommand>,
 }
 
 impl RedisReader {
@@ -68,6 +71,7 @@ impl RedisReader {
                         Ok(reason) => {
                             self.status.set_subscriber_up(false);
                             self.status.ask_publisher_to_probe();
+                            let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
                             notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
                             backoff.reset();
                             warn!(%reason, "redis subscriber lost; reconnecting");
@@ -117,6 +121,7 @@ impl RedisReader {
         *ever_connected = true;
         self.status.set_subscriber_up(true);
         self.status.ask_publisher_to_probe();
+        let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
         notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
         if reconnected {
             // Diffs published while we were away are lost: fresh states for everyone.
