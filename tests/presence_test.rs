@@ -319,7 +319,9 @@ fn a_leave_while_redis_is_unreachable_is_applied_when_it_is_back() {
     );
     let (mut alice, _) = join(&server, "alice", "1");
     let (mut bob, _) = join(&server, "bob", "1");
-    diff_where(&mut alice, Duration::from_secs(5), |d| d["joins"].get("bob").is_some());
+    diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
     relay.cut();
     std::thread::sleep(Duration::from_millis(300));
     bob.send_json(&json!(["1", "2", TOPIC, "phx_leave", {}]));
