@@ -27,7 +27,7 @@ pub fn render(shared: &Shared) -> String {
 
 /// Families built from counters the server keeps anyway.
 fn read_at_scrape(shared: &Shared) -> Vec<MetricFamily> {
-    let stats: Vec<StatsSnapshot> = shared.stats.iter().map(|s| s.snapshot()).collect();
+    let stats: Vec<StatsSnapshot> = shared.shard_stats();
     let per_shard = |pick: fn(&StatsSnapshot) -> u64| -> Vec<(String, f64)> {
         stats
             .iter()

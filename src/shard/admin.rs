@@ -162,7 +162,7 @@ pub fn disconnect_client(ctx: &ShardContext, id: &str) {
 
 /// This process's side of the state: connections per shard, channels, Redis.
 pub fn process_state(shared: &Shared) -> Value {
-    let per_shard: Vec<StatsSnapshot> = shared.stats.iter().map(|s| s.snapshot()).collect();
+    let per_shard = shared.shard_stats();
     let total = StatsSnapshot::sum(&per_shard);
     json!({
         "node": shared.node,
@@ -182,30 +182,18 @@ pub fn process_state(shared: &Shared) -> Value {
 }
 
 /// Pushes `stats` to every admin member of this process every `interval`, from a thread of
-/// its own (one wake-up per interval; nothing is built when no shard has admin members —
-/// the shards drop it then at no cost, as for any topic without subscribers).
+/// its own: one wake-up and one small JSON per interval, built even when no shard has admin
+/// members (the shards then drop it, as for any topic without subscribers).
 pub fn spawn_stats_ticker(shared: Arc<Shared>, interval: Duration) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("admin-stats".into())
         .spawn(move || {
-            let mut previous = StatsSnapshot::sum(
-                &shared
-                    .stats
-                    .iter()
-                    .map(|s| s.snapshot())
-                    .collect::<Vec<_>>(),
-            );
+            let mut previous = shared.total_stats();
             let mut previous_at = Instant::now();
             loop {
                 std::thread::sleep(interval);
                 let now = Instant::now();
-                let current = StatsSnapshot::sum(
-                    &shared
-                        .stats
-                        .iter()
-                        .map(|s| s.snapshot())
-                        .collect::<Vec<_>>(),
-                );
+                let current = shared.total_stats();
                 let mut stats = process_state(&shared);
                 stats["rates"] =
                     current.rates_since(&previous, now.duration_since(previous_at).as_secs_f64());

@@ -18,7 +18,7 @@ use crate::redis::RedisHandle;
 use super::connection::Conn;
 use super::inbox::ShardInbox;
 use super::presence_delivery::PendingDiffs;
-use super::stats::ShardStats;
+use super::stats::{ShardStats, StatsSnapshot};
 use super::topic_table::TopicTable;
 
 /// Size of the per-shard read buffer every connection reads into.
@@ -44,6 +44,18 @@ pub struct Shared {
     pub system: Arc<crate::system::SystemChannel>,
     /// Prometheus metrics: per-shard handles and the `/metrics` rendering.
     pub metrics: crate::metrics::Metrics,
+}
+
+impl Shared {
+    /// Every shard's counters as they are now, by shard index.
+    pub fn shard_stats(&self) -> Vec<StatsSnapshot> {
+        self.stats.iter().map(ShardStats::snapshot).collect()
+    }
+
+    /// The counters of the whole process (the sum of the shards).
+    pub fn total_stats(&self) -> StatsSnapshot {
+        StatsSnapshot::sum(&self.shard_stats())
+    }
 }
 
 /// One shard's private state.

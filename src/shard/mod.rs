@@ -278,12 +278,7 @@ const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
 /// state) the process would keep its peak RSS forever. Runs on shard 0's sweeper, only after
 /// that much traffic, so an idle or steady server never pays for it.
 fn trim_heap_after_bursts(ctx: &ShardContext, bytes_at_last_trim: u64) -> u64 {
-    let written: u64 = ctx
-        .shared
-        .stats
-        .iter()
-        .map(|s| s.snapshot().bytes_out)
-        .sum();
+    let written = ctx.shared.total_stats().bytes_out;
     if written.saturating_sub(bytes_at_last_trim) < TRIM_AFTER_BYTES {
         return bytes_at_last_trim;
     }

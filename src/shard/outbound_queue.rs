@@ -106,16 +106,6 @@ impl OutboundQueue {
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
     }
 
-    /// True when there is nothing to write and no close to send.
-    pub fn is_idle(&self) -> bool {
-        self.frames.is_empty() && self.close.is_none()
-    }
-
-    /// Bytes queued or in flight.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
-    }
-
     /// Registers the writer task to be woken by the next push or close.
     pub fn register_writer(&mut self, waker: &Waker) {
         match &self.writer {

@@ -52,19 +52,4 @@ impl TopicTable {
     pub fn subscribers(&self, topic: &str) -> Option<&IndexMap<u64, Rc<Conn>>> {
         self.topics.get(topic)
     }
-
-    /// Topics with their local subscriber counts.
-    pub fn counts(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.topics.iter().map(|(t, s)| (t.as_str(), s.len()))
-    }
-
-    /// Number of topics with at least one local subscriber.
-    pub fn len(&self) -> usize {
-        self.topics.len()
-    }
-
-    /// True when no topic has a local subscriber.
-    pub fn is_empty(&self) -> bool {
-        self.topics.is_empty()
-    }
 }
