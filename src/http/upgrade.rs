@@ -33,6 +33,15 @@ pub struct Upgrade {
     pub response_101: Vec<u8>,
 }
 
+impl Upgrade {
+    /// Adds a header to the 101 response (before the blank line that ends it).
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        let end = self.response_101.len().saturating_sub(2);
+        self.response_101
+            .splice(end..end, format!("{name}: {value}\r\n").into_bytes());
+    }
+}
+
 fn has_token(head: &RequestHead, header: &str, token: &str) -> bool {
     head.header_tokens(header)
         .any(|t| t.eq_ignore_ascii_case(token))
@@ -134,6 +143,21 @@ pub fn accept_upgrade(head: &RequestHead) -> Result<Upgrade, HttpResponse> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_added_header_ends_up_inside_the_head() {
+        let mut upgrade = Upgrade {
+            vsn: Vsn::V2,
+            user_token: None,
+            response_101: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+                .to_vec(),
+        };
+        upgrade.add_header("x-channel-shard", "1");
+        assert_eq!(
+            upgrade.response_101,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nx-channel-shard: 1\r\n\r\n"
+        );
+    }
     use super::*;
     use crate::http::parse_request_head;
 

@@ -111,7 +111,7 @@ async fn upgrade(
     head: &RequestHead,
     leftover: Vec<u8>,
 ) {
-    let upgrade = match http::accept_upgrade(head) {
+    let mut upgrade = match http::accept_upgrade(head) {
         Ok(upgrade) => upgrade,
         Err(response) => {
             let _ = respond(&mut stream, &response).await;
@@ -133,8 +133,9 @@ async fn upgrade(
         let _ = respond(&mut stream, &http::error_response(503, "shutting down")).await;
         return;
     }
-    let response = with_shard_header(&upgrade.response_101, ctx.id);
-    if stream.write_all(&response).await.is_err() {
+    // Operators and tests can tell which shard a socket landed on.
+    upgrade.add_header("x-channel-shard", &ctx.id.to_string());
+    if stream.write_all(&upgrade.response_101).await.is_err() {
         return;
     }
     let counted = Rc::clone(&ctx);
@@ -186,14 +187,4 @@ async fn token(
 async fn respond(stream: &mut TcpStream, response: &HttpResponse) -> std::io::Result<()> {
     stream.write_all(&response.to_bytes()).await?;
     stream.close().await
-}
-
-/// Adds `x-channel-shard: <id>` to the 101 response, so that operators and tests can tell
-/// which shard a socket landed on.
-fn with_shard_header(response_101: &[u8], shard: usize) -> Vec<u8> {
-    let end = response_101.len().saturating_sub(2);
-    let mut response = Vec::with_capacity(response_101.len() + 24);
-    response.extend_from_slice(&response_101[..end]);
-    response.extend_from_slice(format!("x-channel-shard: {shard}\r\n\r\n").as_bytes());
-    response
 }
