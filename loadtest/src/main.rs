@@ -3,11 +3,13 @@
 
 mod ceiling;
 mod client;
+mod conn;
 mod fleet;
 mod redis;
 mod report;
 mod run;
 mod scenario;
+mod slow;
 mod soak;
 mod stamp;
 mod stats;
@@ -71,6 +73,10 @@ enum Cmd {
         /// Load threads (0 = one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Fanout: N more clients on the topic that stop reading early in the warmup (slow
+        /// consumers); not counted in the figures, reported under `slow` in summary.json.
+        #[arg(long)]
+        slow_clients: Option<usize>,
         /// Ignore the scenario's [step] table and run one window at `rate`.
         #[arg(long)]
         no_step: bool,
@@ -121,6 +127,7 @@ fn main() -> Result<()> {
             warmup,
             join_in_flight,
             threads,
+            slow_clients,
             no_step,
             procs,
         } => {
@@ -134,6 +141,7 @@ fn main() -> Result<()> {
                 warmup,
                 join_in_flight,
                 threads,
+                slow_clients,
                 no_step,
             });
             if sc.kind == scenario::Kind::Soak {

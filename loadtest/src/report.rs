@@ -95,6 +95,12 @@ pub struct Summary {
     pub server_rss_joined_bytes: Option<u64>,
     pub rss_per_connection_bytes: Option<f64>,
     pub server_cpu_percent_idle: Option<f64>,
+    /// The server's highest RSS of the once-a-second progress samples, and its RSS at the end of
+    /// the run (after the drain, clients still connected).
+    pub server_rss_max_bytes: Option<u64>,
+    pub server_rss_after_bytes: Option<u64>,
+    /// Fanout with `slow_clients`: what the slow consumers did and how the server closed them.
+    pub slow: Option<crate::slow::SlowReport>,
     /// Why the first failing client failed, if one did.
     pub first_error: Option<String>,
 }

@@ -7,6 +7,7 @@ use crate::redis::PublishPlan;
 use crate::redis::{parse_redis_url, publish_open_loop, redis_cpu_us, subscribe_and_measure};
 use crate::report::{write_outputs, Latency, Summary, Window};
 use crate::scenario::{Kind, Scenario};
+use crate::slow::SlowGroup;
 use crate::stamp::now_us;
 use crate::stats::{self, process_cpu_us, process_rss_bytes, ThreadStats};
 use anyhow::{anyhow, bail, Context, Result};
@@ -150,6 +151,10 @@ struct Coordinator {
     /// Upstream: what the subscriber saw.
     sub_stats: Arc<ThreadStats>,
     last_line: (u64, u64),
+    /// Fanout with `slow_clients`: the slow consumers, told to stop reading during the first warmup.
+    slow: Option<SlowGroup>,
+    /// The server's highest RSS seen by the progress lines.
+    rss_max: Option<u64>,
 }
 
 impl Coordinator {
@@ -193,6 +198,8 @@ impl Coordinator {
         } else {
             t.max_latency_us
         };
+        let rss = self.server_pid.and_then(process_rss_bytes);
+        self.rss_max = self.rss_max.max(rss);
         let cpu = self
             .server_pid
             .and_then(process_cpu_us)
@@ -287,6 +294,13 @@ impl Coordinator {
             let publisher = std::thread::Builder::new()
                 .name("lt-publisher".into())
                 .spawn(move || publish_open_loop(&plan, &window, &counter))?;
+            if self.slow.is_some() {
+                let read_for = (self.sc.slow_read_for * 1e6) as u64;
+                self.wait_until((start - warm + read_for).min(start), "warmup");
+                if let Some(slow) = &self.slow {
+                    slow.stop_reading();
+                }
+            }
             self.wait_until(start, "warmup");
             let live = self.fleet.live_per_topic();
             let p0 = self.probe();
@@ -475,7 +489,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     let shared = Arc::new(run_shared(
         &sc,
         addr,
-        host,
+        host.clone(),
         ips_per_proc.next().unwrap_or_default(),
     ));
     let window = shared.window.clone();
@@ -524,6 +538,8 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         published: Arc::new(AtomicU64::new(0)),
         sub_stats: sub_stats.clone(),
         last_line: (t_start, 0),
+        slow: None,
+        rss_max: rss_before,
     };
 
     let (join_secs, jb, ja) = co.joins();
@@ -562,6 +578,16 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     };
     if sc.kind == Kind::JoinStorm {
         summary.kind = "join-storm".into();
+    }
+
+    if sc.slow_clients > 0 && t.joined > 0 {
+        co.slow = Some(SlowGroup::start(&sc, addr, host.clone(), sc.topic_name(0))?);
+        let per_shard = co.slow.as_ref().map(|g| g.per_shard()).unwrap_or_default();
+        eprintln!(
+            "slow clients: {} joined, per shard (x-channel-shard) {per_shard:?}; they stop reading {} s into the warmup",
+            per_shard.values().sum::<u64>(),
+            sc.slow_read_for.min(sc.warmup)
+        );
     }
 
     let mut main_hist = join_hist.clone();
@@ -651,6 +677,16 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         Ok(())
     })();
 
+    summary.server_rss_after_bytes = args.server_pid.and_then(process_rss_bytes);
+    summary.server_rss_max_bytes = co.rss_max.max(summary.server_rss_after_bytes);
+    if let Some(slow) = co.slow.take() {
+        let r = slow.finish();
+        eprintln!(
+            "slow clients: {} stalled; read after the run: {} close 1013, {:?} other closes, {} EOF without a close frame, {} still open; server slow-consumer closes {:?}",
+            r.stalled, r.closed_1013, r.closed_other, r.eof_without_close, r.not_closed, r.server_slow_consumer_closes
+        );
+        summary.slow = Some(r);
+    }
     // Children's first errors travel with their reports.
     let _ = co.fleet.refresh();
     summary.first_error = co

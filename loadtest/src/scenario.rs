@@ -125,6 +125,14 @@ pub struct Scenario {
     /// Idle: seconds to wait after the last join before sampling the server's RSS.
     #[serde(default = "d_settle")]
     pub settle: f64,
+    /// Fanout: extra clients on the measured topic that read for `slow_read_for` s of the warmup,
+    /// then stop reading for good, so that the server closes them as slow consumers (see
+    /// `slow.rs`). Never counted in delivered, lost or latency figures.
+    #[serde(default)]
+    pub slow_clients: usize,
+    /// Seconds of the warmup during which the slow clients still read (capped at `warmup`).
+    #[serde(default = "d_slow_read_for")]
+    pub slow_read_for: f64,
     /// Path (and query) of the WebSocket upgrade.
     #[serde(default = "d_ws_path")]
     pub ws_path: String,
@@ -175,6 +183,9 @@ fn d_heartbeat() -> f64 {
 fn d_settle() -> f64 {
     2.0
 }
+fn d_slow_read_for() -> f64 {
+    0.5
+}
 fn d_ws_path() -> String {
     "/websocket?vsn=2.0.0".into()
 }
@@ -208,6 +219,7 @@ pub struct Overrides {
     pub warmup: Option<f64>,
     pub join_in_flight: Option<usize>,
     pub threads: Option<usize>,
+    pub slow_clients: Option<usize>,
     pub no_step: bool,
 }
 
@@ -258,6 +270,9 @@ impl Scenario {
         if let Some(v) = o.threads {
             self.threads = v;
         }
+        if let Some(v) = o.slow_clients {
+            self.slow_clients = v;
+        }
         if o.no_step {
             self.step = None;
         }
@@ -301,6 +316,7 @@ impl Scenario {
             ("duration", self.duration),
             ("warmup", self.warmup),
             ("drain", self.drain),
+            ("slow_read_for", self.slow_read_for),
         ] {
             if v.is_nan() || v < 0.0 {
                 bail!("{n} must be >= 0");
@@ -311,6 +327,11 @@ impl Scenario {
         }
         if self.heartbeat <= 0.0 || self.join_timeout <= 0.0 {
             bail!("heartbeat and join_timeout must be positive");
+        }
+        if self.slow_clients > 0 && self.kind != Kind::Fanout {
+            bail!(
+                "slow_clients applies to kind = \"fanout\" only (the soak has [soak] slow_clients)"
+            );
         }
         if self.soak.is_some() && self.kind != Kind::Soak {
             bail!("[soak] applies to kind = \"soak\" only");
@@ -362,7 +383,22 @@ mod tests {
         assert_eq!(s.message_bytes, 200);
         assert_eq!(s.ws_path, "/websocket?vsn=2.0.0");
         assert!(s.step.is_none());
+        assert_eq!(s.slow_clients, 0);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn slow_clients_are_read_overridden_and_refused_outside_fanout() {
+        let mut s = Scenario::parse("kind = \"fanout\"\nslow_clients = 5", "x").unwrap();
+        assert_eq!(s.slow_clients, 5);
+        s.validate().unwrap();
+        s.apply(&Overrides {
+            slow_clients: Some(20),
+            ..Default::default()
+        });
+        assert_eq!(s.slow_clients, 20);
+        let t = Scenario::parse("kind = \"topics\"\nslow_clients = 1", "x").unwrap();
+        assert!(t.validate().is_err());
     }
 
     #[test]

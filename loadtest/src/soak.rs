@@ -6,9 +6,9 @@
 //! - churn clients: each loops socket → 1–3 × (join a random topic, push at its share of
 //!   `push_rate`, hold `hold_min..hold_max` s, wait for its push replies, `phx_leave`) → close;
 //!   every push carries a unique id (`{"soak":"<run>-<id>"}`) and its own ref `p<id>`;
-//! - slow clients: 4 KiB receive buffer, join `<prefix>:slow`, read for `slow_read_for` s, stop
-//!   reading for `slow_stall` s while the publisher sends large messages to that topic, then read
-//!   what is left and look for the close code (1013 expected);
+//! - slow clients (the steps of `slow.rs`): 4 KiB receive buffer, join `<prefix>:slow`, read for
+//!   `slow_read_for` s, stop reading for `slow_stall` s while the publisher sends large messages to
+//!   that topic, then read what is left and look for the close code (1013 expected);
 //! - the publisher: `PUBLISH to:<topic>:<event>` at `rate`/s round-robin over the topics, each
 //!   stamped; a publish counts as published only once Redis answered it (it reconnects after a
 //!   restart);
@@ -23,12 +23,14 @@
 //! its connection go. Other `ok` pushes are reported apart (`ok_unverifiable`, and how many of them
 //! were seen anyway). See loadtest/README.md, "Soak".
 
+use crate::conn::Ws;
 use crate::redis::{encode_command, parse_redis_url, parse_resp, Resp};
 use crate::run::parse_http_url;
 use crate::scenario::Scenario;
-use crate::stamp::{find_stamp, now_us, payload_template, write_stamp, STAMP_POS};
+use crate::slow::{self, Ending};
+use crate::stamp::{now_us, payload_template, write_stamp, STAMP_POS};
 use crate::stats::process_rss_bytes;
-use crate::token::{connect, TokenClient};
+use crate::token::TokenClient;
 use crate::ws;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -40,8 +42,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream as AsyncStream;
 
 /// The `[soak]` table of a `kind = "soak"` scenario. The scenario's own fields are used too:
 /// `clients` (churning clients), `topics`, `rate` (fan-out publishes/s over the topics),
@@ -420,34 +420,6 @@ pub fn parse_push_id(payload: &[u8], run: &str) -> Option<u64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-/// The code of a close frame's payload (1005 when it has none).
-pub fn close_code(payload: &[u8]) -> u16 {
-    if payload.len() >= 2 {
-        u16::from_be_bytes([payload[0], payload[1]])
-    } else {
-        1005
-    }
-}
-
-/// A reply to one of our refs: `(ref, ok, reason)`.
-pub fn parse_reply(frame: &[u8]) -> Option<(String, bool, Option<String>)> {
-    memchr::memmem::find(frame, b"phx_reply")?;
-    let v: serde_json::Value = serde_json::from_slice(frame).ok()?;
-    let a = v.as_array()?;
-    if a.get(3)?.as_str()? != "phx_reply" {
-        return None;
-    }
-    let r = a.get(1)?.as_str()?.to_string();
-    let p = a.get(4)?;
-    let ok = p.get("status")?.as_str()? == "ok";
-    let reason = p
-        .get("response")
-        .and_then(|r| r.get("reason"))
-        .and_then(|r| r.as_str())
-        .map(str::to_string);
-    Some((r, ok, reason))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shared run state
 
@@ -549,114 +521,6 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// WebSocket connections (the lean client of ws.rs, plus push replies and close codes)
-
-/// What a batch of input frames contained that the caller must act on.
-#[derive(Default)]
-struct Input {
-    replies: Vec<(String, bool, Option<String>)>,
-    close: Option<u16>,
-}
-
-struct Ws {
-    stream: AsyncStream,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-    mask: u32,
-}
-
-impl Ws {
-    async fn open(sh: &Shared, seed: u64, small_rcvbuf: bool) -> Result<Ws> {
-        let mut stream = if small_rcvbuf {
-            let s = tokio::net::TcpSocket::new_v4()?;
-            s.set_recv_buffer_size(4096)?;
-            let st = s.connect(sh.addr).await?;
-            st.set_nodelay(true)?;
-            st
-        } else {
-            connect(sh.addr, None).await?
-        };
-        let req = ws::upgrade_request(&sh.host, &sh.sc.ws_path, seed ^ now_us());
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(4096);
-        let head = loop {
-            if stream.read_buf(&mut buf).await? == 0 {
-                bail!("connection closed during the upgrade");
-            }
-            if let Some(n) = ws::parse_upgrade_response(&buf)? {
-                break n;
-            }
-        };
-        buf.drain(..head);
-        Ok(Ws {
-            stream,
-            buf,
-            out: Vec::new(),
-            mask: seed as u32 | 1,
-        })
-    }
-
-    async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
-        self.mask = self
-            .mask
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        ws::encode_client_frame(&mut self.out, opcode, payload, self.mask.to_le_bytes());
-        self.stream.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(())
-    }
-
-    /// Reads once; `Ok(false)` on EOF.
-    async fn read(&mut self) -> Result<bool> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(16 * 1024);
-        }
-        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
-    }
-
-    /// Consumes the complete frames in the buffer: stamps go to `stamps`, replies and the close
-    /// code to the result; pings are answered.
-    async fn process(&mut self, stamps: Option<&mut Vec<u64>>, sh: &Shared) -> Result<Input> {
-        let mut input = Input::default();
-        let mut pos = 0;
-        let mut pongs = Vec::new();
-        let mut stamps = stamps;
-        while let Some(h) = ws::parse_header(&self.buf[pos..])? {
-            let total = h.total_len() as usize;
-            if self.buf.len() - pos < total {
-                break;
-            }
-            let payload = &self.buf[pos + h.header_len..pos + total];
-            pos += total;
-            match h.opcode {
-                ws::OP_TEXT | ws::OP_BINARY => {
-                    if let Some(r) = parse_reply(payload) {
-                        input.replies.push(r);
-                    } else if let Some(t) = find_stamp(payload) {
-                        sh.c.deliveries.fetch_add(1, Relaxed);
-                        if let Some(s) = stamps.as_deref_mut() {
-                            s.push(t);
-                        }
-                    }
-                }
-                ws::OP_PING => pongs.push(payload.to_vec()),
-                ws::OP_CLOSE => {
-                    input.close = Some(close_code(payload));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        self.buf.drain(..pos);
-        for p in pongs {
-            self.send(ws::OP_PONG, &p).await?;
-        }
-        Ok(input)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Churn clients
 
 enum SessionEnd {
@@ -671,7 +535,7 @@ async fn churn_client(sh: Arc<Shared>, idx: usize, tokens: Rc<TokenClient>) {
     // Spread the first connects over a second.
     tokio::time::sleep(Duration::from_millis(rng.next() % 1000)).await;
     while !sh.stop.load(Relaxed) {
-        let mut conn = match Ws::open(&sh, idx as u64, false).await {
+        let mut conn = match Ws::open(sh.addr, &sh.host, &sh.sc.ws_path, idx as u64, false).await {
             Ok(c) => c,
             Err(e) => {
                 sh.c.connect_failed.fetch_add(1, Relaxed);
@@ -709,7 +573,7 @@ async fn churn_client(sh: Arc<Shared>, idx: usize, tokens: Rc<TokenClient>) {
         }
         if !dropped {
             let _ = conn.send(ws::OP_CLOSE, &1000u16.to_be_bytes()).await;
-            let _ = conn.stream.shutdown().await;
+            conn.shutdown().await;
         } else {
             tokio::time::sleep(Duration::from_millis(200 + rng.next() % 300)).await;
         }
@@ -749,7 +613,8 @@ async fn session(
                 }
             }
         }
-        let input = conn.process(None, sh).await?;
+        let input = conn.process(None).await?;
+        sh.c.deliveries.fetch_add(input.deliveries, Relaxed);
         for (r, ok, reason) in input.replies {
             if r == jr {
                 if ok {
@@ -820,7 +685,8 @@ async fn joined_phase(
                 if !r? {
                     bail!("server closed the connection");
                 }
-                let input = conn.process(Some(&mut log.stamps), sh).await?;
+                let input = conn.process(Some(&mut log.stamps)).await?;
+                sh.c.deliveries.fetch_add(input.deliveries, Relaxed);
                 let now = now_us();
                 for (r, ok, reason) in input.replies {
                     if let Some(id) = r.strip_prefix('p').and_then(|s| s.parse::<u64>().ok()) {
@@ -918,65 +784,41 @@ async fn sleep_unless_stopped(sh: &Shared, d: Duration) -> bool {
 
 async fn slow_cycle(sh: &Shared, idx: usize, topic: &str, tokens: &TokenClient) -> Result<()> {
     let token = tokens.fetch(topic, &format!("slow{idx}")).await?;
-    let mut conn = Ws::open(sh, 1_000_000 + idx as u64, true).await?;
-    let join =
-        serde_json::to_string(&serde_json::json!(["1", "1", topic, "phx_join", {"token": token}]))?;
-    conn.send(ws::OP_TEXT, join.as_bytes()).await?;
-    let read_until = tokio::time::Instant::now()
-        + Duration::from_secs_f64(sh.sc.join_timeout + sh.p.slow_read_for);
-    let mut joined_at = None;
-    loop {
-        let limit = match joined_at {
-            Some(t) => t + Duration::from_secs_f64(sh.p.slow_read_for),
-            None => read_until,
-        };
-        match tokio::time::timeout_at(limit, conn.read()).await {
-            Err(_) if joined_at.is_some() => break,
-            Err(_) => bail!("join of {topic} not answered"),
-            Ok(r) => {
-                if !r? {
-                    bail!("closed before it stalled");
-                }
-            }
-        }
-        let input = conn.process(None, sh).await?;
-        if input.replies.iter().any(|(r, ok, _)| r == "1" && *ok) {
-            joined_at = Some(tokio::time::Instant::now());
-        }
-        if let Some(code) = input.close {
-            bail!("close {code} before it stalled");
-        }
-    }
+    let (seed, join_timeout) = (
+        1_000_000 + idx as u64,
+        Duration::from_secs_f64(sh.sc.join_timeout),
+    );
+    let mut conn = slow::join(
+        sh.addr,
+        &sh.host,
+        &sh.sc.ws_path,
+        topic,
+        &token,
+        seed,
+        join_timeout,
+    )
+    .await?;
+    let read_until = tokio::time::Instant::now() + Duration::from_secs_f64(sh.p.slow_read_for);
+    slow::read_while(&mut conn, || tokio::time::Instant::now() < read_until).await?;
     // Stop reading.
     sh.c.slow_cycles.fetch_add(1, Relaxed);
     if !sleep_unless_stopped(sh, Duration::from_secs_f64(sh.p.slow_stall)).await {
         return Ok(());
     }
     // Read what is left and look for the close frame.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, conn.read()).await {
-            Err(_) => {
-                sh.c.slow_not_closed.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            Ok(Err(_)) | Ok(Ok(false)) => {
-                sh.c.slow_eof.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            Ok(Ok(true)) => {}
+    match slow::ending(&mut conn, Duration::from_secs(10)).await? {
+        Ending::Closed(1013) => {
+            sh.c.slow_1013.fetch_add(1, Relaxed);
         }
-        let input = conn.process(None, sh).await?;
-        if let Some(code) = input.close {
-            if code == 1013 {
-                sh.c.slow_1013.fetch_add(1, Relaxed);
-            } else {
-                Shared::bump(&sh.slow_other, code.to_string());
-            }
-            let _ = conn.send(ws::OP_CLOSE, &code.to_be_bytes()).await;
-            return Ok(());
+        Ending::Closed(code) => Shared::bump(&sh.slow_other, code.to_string()),
+        Ending::Eof => {
+            sh.c.slow_eof.fetch_add(1, Relaxed);
+        }
+        Ending::NotClosed => {
+            sh.c.slow_not_closed.fetch_add(1, Relaxed);
         }
     }
+    Ok(())
 }
 
 fn clients_thread(sh: Arc<Shared>) -> Result<()> {
@@ -1307,32 +1149,6 @@ fn restarter(sh: Arc<Shared>) {
     }
 }
 
-/// Sum of `channel_slow_consumer_closes_total` over shards from the server's `GET /metrics`
-/// (None when the server has no such metric, e.g. Tangram).
-fn server_slow_closes(addr: SocketAddr, host: &str) -> Option<u64> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut body = Vec::new();
-    let _ = s.read_to_end(&mut body);
-    parse_slow_closes(&String::from_utf8_lossy(&body))
-}
-
-/// Sums the `channel_slow_consumer_closes_total` samples of a Prometheus text.
-pub fn parse_slow_closes(text: &str) -> Option<u64> {
-    let mut found = false;
-    let mut sum = 0u64;
-    for line in text.lines() {
-        if line.starts_with("channel_slow_consumer_closes_total") {
-            let v = line.split_whitespace().last()?.parse::<f64>().ok()?;
-            sum += v as u64;
-            found = true;
-        }
-    }
-    found.then_some(sum)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The run
 
@@ -1366,7 +1182,7 @@ pub fn run(args: SoakArgs) -> Result<serde_json::Value> {
     let redis = parse_redis_url(&args.redis)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let slow_closes_before = server_slow_closes(addr, &host);
+    let slow_closes_before = slow::server_closes(addr, &host);
     let t0 = now_us();
     let sh = Arc::new(Shared {
         addr,
@@ -1585,8 +1401,8 @@ pub fn run(args: SoakArgs) -> Result<serde_json::Value> {
             "eof_without_close": c.slow_eof.load(Relaxed),
             "not_closed": c.slow_not_closed.load(Relaxed),
             "server_slow_consumer_closes": slow_closes_before
-                .zip(server_slow_closes(sh.addr, &sh.host))
-                .map(|(a, b)| b.saturating_sub(a)),
+                .zip(slow::server_closes(sh.addr, &sh.host))
+                .map(|(a, b)| slow::closes_since(&a, &b).values().sum::<u64>()),
         },
         "redis": {
             "restarts": restarts,
@@ -1712,7 +1528,7 @@ mod tests {
     }
 
     #[test]
-    fn push_ids_replies_and_close_codes_are_parsed() {
+    fn push_ids_are_parsed() {
         assert_eq!(
             parse_push_id(br#"{"soak":"ab12-42","pad":"x"}"#, "ab12"),
             Some(42)
@@ -1722,20 +1538,6 @@ mod tests {
             None
         );
         assert_eq!(parse_push_id(br#"{"t":1}"#, "ab12"), None);
-        assert_eq!(
-            parse_reply(br#"["3","p17","lt:0","phx_reply",{"status":"error","response":{"reason":"backend unavailable"}}]"#),
-            Some(("p17".into(), false, Some("backend unavailable".into())))
-        );
-        assert_eq!(
-            parse_reply(br#"["3","3","lt:0","phx_reply",{"status":"ok","response":{}}]"#),
-            Some(("3".into(), true, None))
-        );
-        assert_eq!(parse_reply(br#"[null,null,"lt:0","msg",{"t":1}]"#), None);
-        assert_eq!(close_code(&[0x03, 0xF5, b's']), 1013);
-        assert_eq!(close_code(&[]), 1005);
-        let m = "# HELP x\nchannel_slow_consumer_closes_total{shard=\"0\"} 2\nchannel_slow_consumer_closes_total{shard=\"1\"} 1\nother 5\n";
-        assert_eq!(parse_slow_closes(m), Some(3));
-        assert_eq!(parse_slow_closes("other 5\n"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The client side of RFC 6455, reduced to what a load generator needs.
 //!
-//! Owns: the upgrade request, the check of the `101` answer, the parsing of server frame headers in
-//! place (no copy, no allocation, no UTF-8 validation) and the encoding of masked client frames.
+//! Owns: the upgrade request, the check of the `101` answer and the lookup of its headers, the
+//! parsing of server frame headers in place (no copy, no allocation, no UTF-8 validation) and the
+//! encoding of masked client frames.
 //! It never reads a socket itself: callers hand it bytes, so it can be tested without a network.
 
 use std::fmt;
@@ -158,6 +159,16 @@ pub fn parse_upgrade_response(buf: &[u8]) -> Result<Option<usize>, WsError> {
     Ok(Some(end + 4))
 }
 
+/// The value of header `name` (case-insensitive) in a response head such as the one
+/// [`parse_upgrade_response`] accepted; `None` when absent.
+pub fn header_value<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +270,15 @@ mod tests {
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.contains("Sec-WebSocket-Key: "));
         assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrade_answer_headers_are_found_by_name() {
+        let resp =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-Channel-Shard: 1\r\n\r\n";
+        let head = parse_upgrade_response(resp).unwrap().unwrap();
+        assert_eq!(header_value(&resp[..head], "x-channel-shard"), Some("1"));
+        assert_eq!(header_value(&resp[..head], "upgrade"), Some("websocket"));
+        assert_eq!(header_value(&resp[..head], "x-other"), None);
     }
 }
