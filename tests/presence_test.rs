@@ -355,3 +355,113 @@ fn a_leave_while_redis_is_unreachable_is_applied_when_it_is_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A client's view as phoenix.js keeps it: key → the phx_refs of its metas.
+#[derive(Default)]
+struct View(std::collections::BTreeMap<String, std::collections::BTreeSet<String>>);
+
+impl View {
+    fn refs(metas: &Value) -> impl Iterator<Item = String> + '_ {
+        metas["metas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["phx_ref"].as_str().unwrap_or_default().to_owned())
+    }
+
+    fn from_state(state: &Value) -> View {
+        let mut view = View::default();
+        for (key, metas) in state.as_object().into_iter().flatten() {
+            view.0
+                .entry(key.clone())
+                .or_default()
+                .extend(View::refs(metas));
+        }
+        view
+    }
+
+    fn apply(&mut self, diff: &Value) {
+        for (key, metas) in diff["joins"].as_object().into_iter().flatten() {
+            self.0
+                .entry(key.clone())
+                .or_default()
+                .extend(View::refs(metas));
+        }
+        for (key, metas) in diff["leaves"].as_object().into_iter().flatten() {
+            if let Some(refs) = self.0.get_mut(key) {
+                for r in View::refs(metas) {
+                    refs.remove(&r);
+                }
+                if refs.is_empty() {
+                    self.0.remove(key);
+                }
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+/// Many joins at once on two processes (three shards), some of them leaving again: every
+/// joiner's state has itself, and every member ends with the same, exact membership from its
+/// state plus the diffs it was sent (nothing missed, nothing twice, no ghost).
+#[test]
+fn concurrent_joins_and_leaves_on_two_processes_converge_for_every_member() {
+    let redis = RedisServer::start();
+    let servers = [server(&redis, 1), server(&redis, 2)];
+    const CLIENTS: usize = 30;
+    const LEAVERS: usize = 8;
+    let stayers: Vec<String> = (LEAVERS..CLIENTS).map(|i| format!("u{i:02}")).collect();
+    let barrier = std::sync::Barrier::new(CLIENTS);
+    let leavers_done = std::sync::Barrier::new(CLIENTS);
+    let converged = std::sync::Barrier::new(CLIENTS);
+    std::thread::scope(|scope| {
+        for i in 0..CLIENTS {
+            let (servers, barrier, leavers_done, converged, stayers) =
+                (&servers, &barrier, &leavers_done, &converged, &stayers);
+            scope.spawn(move || {
+                let id = format!("u{i:02}");
+                let mut socket = TestSocket::connect(&servers[i % 2].ws_url("2.0.0"));
+                barrier.wait();
+                // Every thread reaches every barrier, failed or not (no deadlock).
+                let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    join_on(&mut socket, &id, "1")
+                }));
+                let mut socket = (i >= LEAVERS).then_some(socket); // leavers disconnect
+                leavers_done.wait();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let state = joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let mut view = View::from_state(&state);
+                    assert!(
+                        view.0.contains_key(&id),
+                        "{id}'s state lacks itself: {state}"
+                    );
+                    let Some(socket) = socket.as_mut() else {
+                        return;
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    while view.keys() != *stayers {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let Some(frame) = socket.try_recv_frame(left) else {
+                            panic!("{id} never converged: has {:?}", view.keys());
+                        };
+                        let frame = frame.json();
+                        assert_eq!(frame[3], json!("presence_diff"), "{id}: {frame}");
+                        view.apply(&frame[4]);
+                    }
+                    for (key, refs) in &view.0 {
+                        assert_eq!(refs.len(), 1, "{id} sees {key} with metas {refs:?}");
+                    }
+                }));
+                // A member that is done must not leave (its socket) before the others are.
+                converged.wait();
+                drop(socket);
+                if let Err(panic) = result {
+                    std::panic::resume_unwind(panic);
+                }
+            });
+        }
+    });
+}

@@ -13,6 +13,7 @@
 //! This module owns the names, the Lua scripts and the JSON shapes; the Redis core runs the
 //! scripts and the shards deliver the results.
 
+pub mod replica;
 pub mod scripts;
 pub mod shapes;
 

@@ -5,10 +5,13 @@
 //! the same script as its join) is consistent with the diffs that follow it.
 
 /// Join: add the entry and, if it is new, bump the version and publish the diff; remember the
-/// topic for the node; return `{version, HVALS}`. Re-registering an entry that is already there
-/// (after a reconnect) changes nothing and publishes nothing.
+/// topic for the node; return `{version}`, or `{version, HVALS}` when ARGV[6] is `1` (the
+/// process has no copy of the topic's members yet, see [`crate::presence::replica`]).
+/// Re-registering an entry that is already there (after a reconnect) changes nothing and
+/// publishes nothing.
 ///
-/// KEYS: members, version, node topics. ARGV: field, entry, topic, diff channel, diff JSON.
+/// KEYS: members, version, node topics. ARGV: field, entry, topic, diff channel, diff JSON,
+/// want members (`1` or `0`).
 pub const JOIN: &str = r#"
 local v
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
@@ -18,7 +21,18 @@ else
   v = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 redis.call('SADD', KEYS[3], ARGV[3])
-return {v, redis.call('HVALS', KEYS[1])}
+if ARGV[6] == '1' then
+  return {v, redis.call('HVALS', KEYS[1])}
+end
+return {v}
+"#;
+
+/// Snapshot: a topic's members and the version they are at, read atomically, to seed this
+/// process's copy.
+///
+/// KEYS: members, version.
+pub const SNAPSHOT: &str = r#"
+return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('HVALS', KEYS[1])}
 "#;
 
 /// Leave: remove the entry and, if it was there, bump the version and publish the diff.

@@ -3,7 +3,9 @@
 //! Two threads, outside the shards' executors so that Redis latency never stalls a shard:
 //! the [`reader::RedisReader`] (`PSUBSCRIBE to:*`, decode once, hand to interested shards) and
 //! the [`publisher::RedisPublisher`] (pipelined upstream `PUBLISH`). Both reconnect with
-//! backoff and publish their state in [`status::RedisStatus`].
+//! backoff and publish their state in [`status::RedisStatus`]. They share the process's
+//! presence copy ([`crate::presence::replica`]): the publisher seeds it, the reader keeps it
+//! current from the diffs, and whichever brings a join's version serves its state.
 
 pub mod admin_queries;
 pub mod backoff;
@@ -19,6 +21,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::presence::replica::PresenceReplica;
 use crate::shard::inbox::ShardInbox;
 use interest::InterestChange;
 use publisher::{RedisPublisher, UpstreamCommand};
@@ -74,6 +77,7 @@ pub fn start(
     let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();
+    let replica = Arc::new(std::sync::Mutex::new(PresenceReplica::default()));
 
     let reader = RedisReader {
         client: client.clone(),
@@ -82,6 +86,7 @@ pub fn start(
         inboxes: inboxes.clone(),
         interest_changes: interest_rx,
         publisher_wake: publish_tx.clone(),
+        replica: Arc::clone(&replica),
     };
     std::thread::Builder::new()
         .name("redis-reader".into())
@@ -98,6 +103,7 @@ pub fn start(
         node,
         presence_ttl,
         failed_leaves: Default::default(),
+        replica,
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
-use super::reader::notify_all;
+use super::reader::{notify_all, send_states};
 use super::status::RedisStatus;
+use crate::presence::replica::{PresenceReplica, Wanted};
 use crate::presence::{self, scripts, shapes, Presence};
 use crate::shard::inbox::{
     AdminTicket, PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage,
@@ -63,6 +64,12 @@ pub enum UpstreamCommand {
         /// Where the state goes.
         ticket: PresenceTicket,
     },
+    /// Read a topic's members to seed this process's copy (made by the publisher itself when
+    /// the copy asks for a snapshot; its waiting joins are served from it).
+    PresenceSnapshot {
+        /// The topic.
+        topic: String,
+    },
     /// A presence left `topic` (leave, rejoin or disconnect).
     PresenceLeave {
         /// The topic left.
@@ -97,6 +104,8 @@ pub struct RedisPublisher {
     /// Presence leaves Redis did not take (it was away): replayed on the next connection, or
     /// the members would stay listed while this process lives.
     pub(super) failed_leaves: RefCell<VecDeque<UpstreamCommand>>,
+    /// This process's copy of the presence of its topics (shared with the reader).
+    pub(super) replica: Arc<Mutex<PresenceReplica>>,
 }
 
 /// The most failed leaves kept for replay; beyond, the oldest are dropped (their members then
@@ -108,6 +117,7 @@ struct LoadedScripts {
     join: String,
     leave: String,
     reap: String,
+    snapshot: String,
 }
 
 impl RedisPublisher {
@@ -187,6 +197,7 @@ impl RedisPublisher {
             join: load(scripts::JOIN)?,
             leave: load(scripts::LEAVE)?,
             reap: load(scripts::REAP_DEAD_NODES)?,
+            snapshot: load(scripts::SNAPSHOT)?,
         };
         Ok((conn, loaded))
     }
@@ -208,6 +219,15 @@ impl RedisPublisher {
             if self.status.take_publisher_probe() {
                 // The subscriber saw Redis go or come back: is our connection still good?
                 redis::cmd("PING").query::<()>(conn)?;
+            }
+            let snapshots = lock(&self.replica).take_snapshot_requests();
+            if !snapshots.is_empty() {
+                batch.extend(
+                    snapshots
+                        .into_iter()
+                        .map(|topic| UpstreamCommand::PresenceSnapshot { topic }),
+                );
+                self.run_pipeline(conn, scripts, batch)?;
             }
             if self.stop.load(Ordering::Acquire) && self.queue.is_empty() {
                 return Ok(());
@@ -278,24 +298,36 @@ impl RedisPublisher {
         batch: &mut Vec<UpstreamCommand>,
     ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        for command in batch.iter() {
-            self.add_to_pipeline(&mut pipe, command, scripts);
+        // Which joins ask Redis for the members: those of topics the replica has no copy of.
+        let mut seeds = Vec::with_capacity(batch.len());
+        {
+            let mut replica = lock(&self.replica);
+            let now = Instant::now();
+            for command in batch.iter() {
+                let seed = match command {
+                    UpstreamCommand::PresenceJoin { topic, .. } => replica.prepare_join(topic, now),
+                    UpstreamCommand::PresenceSnapshot { .. } => true,
+                    _ => false,
+                };
+                seeds.push(seed);
+                self.add_to_pipeline(&mut pipe, command, scripts, seed);
+            }
         }
         match read_replies_within_deadline(conn, &pipe, batch.len()) {
             Ok(replies) => {
-                for (command, reply) in batch.drain(..).zip(replies) {
+                for ((command, reply), seed) in batch.drain(..).zip(replies).zip(seeds) {
                     // A command Redis refused (OOM, NOSCRIPT, …) is not a success.
                     let reply = match reply {
                         redis::Value::ServerError(_) => None,
                         other => Some(other),
                     };
-                    self.answer(command, reply);
+                    self.answer(command, reply, seed);
                 }
                 Ok(())
             }
             Err(err) => {
-                for command in batch.drain(..) {
-                    self.answer(command, None);
+                for (command, seed) in batch.drain(..).zip(seeds) {
+                    self.answer(command, None, seed);
                 }
                 Err(err)
             }
@@ -307,6 +339,7 @@ impl RedisPublisher {
         pipe: &mut redis::Pipeline,
         command: &UpstreamCommand,
         s: &LoadedScripts,
+        want_members: bool,
     ) {
         match command {
             UpstreamCommand::Publish(request) => {
@@ -327,7 +360,15 @@ impl RedisPublisher {
                     .arg(shapes::stored_entry(presence))
                     .arg(topic)
                     .arg(presence::diff_channel(topic))
-                    .arg(shapes::join_diff(presence));
+                    .arg(shapes::join_diff(presence))
+                    .arg(if want_members { "1" } else { "0" });
+            }
+            UpstreamCommand::PresenceSnapshot { topic } => {
+                pipe.cmd("EVALSHA")
+                    .arg(&s.snapshot)
+                    .arg(2)
+                    .arg(presence::members_key(topic))
+                    .arg(presence::version_key(topic));
             }
             UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {}
             UpstreamCommand::PresenceLeave { topic, presence } => {
@@ -387,11 +428,13 @@ impl RedisPublisher {
     }
 
     fn fail(&self, command: UpstreamCommand) {
-        self.answer(command, None);
+        let seed = matches!(command, UpstreamCommand::PresenceSnapshot { .. });
+        self.answer(command, None, seed);
     }
 
-    /// Tells the originating shard the outcome; `reply` is `None` when Redis failed.
-    fn answer(&self, command: UpstreamCommand, reply: Option<redis::Value>) {
+    /// Tells the originating shard the outcome; `reply` is `None` when Redis failed. `seed`:
+    /// the command was asked for the topic's members, to seed the replica.
+    fn answer(&self, command: UpstreamCommand, reply: Option<redis::Value>, seed: bool) {
         match command {
             UpstreamCommand::Publish(request) => {
                 let Some((shard, ack)) = request.origin else {
@@ -403,10 +446,11 @@ impl RedisPublisher {
                 };
                 self.send(shard, ShardMessage::PushResult { ack, outcome });
             }
-            UpstreamCommand::PresenceJoin { ticket, .. } => {
-                let state = reply.and_then(parse_join_reply);
-                let shard = ticket.shard;
-                self.send(shard, ShardMessage::PresenceState { ticket, state });
+            UpstreamCommand::PresenceJoin { topic, ticket, .. } => {
+                self.answer_join(&topic, ticket, reply.and_then(parse_presence_reply), seed);
+            }
+            UpstreamCommand::PresenceSnapshot { topic } => {
+                self.answer_join_state(&topic, None, reply.and_then(parse_presence_reply));
             }
             leave @ UpstreamCommand::PresenceLeave { .. } => {
                 if reply.is_none() {
@@ -424,6 +468,72 @@ impl RedisPublisher {
                 self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
             }
         }
+    }
+
+    /// A join's outcome: `reply` is its version and, if it asked, the members to seed the copy
+    /// with. The joiner's state comes from the copy, now or once it reaches that version.
+    fn answer_join(
+        &self,
+        topic: &str,
+        ticket: PresenceTicket,
+        reply: Option<(u64, Option<Vec<Vec<u8>>>)>,
+        seed: bool,
+    ) {
+        match reply {
+            Some(reply) => self.answer_join_state(topic, Some(ticket), Some(reply)),
+            None => {
+                // No version, so no state for this joiner; a seed it carried is lost too.
+                if seed {
+                    self.answer_join_state(topic, None, None);
+                }
+                let shard = ticket.shard;
+                self.send(
+                    shard,
+                    ShardMessage::PresenceState {
+                        ticket,
+                        state: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Seeds the copy of `topic` (members in `reply`), registers `joiner` at its version, and
+    /// sends every state that is ready. `reply` `None`: the seed failed, its waiters get none.
+    fn answer_join_state(
+        &self,
+        topic: &str,
+        joiner: Option<PresenceTicket>,
+        reply: Option<(u64, Option<Vec<Vec<u8>>>)>,
+    ) {
+        let now = Instant::now();
+        let mut replica = lock(&self.replica);
+        let Some((version, members)) = reply else {
+            let waiters = replica.seed_failed(topic);
+            drop(replica);
+            for ticket in waiters {
+                let shard = ticket.shard;
+                self.send(
+                    shard,
+                    ShardMessage::PresenceState {
+                        ticket,
+                        state: None,
+                    },
+                );
+            }
+            return;
+        };
+        let mut served = match members {
+            Some(members) => replica.seed(topic, version, members.iter().map(Vec::as_slice), now),
+            None => Vec::new(),
+        };
+        if let Some(ticket) = joiner {
+            if let Wanted::Ready(state) = replica.want(topic, version, ticket.clone(), now) {
+                served.push((ticket, state));
+            }
+        }
+        drop(replica);
+        send_states(&self.inboxes, served);
     }
 
     /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
@@ -468,27 +578,40 @@ impl RedisPublisher {
     }
 }
 
-/// `{version, [entry, …]}` → `(version, presence_state JSON)`.
-fn parse_join_reply(reply: redis::Value) -> Option<(u64, String)> {
+/// `{version}` or `{version, [entry, …]}` → the version and the entries, if any.
+fn parse_presence_reply(reply: redis::Value) -> Option<(u64, Option<Vec<Vec<u8>>>)> {
     let redis::Value::Array(mut parts) = reply else {
         return None;
     };
-    if parts.len() != 2 {
-        return None;
-    }
-    let entries = parts.pop()?;
+    let entries = match parts.len() {
+        1 => None,
+        2 => match parts.pop()? {
+            redis::Value::Array(entries) => Some(
+                entries
+                    .into_iter()
+                    .filter_map(|value| match value {
+                        redis::Value::BulkString(bytes) => Some(bytes),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
     let version = match parts.pop()? {
         redis::Value::Int(v) => u64::try_from(v).ok()?,
         _ => return None,
     };
-    let redis::Value::Array(entries) = entries else {
-        return None;
-    };
-    let raw = entries.iter().filter_map(|value| match value {
-        redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
-        _ => None,
-    });
-    Some((version, shapes::state_from_entries(raw)))
+    Some((version, entries))
+}
+
+/// The replica's lock; a panic while holding it leaves it usable (every operation on it
+/// leaves it consistent).
+pub(super) fn lock(replica: &Mutex<PresenceReplica>) -> std::sync::MutexGuard<'_, PresenceReplica> {
+    replica
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sends `pipe` and reads its `count` replies, all within [`IO_DEADLINE`] from now.

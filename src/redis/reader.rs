@@ -9,7 +9,7 @@
 //! counts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -19,9 +19,10 @@ use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
 use super::interest::{shards_in, InterestChange, InterestTable};
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
-use super::publisher::UpstreamCommand;
+use super::publisher::{lock, UpstreamCommand};
 use super::status::RedisStatus;
 use crate::presence;
+use crate::presence::replica::{PresenceReplica, Served};
 use crate::protocol::Broadcast;
 use crate::shard::inbox::{ShardInbox, ShardMessage};
 
@@ -52,8 +53,10 @@ pub struct RedisReader {
     pub(super) stats: Arc<ReaderStats>,
     pub(super) inboxes: Vec<Arc<ShardInbox>>,
     pub(super) interest_changes: Receiver<InterestChange>,
-    /// Wakes the publisher when it should probe its own connection.
+    /// Wakes the publisher when it should probe its own connection or fetch a snapshot.
     pub(super) publisher_wake: crossbeam_channel::Sender<UpstreamCommand>,
+    /// This process's copy of the presence of its topics: follows the diffs.
+    pub(super) replica: Arc<Mutex<PresenceReplica>>,
 }
 
 impl RedisReader {
@@ -123,13 +126,22 @@ impl RedisReader {
         self.status.ask_publisher_to_probe();
         let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
         notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+        // Diffs published while we were not subscribed are lost: the copies cannot be trusted.
+        lock(&self.replica).clear(Instant::now());
+        self.wake_publisher_for_snapshots();
         if reconnected {
-            // Diffs published while we were away are lost: fresh states for everyone.
+            // Fresh states for everyone.
             notify_all(&self.inboxes, || ShardMessage::PresenceResync);
         }
         info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
         let mut last_heard = Instant::now();
+        let mut last_care = Instant::now();
         loop {
+            if last_care.elapsed() >= READ_TICK {
+                last_care = Instant::now();
+                lock(&self.replica).expire(last_care);
+                self.wake_publisher_for_snapshots();
+            }
             match pubsub.get_message() {
                 Ok(msg) => {
                     last_heard = Instant::now();
@@ -245,9 +257,29 @@ impl RedisReader {
         };
         self.dispatch_admin_events(topic, diff, interest);
         let mask = interest.shards_for(topic);
-        if mask == 0 {
-            return;
+        if mask != 0 {
+            self.broadcast_presence_diff(topic, version, diff, mask);
         }
+        // After the diff: a joiner's state then never predates a diff it was sent.
+        let (served, wants_snapshots) = {
+            let mut replica = lock(&self.replica);
+            let served = replica.apply_diff(topic, version, diff, Instant::now());
+            (served, replica.wants_snapshots())
+        };
+        send_states(&self.inboxes, served);
+        if wants_snapshots {
+            let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
+        }
+    }
+
+    /// Wakes the publisher if the replica asks for snapshots.
+    fn wake_publisher_for_snapshots(&self) {
+        if lock(&self.replica).wants_snapshots() {
+            let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
+        }
+    }
+
+    fn broadcast_presence_diff(&self, topic: &str, version: u64, diff: &[u8], mask: u64) {
         let broadcast = Arc::new(Broadcast::new(topic, "presence_diff", diff));
         for shard in shards_in(mask) {
             if let Some(inbox) = self.inboxes.get(shard) {
@@ -269,6 +301,18 @@ fn probe(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
     let answer = pubsub.ping::<redis::Value>();
     pubsub.set_read_timeout(Some(READ_TICK))?;
     answer.map(|_| ())
+}
+
+/// Sends each joiner its presence state.
+pub(super) fn send_states(inboxes: &[Arc<ShardInbox>], served: Served) {
+    for (ticket, state) in served {
+        if let Some(inbox) = inboxes.get(ticket.shard) {
+            inbox.send(ShardMessage::PresenceState {
+                ticket,
+                state: Some(state),
+            });
+        }
+    }
 }
 
 /// Sends a message made by `make` to every shard.

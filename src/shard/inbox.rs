@@ -48,7 +48,7 @@ pub enum ShardMessage {
         /// Which join asked.
         ticket: PresenceTicket,
         /// The version and the `presence_state` JSON.
-        state: Option<(u64, String)>,
+        state: Option<crate::presence::replica::State>,
     },
     /// The answer to an admin query.
     AdminAnswer {

@@ -72,7 +72,11 @@ pub fn request_leave(ctx: &ShardContext, topic: &str, presence: Presence) {
 }
 
 /// Sends the joiner its state (or gives up on it), then whatever diffs were held.
-pub fn deliver_state(ctx: &ShardContext, ticket: PresenceTicket, state: Option<(u64, String)>) {
+pub fn deliver_state(
+    ctx: &ShardContext,
+    ticket: PresenceTicket,
+    state: Option<crate::presence::replica::State>,
+) {
     let Some(conn) = ctx.conns.borrow().get(&ticket.conn).cloned() else {
         return;
     };
