@@ -23,6 +23,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::shapes::DiffRef;
 use crate::shard::inbox::PresenceTicket;
 
 /// A join waiting longer than this for the copy to reach its version gets a snapshot instead.
@@ -108,52 +109,9 @@ struct StoredEntry<'a> {
     meta: &'a RawValue,
 }
 
-/// `{"joins":{key:{"metas":[…]}},"leaves":{…}}`, metas kept raw.
-#[derive(Deserialize)]
-struct Diff<'a> {
-    #[serde(borrow, default)]
-    joins: ByKey<'a>,
-    #[serde(borrow, default)]
-    leaves: ByKey<'a>,
-}
-
-/// A diff side, `{key: {"metas": [...]}}`, as a list of `(key, metas)`.
-#[derive(Default)]
-struct ByKey<'a>(Vec<(String, Vec<&'a RawValue>)>);
-
-#[derive(Deserialize)]
-struct MetaList<'a> {
-    #[serde(borrow)]
-    metas: Vec<&'a RawValue>,
-}
-
 #[derive(Deserialize)]
 struct MetaRef {
     phx_ref: String,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for ByKey<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = ByKey<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object of {\"metas\": [...]} by key")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut out = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: MetaList<'de> = map.next_value()?;
-                    out.push((key, value.metas));
-                }
-                Ok(ByKey(out))
-            }
-        }
-        deserializer.deserialize_map(Visit(std::marker::PhantomData))
-    }
 }
 
 fn phx_ref_of(meta: &RawValue) -> Option<String> {
@@ -185,7 +143,7 @@ impl Members {
 
     /// Applies one diff (joins, then leaves, as phoenix.js does). False if it does not parse.
     fn apply(&mut self, diff: &[u8]) -> bool {
-        let Ok(diff) = serde_json::from_slice::<Diff<'_>>(diff) else {
+        let Ok(diff) = serde_json::from_slice::<DiffRef<'_>>(diff) else {
             return false;
         };
         for (key, metas) in &diff.joins.0 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::context::{ShardContext, Shared, COALESCE_BYTES};
 use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
@@ -189,7 +189,7 @@ pub async fn run(
     let conn_id = conn.id;
     let shard = ctx.id;
     ctx.conns.borrow_mut().insert(conn_id, Rc::clone(&conn));
-    info!(shard, conn = conn_id, ?vsn, "connection open");
+    debug!(shard, conn = conn_id, ?vsn, "connection open");
 
     let stream = SharedStream(Rc::new(RefCell::new(stream)));
     let writer = glommio::spawn_local(write_loop(
@@ -220,7 +220,7 @@ pub async fn run(
     let _ = writer.await;
     open.set(false);
     ShardStats::sub(&ctx.stats().connections, 1);
-    info!(shard, conn = conn_id, %reason, "connection closed");
+    debug!(shard, conn = conn_id, %reason, "connection closed");
 }
 
 async fn read_loop(

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::connection::Conn;
 use super::context::ShardContext;
 use super::inbox::PresenceTicket;
-use crate::presence::Presence;
+use crate::presence::{shapes, Presence};
 use crate::protocol::{push, Broadcast};
 use crate::redis::publisher::UpstreamCommand;
 
@@ -165,6 +165,7 @@ fn deliver(ctx: &ShardContext, topic: &str, diffs: Vec<(u64, Arc<Broadcast>)>) {
     };
     let oldest = diffs.iter().map(|(v, _)| *v).min().unwrap_or(newest);
     let merged = merge(topic, diffs.iter().map(|(_, b)| b.as_ref()));
+    let mut tails: std::collections::HashMap<u64, Broadcast> = Default::default();
     let topics = ctx.topics.borrow();
     let Some(subscribers) = topics.subscribers(topic) else {
         return;
@@ -188,14 +189,18 @@ fn deliver(ctx: &ShardContext, topic: &str, diffs: Vec<(u64, Arc<Broadcast>)>) {
             }
             PresenceSync::Synced(seen) if *seen >= newest => None,
             PresenceSync::Synced(seen) if *seen >= oldest => {
-                // The state already has some of these: send only the newer ones.
+                // The state already has some of these: send only the newer ones (the same
+                // tail for every channel synced at the same point: merged once).
                 let floor = *seen;
                 *seen = newest;
-                let newer = diffs
-                    .iter()
-                    .filter(|(v, _)| *v > floor)
-                    .map(|(_, b)| b.as_ref());
-                merge(topic, newer).frame_for(conn.vsn).cloned()
+                tails
+                    .entry(floor)
+                    .or_insert_with(|| {
+                        let newer = diffs.iter().filter(|(v, _)| *v > floor);
+                        merge(topic, newer.map(|(_, b)| b.as_ref()))
+                    })
+                    .frame_for(conn.vsn)
+                    .cloned()
             }
             PresenceSync::Synced(seen) => {
                 *seen = newest;
@@ -210,9 +215,8 @@ fn deliver(ctx: &ShardContext, topic: &str, diffs: Vec<(u64, Arc<Broadcast>)>) {
     }
 }
 
-/// One `presence_diff` with the joins and the leaves of `diffs`, in order. Applying it (joins,
-/// then leaves, as phoenix.js does) gives the same presences as applying them one by one,
-/// because a `phx_ref` joins at most once and leaves at most once, after its join.
+/// One `presence_diff` broadcast with the joins and the leaves of `diffs`, in order (see
+/// [`shapes::merge_diffs`]); a single diff goes out as it came.
 fn merge<'a>(topic: &str, diffs: impl IntoIterator<Item = &'a Broadcast>) -> Broadcast {
     let mut diffs = diffs.into_iter().peekable();
     let Some(first) = diffs.next() else {
@@ -221,34 +225,7 @@ fn merge<'a>(topic: &str, diffs: impl IntoIterator<Item = &'a Broadcast>) -> Bro
     if diffs.peek().is_none() {
         return Broadcast::new(topic, "presence_diff", first.payload());
     }
-    let mut joins = serde_json::Map::new();
-    let mut leaves = serde_json::Map::new();
-    for diff in std::iter::once(first).chain(diffs) {
-        let Ok(serde_json::Value::Object(mut diff)) =
-            serde_json::from_slice::<serde_json::Value>(diff.payload())
-        else {
-            continue;
-        };
-        for (side, into) in [("joins", &mut joins), ("leaves", &mut leaves)] {
-            let Some(serde_json::Value::Object(entries)) = diff.remove(side) else {
-                continue;
-            };
-            for (key, entry) in entries {
-                let metas = entry
-                    .get("metas")
-                    .and_then(|m| m.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                let slot = into
-                    .entry(key)
-                    .or_insert_with(|| serde_json::json!({ "metas": [] }));
-                if let Some(serde_json::Value::Array(all)) = slot.get_mut("metas") {
-                    all.extend(metas);
-                }
-            }
-        }
-    }
-    let payload = serde_json::json!({ "joins": joins, "leaves": leaves }).to_string();
+    let payload = shapes::merge_diffs(std::iter::once(first).chain(diffs).map(|d| d.payload()));
     Broadcast::new(topic, "presence_diff", payload.as_bytes())
 }
 
