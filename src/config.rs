@@ -139,6 +139,8 @@ pub struct Config {
     pub limits: Limits,
     /// Capacity, in messages, of each shard's inbox from the Redis core.
     pub shard_inbox_capacity: usize,
+    /// Capacity, in payload bytes of the broadcasts waiting, of each shard's inbox.
+    pub shard_inbox_bytes: usize,
     /// Capacity, in messages, of the queue from the shards to the Redis publisher.
     pub publisher_queue_capacity: usize,
     /// Period of the `system` channel's `datetime` event, in milliseconds; 0 disables it.
@@ -181,6 +183,7 @@ impl Default for Config {
             admin_key: None,
             limits: Limits::default(),
             shard_inbox_capacity: 65_536,
+            shard_inbox_bytes: 32 << 20,
             publisher_queue_capacity: 65_536,
             datetime_interval_ms: 1_000,
             admin_stats_interval_secs: 5,
@@ -482,6 +485,15 @@ pub static KEYS: &[Key] = &[
         secret: false,
         apply: |c, r| {
             c.shard_inbox_capacity = int_in(r, 16, 1 << 24)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "shard_inbox_bytes",
+        expected: "a number of bytes between 65536 and 17179869184",
+        secret: false,
+        apply: |c, r| {
+            c.shard_inbox_bytes = int_in(r, 1 << 16, 1 << 34)?;
             Some(())
         },
     },
@@ -832,6 +844,7 @@ impl Config {
                 "shard_inbox_capacity",
                 self.shard_inbox_capacity.to_string(),
             ),
+            ("shard_inbox_bytes", self.shard_inbox_bytes.to_string()),
             (
                 "publisher_queue_capacity",
                 self.publisher_queue_capacity.to_string(),

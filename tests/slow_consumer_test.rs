@@ -1,12 +1,11 @@
 //! Slow consumers (issue 5 item 2): a client that stops reading is closed with 1013 once its
-//! outbound queue passes `outbound_queue_bytes`; the other clients of its topic on the same
-//! shard keep their latency; and the server's memory stays bounded while slow clients are
-//! being filled.
+//! outbound queue passes `outbound_queue_bytes` while the other clients of its topic on the
+//! same shard keep receiving every message in order; and the server's memory stays bounded
+//! while slow clients are being filled.
 //!
-//! Latency is measured in the test: every message carries the wall-clock time at which it was
-//! published, and each fast client records `received - published` for every message. The
-//! same server and the same fast clients run twice, without and with the slow client (A/B),
-//! so that the machine's noise is the same on both sides.
+//! Whether those other clients also keep their latency is a timing question, answered with
+//! loadtest (docs/reliability.md, "Latency of the other clients"); the runs here still record
+//! each message's `received - published` time, without judging it.
 
 mod common;
 
@@ -37,8 +36,6 @@ const FLOOD_TOPIC: &str = "room:slow:flood";
 const PUBLISH_GAP: Duration = Duration::from_millis(1);
 /// Fast clients on the topic.
 const FAST_CLIENTS: usize = 3;
-/// A/B rounds of the latency comparison.
-const ROUNDS: usize = 5;
 
 fn unix_micros() -> u64 {
     SystemTime::now()
@@ -157,11 +154,6 @@ fn latency_run(s: &Setup, fast: Vec<TestSocket>, run: &str) -> (Vec<TestSocket>,
     }
     all.sort_unstable();
     (sockets, all)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 /// A client that upgrades and joins over a raw `TcpStream` with a 4 KiB receive buffer, then
@@ -336,29 +328,9 @@ fn client_that_stops_reading_is_closed_with_1013_while_its_shard_mates_keep_rece
     slow_consumer_rounds(1);
 }
 
-#[test]
-#[ignore = "timing: compares latencies, meaningful only on a quiet machine (cargo test -- --ignored)"]
-fn shard_mates_of_a_slow_consumer_keep_their_latency() {
-    let (without, with) = slow_consumer_rounds(ROUNDS);
-    // The median over the rounds of each round's p99: one preemption of the test by another
-    // process makes one round's p99, not the comparison.
-    let median_p99 = |runs: &[Vec<u64>]| {
-        let mut p99s: Vec<u64> = runs.iter().map(|r| percentile(r, 0.99)).collect();
-        p99s.sort_unstable();
-        (p99s[p99s.len() / 2], p99s)
-    };
-    let (p99_a, rounds_a) = median_p99(&without);
-    let (p99_b, rounds_b) = median_p99(&with);
-    println!(
-        "p99 latency µs per round, sorted: without the slow client {rounds_a:?}, with it {rounds_b:?}"
-    );
-    // 2x the rounds without the slow client; 1 ms of slack so that a sub-millisecond baseline
-    // does not turn scheduler jitter on a 2-core machine into a failure.
-    assert!(
-        p99_b <= 2 * p99_a + 1000,
-        "median p99 latency of the other clients went from {p99_a} µs to {p99_b} µs with a slow client"
-    );
-}
+// Whether the shard mates of a slow consumer keep their latency is a timing question: it is
+// answered with loadtest's fanout `slow_clients` A/B (docs/reliability.md, "Latency of the other
+// clients"), not with a timed test.
 
 #[test]
 fn server_memory_stays_bounded_while_slow_consumers_are_filled() {

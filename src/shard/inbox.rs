@@ -4,11 +4,14 @@
 //! A bounded crossbeam queue carries the messages; an [`AtomicWaker`] wakes the shard's inbox
 //! task, which glommio turns into a cross-thread notification (eventfd), so an idle shard
 //! sleeps instead of polling. Overflow rule: `send` never blocks; when the queue is full the
-//! message is dropped, counted in `dropped`, and `send` returns false.
+//! message is dropped, counted in `dropped`, and `send` returns false. The queue is bounded
+//! twice: in messages, and in the payload bytes of the broadcasts it holds, so that a shard
+//! that falls behind on large messages holds at most that many bytes (Redis would cut our
+//! subscriber at 32 MB of its own buffer; we drop for the one shard that is behind first).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -71,6 +74,20 @@ pub enum ShardMessage {
     Shutdown,
 }
 
+impl ShardMessage {
+    /// The bytes this message holds alive while it waits: the payload of a broadcast (shared
+    /// with other shards, but held by this one until it is delivered); 0 for control messages,
+    /// which are bounded by count only.
+    fn weight(&self) -> usize {
+        match self {
+            ShardMessage::Broadcast(broadcast)
+            | ShardMessage::Downstream { broadcast, .. }
+            | ShardMessage::PresenceDiff { broadcast, .. } => broadcast.payload().len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Identifies an admin connection waiting for an answer from Redis.
 #[derive(Debug, Clone)]
 pub struct AdminTicket {
@@ -126,34 +143,57 @@ pub struct ShardInbox {
     rx: Receiver<ShardMessage>,
     waker: AtomicWaker,
     dropped: AtomicU64,
+    /// Payload bytes of the broadcasts waiting, and the most allowed.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
 }
 
 impl ShardInbox {
-    /// An inbox that holds at most `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
+    /// An inbox that holds at most `capacity` messages and `max_bytes` of broadcast payloads.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         Self {
             tx,
             rx,
             waker: AtomicWaker::new(),
             dropped: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
         }
     }
 
     /// Queues `message` and wakes the shard. Never blocks; false when the inbox was full (or
     /// the shard is gone) and the message was dropped.
     pub fn send(&self, message: ShardMessage) -> bool {
+        let weight = message.weight();
+        if weight > 0 {
+            let queued = self.queued_bytes.fetch_add(weight, Ordering::AcqRel) + weight;
+            if queued > self.max_bytes {
+                self.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
+                return self.drop_one();
+            }
+        }
         match self.tx.try_send(message) {
             Ok(()) => {
                 self.waker.wake();
                 true
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.waker.wake();
-                false
+                self.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
+                self.drop_one()
             }
         }
+    }
+
+    fn drop_one(&self) -> bool {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.waker.wake();
+        false
+    }
+
+    /// Payload bytes of the broadcasts waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Messages dropped because the inbox was full.
@@ -163,7 +203,12 @@ impl ShardInbox {
 
     /// Takes one waiting message without waiting.
     pub fn try_recv(&self) -> Option<ShardMessage> {
-        self.rx.try_recv().ok()
+        let message = self.rx.try_recv().ok()?;
+        let weight = message.weight();
+        if weight > 0 {
+            self.queued_bytes.fetch_sub(weight, Ordering::AcqRel);
+        }
+        Some(message)
     }
 
     /// Waits (asleep) until at least one message is waiting.
@@ -190,5 +235,50 @@ impl Future for InboxReady<'_> {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn downstream(bytes: usize) -> ShardMessage {
+        let payload = format!("\"{}\"", "x".repeat(bytes - 2));
+        ShardMessage::Downstream {
+            broadcast: Arc::new(Broadcast::new("t", "e", payload.as_bytes())),
+            received_at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn broadcasts_are_bounded_in_bytes_and_control_messages_only_in_count() {
+        let inbox = ShardInbox::new(100, 10_000);
+        assert!(inbox.send(downstream(4_000)));
+        assert!(inbox.send(downstream(4_000)));
+        assert!(!inbox.send(downstream(4_000)), "12,000 bytes > 10,000");
+        assert_eq!(inbox.dropped(), 1);
+        assert_eq!(inbox.queued_bytes(), 8_000);
+        assert!(
+            inbox.send(ShardMessage::RedisStateChanged),
+            "no bytes: only the count"
+        );
+        assert!(inbox.send(downstream(2_000)), "what fits still goes in");
+        assert!(inbox.try_recv().is_some());
+        assert_eq!(inbox.queued_bytes(), 6_000);
+        assert!(
+            inbox.send(downstream(4_000)),
+            "room again once the shard took one"
+        );
+        while inbox.try_recv().is_some() {}
+        assert_eq!(inbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_count_drops_without_leaking_the_byte_budget() {
+        let inbox = ShardInbox::new(1, 1 << 20);
+        assert!(inbox.send(downstream(100)));
+        assert!(!inbox.send(downstream(100)));
+        assert_eq!(inbox.queued_bytes(), 100);
+        assert_eq!(inbox.dropped(), 1);
     }
 }

@@ -52,7 +52,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let authority = TokenAuthority::new(secret.expose(), config.jwt_expiration_secs);
 
     let inboxes: Vec<Arc<ShardInbox>> = (0..shards)
-        .map(|_| Arc::new(ShardInbox::new(config.shard_inbox_capacity)))
+        .map(|_| {
+            Arc::new(ShardInbox::new(
+                config.shard_inbox_capacity,
+                config.shard_inbox_bytes,
+            ))
+        })
         .collect();
     let node = crate::presence::new_node_id();
     let (redis, core) = crate::redis::start(

@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn a_tick_reaches_only_listening_shards_with_an_increasing_counter() {
-        let inboxes: Vec<_> = (0..3).map(|_| Arc::new(ShardInbox::new(8))).collect();
+        let inboxes: Vec<_> = (0..3)
+            .map(|_| Arc::new(ShardInbox::new(8, 1 << 20)))
+            .collect();
         let channel = SystemChannel::default();
         channel.tick(0b101, &inboxes);
         channel.tick(0b001, &inboxes);
