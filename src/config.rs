@@ -1033,6 +1033,7 @@ mod tests {
                 "jwt_secret" | "admin_key" => "0123456789abcdef0",
                 "id_length" | "shards" => "100",
                 "presence_enabled" => "false",
+                "shard_inbox_bytes" => "1048576",
                 _ => "1024",
             };
             let lookup = |name: &str| (name == var).then(|| value.to_string());
