@@ -9,7 +9,9 @@
 #
 # Full size (the bars of issue 3; long, run it on a quiet machine):
 #   fanout 5000 clients x 100 msgs/s · fanout-step 5000 clients · topics 5000 clients / 100 topics
-#   x 2000 msgs/s · upstream 1000 clients x 20000 pushes/s · join-storm 5000 · idle 15000.
+#   x 2000 msgs/s · topics-step 5000 clients / 100 topics · upstream 1000 clients x 20000
+#   pushes/s · join-storm 5000 · idle 15000. Tangram's idle alone takes over 10 minutes a run (it
+#   joins ~20 clients/s and times many out): leave it out with --servers / --scenarios if needed.
 # --small: fanout 1000 x 100/s for 5 s, topics 500 clients / 50 topics x 500/s for 5 s, one run.
 #
 # Each (run, server, scenario) gets a fresh server process (RSS and allocator state do not leak
@@ -46,7 +48,7 @@ done
 if [ $SMALL = 1 ]; then
   : "${SCENARIOS:=fanout topics}"
 else
-  : "${SCENARIOS:=fanout fanout-step topics upstream join-storm idle}"
+  : "${SCENARIOS:=fanout fanout-step topics topics-step upstream join-storm idle}"
 fi
 JWT_SECRET=${JWT_SECRET:-compare-secret-compare-secret-0123}
 LT=$CARGO_TARGET_DIR/release/loadtest
@@ -60,6 +62,7 @@ args_for() {
       fanout) echo "--clients 1000 --rate 100 --duration 5 --warmup 2" ;;
       fanout-step) echo "--clients 1000 --duration 5" ;;
       topics) echo "--clients 500 --topics 50 --rate 500 --duration 5 --warmup 2" ;;
+      topics-step|topics-step-fine) echo "--clients 500 --topics 50" ;;
       upstream) echo "--clients 500 --rate 5000 --duration 5" ;;
       join-storm) echo "--clients 1000" ;;
       idle) echo "--clients 1000 --duration 3" ;;
@@ -69,6 +72,7 @@ args_for() {
       fanout) echo "--clients 5000 --rate 100 --duration 10" ;;
       fanout-step) echo "--clients 5000" ;;
       topics) echo "--clients 5000 --topics 100 --rate 2000 --duration 10" ;;
+      topics-step|topics-step-fine) echo "--clients 5000 --topics 100" ;;
       upstream) echo "--clients 1000 --rate 20000 --duration 10" ;;
       join-storm) echo "--clients 5000 --join-in-flight 200" ;;
       idle) echo "--clients 15000 --duration 10" ;;
@@ -131,6 +135,8 @@ cols = {
              ("RSS B/conn", "rss_per_connection_bytes"), ("idle CPU %", "server_cpu_percent_idle")],
 }
 cols["topics"] = cols["fanout"]
+cols["topics-step"] = cols["fanout-step"]
+cols["topics-step-fine"] = cols["fanout-step"]
 # What the ratio columns compare: at a fixed rate every server that keeps up delivers the same
 # messages/s, so fanout/topics compare server CPU per delivery (server ÷ reference, lower is
 # better); the others compare their headline figure (server ÷ reference).
@@ -138,6 +144,8 @@ ratio_key = {
     "fanout": ("srv CPU/deliv", "window.server_cpu_us_per_delivery"),
     "topics": ("srv CPU/deliv", "window.server_cpu_us_per_delivery"),
     "fanout-step": ("highest rate", "highest_sustainable_rate"),
+    "topics-step": ("highest rate", "highest_sustainable_rate"),
+    "topics-step-fine": ("highest rate", "highest_sustainable_rate"),
     "upstream": ("p99", "window.latency.p99_ms"),
     "join-storm": ("joins/s", "joins_per_s"),
     "idle": ("RSS/conn", "rss_per_connection_bytes"),
@@ -224,7 +232,7 @@ for run in $(seq 1 "$RUNS"); do
   for server in $SERVERS; do
     if [ $server = tangram ] && [ $have_tangram = 0 ]; then continue; fi
     for s in $SCENARIOS; do
-      if [ $server = ceiling ] && [ $s != fanout ] && [ $s != topics ] && [ $s != fanout-step ]; then continue; fi
+      case $s in fanout|fanout-step|topics|topics-step|topics-step-fine) ;; *) if [ $server = ceiling ]; then continue; fi ;; esac
       dir=$OUT/$run/$server/$s
       mkdir -p "$dir"
       port=$(free_port)
