@@ -99,6 +99,16 @@ impl Presence {
     pub fn field(&self, node: &str) -> String {
         format!("{node}:{}", self.phx_ref)
     }
+
+    /// A presence with a fixed `online_at`, for tests of the shapes built from it.
+    #[cfg(test)]
+    pub(crate) fn for_test(key: &str, phx_ref: &str) -> Presence {
+        Presence {
+            key: key.into(),
+            phx_ref: phx_ref.into(),
+            online_at: 1_700_000_000_000,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -280,6 +280,14 @@ impl TopicCopy {
         }
     }
 
+    /// How many members (metas) the copy holds.
+    fn members(&self) -> usize {
+        match &self.copy {
+            Copy::Live { members, .. } => members.by_key.values().map(|m| m.metas.len()).sum(),
+            Copy::Seeding { .. } => 0,
+        }
+    }
+
     fn reseed(&mut self, now: Instant) {
         self.copy = Copy::Seeding {
             since: now,
@@ -412,9 +420,10 @@ impl PresenceReplica {
     }
 
     /// Periodic care: joins waiting too long and seeds asked too long ago get a fresh snapshot;
-    /// copies idle for [`IDLE_LIMIT`] go.
-    pub fn expire(&mut self, now: Instant) {
+    /// copies idle for [`IDLE_LIMIT`] go. Returns how many members the dropped copies held.
+    pub fn expire(&mut self, now: Instant) -> usize {
         let requests = &mut self.snapshot_requests;
+        let mut dropped = 0;
         self.topics.retain(|topic, copy| {
             let stuck = match &copy.copy {
                 Copy::Seeding { since, .. } => now.duration_since(*since) >= SEED_LIMIT,
@@ -428,8 +437,13 @@ impl PresenceReplica {
                 requests.push(topic.clone());
                 return true;
             }
-            !copy.waiters.is_empty() || now.duration_since(copy.last_used) < IDLE_LIMIT
+            let keep = !copy.waiters.is_empty() || now.duration_since(copy.last_used) < IDLE_LIMIT;
+            if !keep {
+                dropped += copy.members();
+            }
+            keep
         });
+        dropped
     }
 
     /// The subscription was lost (diffs may be missing): every copy goes; topics with
@@ -472,11 +486,7 @@ mod tests {
     use crate::presence::Presence;
 
     fn p(key: &str, r: &str) -> Presence {
-        Presence {
-            key: key.into(),
-            phx_ref: r.into(),
-            online_at: 1_700_000_000_000,
-        }
+        Presence::for_test(key, r)
     }
 
     fn ticket(phx_ref: &str) -> PresenceTicket {
@@ -685,10 +695,10 @@ mod tests {
         replica.expire(now + WAIT_LIMIT);
         assert_eq!(replica.take_snapshot_requests(), ["t"]);
 
-        let mut idle = seeded(1, &[], now);
-        idle.expire(now + IDLE_LIMIT / 2);
+        let mut idle = seeded(1, &[p("u1", "r1"), p("u1", "r2")], now);
+        assert_eq!(idle.expire(now + IDLE_LIMIT / 2), 0);
         assert_eq!(idle.topics(), 1);
-        idle.expire(now + IDLE_LIMIT);
+        assert_eq!(idle.expire(now + IDLE_LIMIT), 2, "two members dropped");
         assert_eq!(idle.topics(), 0);
     }
 

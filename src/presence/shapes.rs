@@ -127,11 +127,7 @@ mod tests {
     use super::*;
 
     fn p(key: &str, r: &str) -> Presence {
-        Presence {
-            key: key.into(),
-            phx_ref: r.into(),
-            online_at: 1_700_000_000_000,
-        }
+        Presence::for_test(key, r)
     }
 
     #[test]

@@ -486,16 +486,17 @@ impl RedisPublisher {
                 if seed {
                     self.answer_join_state(topic, None, None);
                 }
-                let shard = ticket.shard;
-                self.send(
-                    shard,
-                    ShardMessage::PresenceState {
-                        ticket,
-                        state: None,
-                    },
-                );
+                self.send_no_state(ticket);
             }
         }
+    }
+
+    /// Tells a joiner's shard that Redis could not give its state (the channel then runs
+    /// without one until the next resync).
+    fn send_no_state(&self, ticket: PresenceTicket) {
+        let shard = ticket.shard;
+        let state = None;
+        self.send(shard, ShardMessage::PresenceState { ticket, state });
     }
 
     /// Seeds the copy of `topic` (members in `reply`), registers `joiner` at its version, and
@@ -512,14 +513,7 @@ impl RedisPublisher {
             let waiters = replica.seed_failed(topic);
             drop(replica);
             for ticket in waiters {
-                let shard = ticket.shard;
-                self.send(
-                    shard,
-                    ShardMessage::PresenceState {
-                        ticket,
-                        state: None,
-                    },
-                );
+                self.send_no_state(ticket);
             }
             return;
         };

@@ -30,6 +30,8 @@ use crate::shard::inbox::{ShardInbox, ShardMessage};
 const READ_TICK: Duration = Duration::from_millis(250);
 /// A subscription silent for this long is probed with a PING.
 const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// Presence copies holding this many members in all, dropped, are worth a heap trim.
+const TRIM_AFTER_DROPPED_MEMBERS: usize = 1_000;
 /// A PING not answered within this long means the connection is dead.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -136,10 +138,17 @@ impl RedisReader {
         info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
         let mut last_heard = Instant::now();
         let mut last_care = Instant::now();
+        let mut dropped_since_trim = 0;
         loop {
             if last_care.elapsed() >= READ_TICK {
                 last_care = Instant::now();
-                lock(&self.replica).expire(last_care);
+                let dropped = lock(&self.replica).expire(last_care);
+                // Once a wave of dropped copies is over, give their memory back.
+                dropped_since_trim += dropped;
+                if dropped == 0 && dropped_since_trim >= TRIM_AFTER_DROPPED_MEMBERS {
+                    crate::heap::trim();
+                    dropped_since_trim = 0;
+                }
                 self.wake_publisher_for_snapshots();
             }
             match pubsub.get_message() {

@@ -278,19 +278,14 @@ pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast) {
 /// Bytes written since the last trim beyond which the heap is trimmed.
 const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Gives the memory of a burst back to the kernel. glibc keeps freed memory in its arenas:
-/// after a storm of large frames (a presence join storm sends every joiner the topic's whole
-/// state) the process would keep its peak RSS forever. Runs on shard 0's sweeper, only after
-/// that much traffic, so an idle or steady server never pays for it.
+/// Gives the memory of a burst of writes back to the kernel ([`crate::heap`]). Runs on shard
+/// 0's sweeper, only after that much traffic, so an idle or steady server never pays for it.
 fn trim_heap_after_bursts(ctx: &ShardContext, bytes_at_last_trim: u64) -> u64 {
     let written = ctx.shared.total_stats().bytes_out;
     if written.saturating_sub(bytes_at_last_trim) < TRIM_AFTER_BYTES {
         return bytes_at_last_trim;
     }
-    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::heap::trim();
     written
 }
 
