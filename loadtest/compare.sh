@@ -12,6 +12,8 @@
 #   x 2000 msgs/s · topics-step 5000 clients / 100 topics · upstream 1000 clients x 20000
 #   pushes/s · join-storm 5000 · idle 15000. Tangram's idle alone takes over 10 minutes a run (it
 #   joins ~20 clients/s and times many out): leave it out with --servers / --scenarios if needed.
+#   Not in the default list, run with --scenarios: topics-step-fine (steps x1.19 from 1000/s) and
+#   upstream-step (push rate x1.5 from 20000/s while p99 <= 10 ms).
 # --small: fanout 1000 x 100/s for 5 s, topics 500 clients / 50 topics x 500/s for 5 s, one run.
 #
 # Each (run, server, scenario) gets a fresh server process (RSS and allocator state do not leak
