@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::node::{ensure_npm_packages, js_dir, Captured};
 use common::{scratch_dir, ChannelServer, RedisServer, ServerOptions};
 
 /// The Node side must have joined within this of being started.
@@ -24,118 +22,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// From the new server answering to Node having received a message through it.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `npm ci` must finish within this.
-const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("js")
-}
-
-/// A child process with its output collected on two threads; killed on drop.
-struct Captured {
-    child: Child,
-    what: &'static str,
-    readers: Vec<JoinHandle<String>>,
-}
-
-impl Captured {
-    fn spawn(mut command: Command, what: &'static str) -> Captured {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => panic!(
-                    "{what} not found: install Node.js 18 or later (apt-get install nodejs npm) \
-                     to run the phoenix.js restart test"
-                ),
-                _ => panic!("cannot start {what}: {e}"),
-            });
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let stderr = child.stderr.take().expect("stderr was piped");
-        let readers = vec![read_to_end(stdout), read_to_end(stderr)];
-        Captured {
-            child,
-            what,
-            readers,
-        }
-    }
-
-    /// The exit status if the process has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Waits up to `timeout` for the exit (killing the process after it); returns the status
-    /// (`None` if it had to be killed) and everything it wrote.
-    fn finish(mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
-        let mut output = String::new();
-        for reader in self.readers.drain(..) {
-            output.push_str(&reader.join().unwrap_or_default());
-        }
-        if status.is_none() {
-            output.push_str(&format!("\n<{} killed after {timeout:?}>\n", self.what));
-        }
-        (status, output)
-    }
-}
-
-impl Drop for Captured {
-    fn drop(&mut self) {
-        // A panic between spawn and finish must not leave Node running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_to_end(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// Installs `tests/js/node_modules` from the lock file unless both packages are there.
-fn ensure_npm_packages() {
-    let dir = js_dir();
-    let installed = ["phoenix", "ws"].iter().all(|p| {
-        dir.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    });
-    if installed {
-        return;
-    }
-    let mut npm = Command::new("npm");
-    npm.args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir);
-    let (status, output) = Captured::spawn(npm, "npm").finish(NPM_INSTALL_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "`npm ci` in {} failed:\n{output}",
-        dir.display()
-    );
-}
 
 /// Polls until `condition` or `deadline`, failing early if Node exits first.
 fn wait_for(node: &mut Captured, deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {

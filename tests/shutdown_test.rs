@@ -144,31 +144,49 @@ fn sigterm_with_open_sockets_exits_within_5s() {
 fn pushes_accepted_before_sigterm_are_published() {
     const TOPIC: &str = "room:shutdown-pushes";
     const PUSHES: usize = 200;
+    const ANSWERED_FIRST: usize = 20;
     let redis = RedisServer::start();
     let mut server = ChannelServer::start(&redis, ServerOptions::default());
     let published = redis.subscribe("from:*");
     let mut socket = joined(&server, TOPIC, "pusher");
 
-    // The whole burst in one TCP write, then SIGTERM at once: the pushes are in the server's
-    // hands (some published and answered, some queued for Redis, some not yet read) when the
-    // shutdown starts.
-    let refs: Vec<String> = (0..PUSHES)
-        .map(|i| {
-            let r = format!("p{i}");
-            let frame = json!(["1", r, TOPIC, "say", {"n": i}]);
-            socket
-                .inner()
-                .write(tungstenite::Message::text(frame.to_string()))
-                .expect("buffered WebSocket write");
-            r
-        })
-        .collect();
+    // The first pushes are answered before the signal, so that the test always has `ok`
+    // pushes to check (it cannot pass with every push refused). Then the rest of the burst in
+    // one TCP write, and SIGTERM at once: those pushes are in the server's hands (some published
+    // and answered, some queued for Redis, some not yet read) when the shutdown starts.
+    let mut oks = BTreeSet::new();
+    let refs: Vec<String> = (0..PUSHES).map(|i| format!("p{i}")).collect();
+    let write = |socket: &mut TestSocket, i: usize| {
+        let frame = json!(["1", refs[i], TOPIC, "say", {"n": i}]);
+        socket
+            .inner()
+            .write(tungstenite::Message::text(frame.to_string()))
+            .expect("buffered WebSocket write");
+    };
+    for i in 0..ANSWERED_FIRST {
+        write(&mut socket, i);
+    }
+    socket.inner().flush().expect("WebSocket flush");
+    while oks.len() < ANSWERED_FIRST {
+        let value = socket.recv_json_timeout(Duration::from_secs(10));
+        if value[3] == "phx_reply" {
+            assert_eq!(value[4]["status"], "ok", "before SIGTERM: {value}");
+            let r = value[1].as_str().unwrap_or_default();
+            oks.insert(
+                refs.iter()
+                    .position(|x| x == r)
+                    .expect("a ref that was sent"),
+            );
+        }
+    }
+    for i in ANSWERED_FIRST..PUSHES {
+        write(&mut socket, i);
+    }
     socket.inner().flush().expect("WebSocket flush");
     server.send_signal(libc::SIGTERM);
     let signalled = Instant::now();
 
     // Every reply until the server's close.
-    let mut oks = BTreeSet::new();
     let mut refused = Vec::new();
     let mut close = None;
     let deadline = Instant::now() + Duration::from_secs(10);

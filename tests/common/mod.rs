@@ -1,5 +1,6 @@
 //! Shared support for the integration tests: a private `redis-server`, the `channel` binary as a
-//! child process, a small HTTP client, a synchronous WebSocket client and a Redis subscriber.
+//! child process, a small HTTP client, a synchronous WebSocket client, a Redis subscriber, and
+//! the Node side of the phoenix.js tests.
 //!
 //! Every test file includes it with `mod common;`. It owns processes and sockets for the length
 //! of one test and must never leave one behind: every child is killed on `Drop`, and every
@@ -9,6 +10,7 @@
 
 pub mod channel_server;
 pub mod http;
+pub mod node;
 pub mod phoenix;
 pub mod redis_server;
 pub mod relay;
