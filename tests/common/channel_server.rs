@@ -95,51 +95,12 @@ impl ChannelServer {
     /// a server that starts while Redis is down).
     pub fn start_with_redis_url(redis_url: &str, opts: ServerOptions) -> ChannelServer {
         let dir = scratch_dir("channel");
-        let config_path = opts.config.as_ref().map(|toml| {
-            let path = dir.join("channel.toml");
-            std::fs::write(&path, toml).expect("the scratch dir is writable");
-            path
-        });
+        let config_path = write_config(&dir, &opts);
         let mut last_failure = String::new();
         for attempt in 0..3 {
             let port = free_port();
             let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
-            let log = std::fs::File::create(&log_path).expect("the scratch dir is writable");
-            let log_err = log.try_clone().expect("a file handle can be cloned");
-            let mut command = Command::new(env!("CARGO_BIN_EXE_channel"));
-            command
-                .arg("serve")
-                .args(["--port", &port.to_string()])
-                .args(["--redis-url", redis_url])
-                .args(["--shards", &opts.shards.to_string()]);
-            if let Some(secret) = &opts.jwt_secret {
-                command.args(["--jwt-secret", secret]);
-            }
-            if let Some(path) = &config_path {
-                command.arg("--config").arg(path);
-            }
-            command.args(&opts.extra_args);
-            // The developer's own CHANNEL_* settings must not leak into a test.
-            for (name, _) in std::env::vars_os() {
-                if name.to_string_lossy().starts_with("CHANNEL_") {
-                    command.env_remove(&name);
-                }
-            }
-            if std::env::var_os("RUST_LOG").is_none() {
-                command.env("RUST_LOG", "info");
-            }
-            command.env("RUST_BACKTRACE", "1");
-            // The log goes to a file that failing tests print: no ANSI colour codes in it.
-            command.env("NO_COLOR", "1");
-            for (name, value) in &opts.env {
-                command.env(name, value);
-            }
-            let child = command
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", env!("CARGO_BIN_EXE_channel")));
+            let child = spawn_serve(redis_url, port, &opts, config_path.as_deref(), &log_path);
             let mut server = ChannelServer {
                 child: Some(child),
                 port,
@@ -171,11 +132,7 @@ impl ChannelServer {
     /// exited yet) is retried for up to 5 s, then the test fails with the server's log.
     pub fn start_on_port(redis: &RedisServer, port: u16, opts: ServerOptions) -> ChannelServer {
         let dir = scratch_dir("channel");
-        let config_path = opts.config.as_ref().map(|toml| {
-            let path = dir.join("channel.toml");
-            std::fs::write(&path, toml).expect("the scratch dir is writable");
-            path
-        });
+        let config_path = write_config(&dir, &opts);
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut attempt = 0;
         loop {
@@ -378,8 +335,17 @@ impl Drop for ChannelServer {
     }
 }
 
-/// Spawns `channel serve` on `port` as [`ChannelServer::start_with_redis_url`] does, output to
-/// `log_path`.
+/// Writes the options' config file (if any) into `dir`; returns its path.
+fn write_config(dir: &std::path::Path, opts: &ServerOptions) -> Option<PathBuf> {
+    opts.config.as_ref().map(|toml| {
+        let path = dir.join("channel.toml");
+        std::fs::write(&path, toml).expect("the scratch dir is writable");
+        path
+    })
+}
+
+/// Starts `channel serve` with `opts`, its output to `log_path`. The developer's own CHANNEL_*
+/// settings never leak into a test; the log has no colour codes (failing tests print it).
 fn spawn_serve(
     redis_url: &str,
     port: u16,
