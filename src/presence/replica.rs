@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -45,7 +45,9 @@ pub type Served = Vec<(PresenceTicket, State)>;
 #[derive(Default)]
 pub struct PresenceReplica {
     topics: HashMap<String, TopicCopy>,
-    snapshot_requests: Vec<String>,
+    /// Topics to re-seed, each once however often it is asked for (a Redis outage keeps
+    /// asking every few seconds while nothing can be fetched).
+    snapshot_requests: IndexSet<String>,
 }
 
 /// What became of a join's request for its state.
@@ -327,7 +329,7 @@ impl PresenceReplica {
                     since: now,
                 });
                 self.topics.insert(topic.to_owned(), copy);
-                self.snapshot_requests.push(topic.to_owned());
+                self.snapshot_requests.insert(topic.to_owned());
                 return Wanted::NeedsSnapshot;
             }
         };
@@ -380,7 +382,7 @@ impl PresenceReplica {
         for (v, diff) in buffered {
             if !copy.apply(v, &diff) {
                 copy.reseed(now);
-                self.snapshot_requests.push(topic.to_owned());
+                self.snapshot_requests.insert(topic.to_owned());
                 return served;
             }
         }
@@ -414,7 +416,7 @@ impl PresenceReplica {
             copy.serve_reached(&mut served);
         } else {
             copy.reseed(now);
-            self.snapshot_requests.push(topic.to_owned());
+            self.snapshot_requests.insert(topic.to_owned());
         }
         served
     }
@@ -434,7 +436,7 @@ impl PresenceReplica {
             };
             if stuck {
                 copy.reseed(now);
-                requests.push(topic.clone());
+                requests.insert(topic.clone());
                 return true;
             }
             let keep = !copy.waiters.is_empty() || now.duration_since(copy.last_used) < IDLE_LIMIT;
@@ -455,7 +457,7 @@ impl PresenceReplica {
                 return false;
             }
             copy.reseed(now);
-            requests.push(topic.clone());
+            requests.insert(topic.clone());
             true
         });
     }
@@ -467,10 +469,9 @@ impl PresenceReplica {
 
     /// Topics whose copy waits for a snapshot the publisher has not been asked for yet.
     pub fn take_snapshot_requests(&mut self) -> Vec<String> {
-        let mut topics = std::mem::take(&mut self.snapshot_requests);
-        topics.sort();
-        topics.dedup();
-        topics
+        std::mem::take(&mut self.snapshot_requests)
+            .into_iter()
+            .collect()
     }
 
     /// How many topics have a copy (for tests and stats).
@@ -693,6 +694,17 @@ mod tests {
         replica.expire(now + WAIT_LIMIT / 2);
         assert!(!replica.wants_snapshots());
         replica.expire(now + WAIT_LIMIT);
+        assert_eq!(replica.take_snapshot_requests(), ["t"]);
+
+        // Nothing fetched (Redis away): asked again every SEED_LIMIT, but held once.
+        for i in 1..=100 {
+            replica.expire(now + WAIT_LIMIT + SEED_LIMIT * i);
+        }
+        assert_eq!(
+            replica.snapshot_requests.len(),
+            1,
+            "no growth while nothing is fetched"
+        );
         assert_eq!(replica.take_snapshot_requests(), ["t"]);
 
         let mut idle = seeded(1, &[p("u1", "r1"), p("u1", "r2")], now);
