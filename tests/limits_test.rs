@@ -155,18 +155,7 @@ fn slow_consumer_is_closed_with_1013() {
     // Stop reading and make the kernel buffer small, then have Redis send far more than the
     // socket buffers and the 64 KiB queue can hold.
     let _ = socket2::SockRef::from(socket.inner().get_ref()).set_recv_buffer_size(4096);
-    let chunk = format!("\"{}\"", "x".repeat(8 * 1024));
-    let mut conn = s.redis.connection();
-    for _ in 0..4 {
-        let mut pipe = redis::pipe();
-        for _ in 0..256 {
-            pipe.cmd("PUBLISH")
-                .arg("to:room:1:fill")
-                .arg(&chunk)
-                .ignore();
-        }
-        let _: () = pipe.query(&mut conn).expect("pipelined PUBLISH works");
-    }
+    s.flood_topic("room:1");
     // Read what was sent before the overflow; the last frame must be the close.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut delivered = 0usize;

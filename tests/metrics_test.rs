@@ -315,18 +315,7 @@ fn slow_consumer_close_is_counted() {
     let s = Setup::with_channel_keys("outbound_queue_bytes = 65536");
     let mut socket = s.joined("room:1");
     let _ = socket2::SockRef::from(socket.inner().get_ref()).set_recv_buffer_size(4096);
-    let chunk = format!("\"{}\"", "x".repeat(8 * 1024));
-    let mut conn = s.redis.connection();
-    for _ in 0..4 {
-        let mut pipe = redis::pipe();
-        for _ in 0..256 {
-            pipe.cmd("PUBLISH")
-                .arg("to:room:1:fill")
-                .arg(&chunk)
-                .ignore();
-        }
-        let _: () = pipe.query(&mut conn).expect("pipelined PUBLISH works");
-    }
+    s.flood_topic("room:1");
     // The client reads nothing: the queue passes its limit and the connection is closed with
     // 1013 (limits_test pins what the client sees). Counted once, when it overflows.
     let metrics = scrape_within(

@@ -188,6 +188,22 @@ impl Member {
         }
     }
 }
+/// After a fault ends at `since`: delivery to `member` resumes within [`RESUME_BOUND`]
+/// (`what` names the end of the fault in the failure), then `/healthz` says 200.
+fn recovers_within_bound(
+    redis: &RedisServer,
+    server: &ChannelServer,
+    member: &mut Member,
+    since: Instant,
+    what: &str,
+) {
+    let took = delivery_resumes(redis, member, since, Duration::from_secs(10));
+    assert!(
+        took <= RESUME_BOUND,
+        "delivery resumed {took:?} after {what} (bound {RESUME_BOUND:?})"
+    );
+    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(server) == 200);
+}
 
 /// Publishes `{"n": k}` to `to:<TOPIC>:probe` on the real Redis every 25 ms until `member`
 /// receives one published after `since`; returns how long after `since` that was. Panics
@@ -311,13 +327,14 @@ fn subscriber_killed_by_client_kill_resubscribes_and_delivery_resumes_quickly() 
     // The publisher is not a pubsub client: pushes go on. Ok only if Redis got them.
     let published = redis.subscribe(&format!("from:{TOPIC}:*"));
     let (oks, _) = push_through(&mut alice, "kill", 5, Duration::from_millis(20));
-    let took = delivery_resumes(&redis, &mut alice, killed_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery resumed {took:?} after the subscriber was killed (bound {RESUME_BOUND:?})"
+    recovers_within_bound(
+        &redis,
+        &server,
+        &mut alice,
+        killed_at,
+        "the subscriber was killed",
     );
     oks_reached_redis(&published, &oks);
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
     alice.drain(Duration::from_millis(200));
     newcomer_sees(&server, "bob", "alice");
 }
@@ -343,12 +360,13 @@ fn client_joined_while_redis_was_unreachable_at_start_is_served_once_redis_comes
 
     redis.restart();
     let up_at = Instant::now();
-    let took = delivery_resumes(&redis, &mut alice, up_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery to a member joined before Redis came up began {took:?} after Redis answered"
+    recovers_within_bound(
+        &redis,
+        &server,
+        &mut alice,
+        up_at,
+        "Redis first answered (member joined before)",
     );
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
     let published = redis.subscribe(&format!("from:{TOPIC}:*"));
     assert_eq!(alice.push_and_answer("late"), Answer::Ok);
     oks_reached_redis(&published, &["late".to_string()]);
@@ -373,12 +391,7 @@ fn delivery_resumes_within_2s_of_a_killed_redis_answering_again() {
     std::thread::sleep(Duration::from_secs(2));
     redis.restart();
     let up_at = Instant::now();
-    let took = delivery_resumes(&redis, &mut alice, up_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery resumed {took:?} after the restart"
-    );
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
+    recovers_within_bound(&redis, &server, &mut alice, up_at, "the restart");
     alice.drain(Duration::from_millis(300));
     newcomer_sees(&server, "bob", "alice");
 }
@@ -417,12 +430,7 @@ fn redis_stalled_by_debug_sleep_gets_no_false_ok_and_delivery_resumes() {
         }
     }
     let woke_at = stall.join().expect("the sleeper thread does not panic");
-    let took = delivery_resumes(&redis, &mut alice, woke_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery resumed {took:?} after Redis woke"
-    );
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
+    recovers_within_bound(&redis, &server, &mut alice, woke_at, "Redis woke");
     oks_reached_redis(&published, &oks);
     assert_eq!(alice.push_and_answer("after"), Answer::Ok);
     alice.drain(Duration::from_millis(200));
@@ -524,12 +532,7 @@ fn connection_cut_then_restored_resumes_delivery_and_pushes() {
 
     relay.restore();
     let restored_at = Instant::now();
-    let took = delivery_resumes(&redis, &mut alice, restored_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery resumed {took:?} after the restore"
-    );
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
+    recovers_within_bound(&redis, &server, &mut alice, restored_at, "the restore");
     assert_eq!(alice.push_and_answer("after"), Answer::Ok);
     oks_reached_redis(&published, &["after".to_string()]);
     alice.drain(Duration::from_millis(200));
@@ -567,12 +570,7 @@ fn blackholed_redis_is_detected_and_delivery_resumes_after_restore() {
 
     relay.restore();
     let restored_at = Instant::now();
-    let took = delivery_resumes(&redis, &mut alice, restored_at, Duration::from_secs(10));
-    assert!(
-        took <= RESUME_BOUND,
-        "delivery resumed {took:?} after the restore"
-    );
-    wait_until(RESUME_BOUND, "/healthz is 200", || healthz(&server) == 200);
+    recovers_within_bound(&redis, &server, &mut alice, restored_at, "the restore");
     assert_eq!(alice.push_and_answer("after"), Answer::Ok);
     // "void" and "hole-*" may reach Redis late (their bytes waited in the relay): an error
     // means "not known to be published", never "not published". "after" must be there.

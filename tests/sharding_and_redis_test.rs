@@ -7,39 +7,13 @@ mod common;
 use std::time::Duration;
 
 use common::phoenix::*;
-use common::{ServerOptions, TestSocket};
+use common::ServerOptions;
 
 const TOPIC: &str = "room:1";
 const REDIS_WAIT: Duration = Duration::from_secs(5);
 const NOTHING: Duration = Duration::from_millis(300);
 /// How long the server may take to notice Redis is gone, or back.
 const RECONNECT_WAIT: Duration = Duration::from_secs(15);
-
-/// Opens V2 sockets until one is on shard 0 and one on shard 1 (the 101 response names the
-/// shard in `x-channel-shard`); the others are dropped.
-fn one_socket_per_shard(s: &Setup) -> [TestSocket; 2] {
-    let url = s.server.ws_url("2.0.0");
-    let mut found: [Option<TestSocket>; 2] = [None, None];
-    for _ in 0..200 {
-        let (socket, response) = TestSocket::try_connect(url.as_str())
-            .unwrap_or_else(|e| panic!("WebSocket connect failed: {e}"));
-        let shard: usize = response
-            .headers()
-            .get("x-channel-shard")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("101 without a numeric x-channel-shard: {response:?}"));
-        assert!(shard < 2, "shard {shard} of a 2-shard server");
-        if found[shard].is_none() {
-            found[shard] = Some(socket);
-        }
-        if found.iter().all(Option::is_some) {
-            let [a, b] = found;
-            return [a.expect("checked"), b.expect("checked")];
-        }
-    }
-    panic!("200 connections all landed on one shard: SO_REUSEPORT spreading is not working");
-}
 
 fn two_shards() -> Setup {
     Setup::with(ServerOptions::default().shards(2))
@@ -48,7 +22,7 @@ fn two_shards() -> Setup {
 #[test]
 fn two_shards_both_receive_the_same_redis_message() {
     let s = two_shards();
-    let [mut on0, mut on1] = one_socket_per_shard(&s);
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     let token = s.token(TOPIC);
     join_ok_exact(&mut on0, TOPIC, &token);
     join_ok_exact(&mut on1, TOPIC, &token);
@@ -69,7 +43,7 @@ fn two_shards_both_receive_the_same_redis_message() {
 fn clients_on_shard_0_and_shard_1_share_one_topic() {
     let s = two_shards();
     let published = s.redis.subscribe("from:*");
-    let [mut on0, mut on1] = one_socket_per_shard(&s);
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     let token = s.token(TOPIC);
     let j0 = join_ok_exact(&mut on0, TOPIC, &token);
     let j1 = join_ok_exact(&mut on1, TOPIC, &token);
@@ -98,7 +72,7 @@ fn clients_on_shard_0_and_shard_1_share_one_topic() {
 #[test]
 fn leaving_on_one_shard_keeps_delivery_on_the_other() {
     let s = two_shards();
-    let [mut on0, mut on1] = one_socket_per_shard(&s);
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     let token = s.token(TOPIC);
     join_ok_exact(&mut on0, TOPIC, &token);
     let j1 = join_ok_exact(&mut on1, TOPIC, &token);
@@ -118,7 +92,7 @@ fn leaving_on_one_shard_keeps_delivery_on_the_other() {
 #[test]
 fn disconnect_on_one_shard_keeps_delivery_on_the_other() {
     let s = two_shards();
-    let [mut on0, mut on1] = one_socket_per_shard(&s);
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     let token = s.token(TOPIC);
     join_ok_exact(&mut on0, TOPIC, &token);
     join_ok_exact(&mut on1, TOPIC, &token);
@@ -227,7 +201,7 @@ fn redis_restarted_under_a_joined_client_resumes_delivery() {
 #[test]
 fn redis_restart_resumes_delivery_on_both_shards() {
     let mut s = two_shards();
-    let [mut on0, mut on1] = one_socket_per_shard(&s);
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     let token = s.token(TOPIC);
     join_ok_exact(&mut on0, TOPIC, &token);
     join_ok_exact(&mut on1, TOPIC, &token);

@@ -191,27 +191,7 @@ fn subscribers_on_two_shards_receive_the_same_ticks() {
             .shards(2)
             .config("[channel]\ndatetime_interval_ms = 100\n"),
     );
-    let url = s.server.ws_url("2.0.0");
-    let mut found: [Option<TestSocket>; 2] = [None, None];
-    for _ in 0..200 {
-        let (socket, response) = TestSocket::try_connect(url.as_str())
-            .unwrap_or_else(|e| panic!("WebSocket connect failed: {e}"));
-        let shard: usize = response
-            .headers()
-            .get("x-channel-shard")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("101 without a numeric x-channel-shard: {response:?}"));
-        if found[shard].is_none() {
-            found[shard] = Some(socket);
-        }
-        if found.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    let [Some(mut on0), Some(mut on1)] = found else {
-        panic!("200 connections all landed on one shard");
-    };
+    let [mut on0, mut on1] = s.one_socket_per_shard();
     join_ok_exact(&mut on0, SYSTEM, &s.token(SYSTEM));
     join_ok_exact(&mut on1, SYSTEM, &s.token(SYSTEM));
     // Both shards listen from the second join on: from then, every tick reaches both.

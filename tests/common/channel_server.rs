@@ -100,24 +100,12 @@ impl ChannelServer {
         for attempt in 0..3 {
             let port = free_port();
             let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
-            let child = spawn_serve(redis_url, port, &opts, config_path.as_deref(), &log_path);
-            let mut server = ChannelServer {
-                child: Some(child),
-                port,
-                log_path,
-                jwt_secret: opts.jwt_secret.clone(),
-            };
-            match server.wait_ready() {
-                Ok(()) => return server,
+            match try_start(redis_url, port, &opts, config_path.as_deref(), log_path) {
+                Ok(server) => return server,
                 Err(failure) => {
-                    let log = server.log();
+                    last_failure = failure.message;
                     // Lost the race for the port to another process: try another port.
-                    let port_taken = log.contains("in use") || log.contains("AddrInUse");
-                    last_failure = format!("{failure}\n--- server log ---\n{log}");
-                    server.kill();
-                    // Do not print the log again from Drop.
-                    server.child = None;
-                    if !port_taken {
+                    if !failure.port_taken {
                         break;
                     }
                 }
@@ -137,24 +125,13 @@ impl ChannelServer {
         let mut attempt = 0;
         loop {
             let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
-            let child = spawn_serve(&redis.url(), port, &opts, config_path.as_deref(), &log_path);
-            let mut server = ChannelServer {
-                child: Some(child),
-                port,
-                log_path,
-                jwt_secret: opts.jwt_secret.clone(),
-            };
-            match server.wait_ready() {
-                Ok(()) => return server,
+            match try_start(&redis.url(), port, &opts, config_path.as_deref(), log_path) {
+                Ok(server) => return server,
                 Err(failure) => {
-                    let log = server.log();
-                    let port_taken = log.contains("in use") || log.contains("AddrInUse");
-                    server.kill();
-                    server.child = None;
-                    if !port_taken || Instant::now() >= deadline {
+                    if !failure.port_taken || Instant::now() >= deadline {
                         panic!(
-                            "`channel serve` did not start on port {port}: {failure}\n\
-                             --- server log ---\n{log}"
+                            "`channel serve` did not start on port {port}: {}",
+                            failure.message
                         );
                     }
                     attempt += 1;
@@ -333,6 +310,41 @@ impl Drop for ChannelServer {
         let _ = self.terminate(STOP_TIMEOUT);
         self.child = None;
     }
+}
+
+/// Why one start failed: the server's answer and log, and whether its port was taken.
+struct StartFailure {
+    message: String,
+    port_taken: bool,
+}
+
+/// One start of `channel serve` on `port`, waiting until it answers; on failure the process is
+/// gone and its log is in the failure (not printed again on drop).
+fn try_start(
+    redis_url: &str,
+    port: u16,
+    opts: &ServerOptions,
+    config_path: Option<&std::path::Path>,
+    log_path: PathBuf,
+) -> Result<ChannelServer, StartFailure> {
+    let child = spawn_serve(redis_url, port, opts, config_path, &log_path);
+    let mut server = ChannelServer {
+        child: Some(child),
+        port,
+        log_path,
+        jwt_secret: opts.jwt_secret.clone(),
+    };
+    let Err(failure) = server.wait_ready() else {
+        return Ok(server);
+    };
+    let log = server.log();
+    let port_taken = log.contains("in use") || log.contains("AddrInUse");
+    server.kill();
+    server.child = None;
+    Err(StartFailure {
+        message: format!("{failure}\n--- server log ---\n{log}"),
+        port_taken,
+    })
 }
 
 /// Writes the options' config file (if any) into `dir`; returns its path.

@@ -65,6 +65,50 @@ impl Setup {
     pub fn healthz(&self) -> u16 {
         http_request(self.server.addr(), "GET", "/healthz", &[], b"").status
     }
+
+    /// On a 2-shard server: opens V2 sockets until one is on shard 0 and one on shard 1 (the
+    /// 101 response names the shard in `x-channel-shard`); the others are dropped.
+    pub fn one_socket_per_shard(&self) -> [TestSocket; 2] {
+        let url = self.server.ws_url("2.0.0");
+        let mut found: [Option<TestSocket>; 2] = [None, None];
+        for _ in 0..200 {
+            let (socket, response) = TestSocket::try_connect(url.as_str())
+                .unwrap_or_else(|e| panic!("WebSocket connect failed: {e}"));
+            let shard: usize = response
+                .headers()
+                .get("x-channel-shard")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("101 without a numeric x-channel-shard: {response:?}"));
+            assert!(shard < 2, "shard {shard} of a 2-shard server");
+            if found[shard].is_none() {
+                found[shard] = Some(socket);
+            }
+            if found.iter().all(Option::is_some) {
+                let [a, b] = found;
+                return [a.expect("checked"), b.expect("checked")];
+            }
+        }
+        panic!("200 connections all landed on one shard: SO_REUSEPORT spreading is not working");
+    }
+
+    /// Overflows the outbound queue of a client of `topic` that reads nothing: 1,024 messages
+    /// of 8 KiB on `to:<topic>:fill`, pipelined, far more than a 64 KiB queue plus small
+    /// socket buffers hold.
+    pub fn flood_topic(&self, topic: &str) {
+        let chunk = format!("\"{}\"", "x".repeat(8 * 1024));
+        let mut conn = self.redis.connection();
+        for _ in 0..4 {
+            let mut pipe = redis::pipe();
+            for _ in 0..256 {
+                pipe.cmd("PUBLISH")
+                    .arg(format!("to:{topic}:fill"))
+                    .arg(&chunk)
+                    .ignore();
+            }
+            let _: () = pipe.query(&mut conn).expect("pipelined PUBLISH works");
+        }
+    }
 }
 
 impl Drop for Setup {
