@@ -14,6 +14,7 @@ import { randomBytes } from "node:crypto";
 import WebSocket from "ws";
 import { Socket } from "phoenix";
 import { RedisConnection } from "./resp.mjs";
+import { postToken } from "./token.mjs";
 
 const CHANNEL_URL = process.env.CHANNEL_URL;
 const REDIS_URL = process.env.REDIS_URL;
@@ -46,14 +47,7 @@ function uniqueTopic(prefix) {
 }
 
 async function mintToken(channel, id) {
-  const response = await fetch(`${CHANNEL_URL}/token`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ channel, id }),
-  });
-  const text = await response.text();
-  assert.equal(response.status, 200, `POST /token for ${channel}: ${response.status} ${text}`);
-  const body = JSON.parse(text);
+  const { body, text } = await postToken(CHANNEL_URL, channel, id);
   assert.equal(body.channel, channel, `POST /token body: ${text}`);
   assert.equal(body.id, id, `POST /token body: ${text}`);
   assert.equal(typeof body.token, "string", `POST /token body: ${text}`);

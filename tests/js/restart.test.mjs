@@ -20,6 +20,7 @@ import { randomBytes } from "node:crypto";
 import { renameSync, writeFileSync } from "node:fs";
 import WebSocket from "ws";
 import { Socket } from "phoenix";
+import { postToken } from "./token.mjs";
 
 const CHANNEL_URL = process.env.CHANNEL_URL;
 const JOINED_FILE = process.env.JOINED_FILE;
@@ -37,14 +38,7 @@ const JOIN_WAIT_MS = 5000;
 const RESTART_WAIT_MS = 30000;
 
 async function mintToken(channel, id) {
-  const response = await fetch(`${CHANNEL_URL}/token`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ channel, id }),
-  });
-  const text = await response.text();
-  assert.equal(response.status, 200, `POST /token for ${channel}: ${response.status} ${text}`);
-  return JSON.parse(text).token;
+  return (await postToken(CHANNEL_URL, channel, id)).body.token;
 }
 
 // Writes `text` to `path` in one step (write, then rename), for the Rust side to poll.
