@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use super::context::{ShardContext, Shared, COALESCE_BYTES};
-use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
+use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue, IDLE_FRAMES_KEPT};
 use super::presence_delivery::PresenceSync;
 use super::session;
 use super::stats::ShardStats;
@@ -308,7 +308,7 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
                 ShardStats::add(&stats.bytes_out, bytes as u64);
                 // A burst (a presence storm, a backlog) must not leave an idle connection
                 // holding a large empty queue.
-                if batch.capacity() > 64 {
+                if batch.capacity() > IDLE_FRAMES_KEPT {
                     batch = VecDeque::new();
                 }
             }

@@ -10,6 +10,12 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
+/// The most frames an idle queue (or the writer's batch) keeps room for. A burst (a presence
+/// storm, a backlog) grows them; once it is written the room goes back, since thousands of idle
+/// connections each holding a burst's capacity add up (a frame slot is 32 bytes). Steady traffic
+/// of a frame or two per write never grows past this, so it costs no allocation.
+pub const IDLE_FRAMES_KEPT: usize = 4;
+
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -93,7 +99,7 @@ impl OutboundQueue {
         std::mem::swap(&mut self.frames, batch);
         if batch.is_empty() {
             // An idle connection should not keep a burst's worth of capacity.
-            if self.frames.capacity() > 64 {
+            if self.frames.capacity() > IDLE_FRAMES_KEPT {
                 self.frames = VecDeque::new();
             }
             return self.close.clone();
