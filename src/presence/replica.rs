@@ -32,6 +32,9 @@ pub const WAIT_LIMIT: Duration = Duration::from_secs(2);
 const SEED_LIMIT: Duration = Duration::from_secs(5);
 /// A copy no join used for this long is dropped.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// A copy's state JSON no join used for this long is let go (it is rebuilt on the next join);
+/// a topic's state is as large as its members' text and would otherwise stay as long as the copy.
+const STATE_KEEP: Duration = Duration::from_secs(1);
 /// Diffs kept for a topic while its seed is on its way; past this the oldest go (the seed's
 /// version check then asks for another seed if it needed them).
 const MAX_BUFFERED: usize = 4096;
@@ -89,17 +92,17 @@ struct Waiter {
     since: Instant,
 }
 
-/// The members of a topic, by key (the client id), in the `presence_state` shape.
+/// The members of a topic, by key (the client id), in the `presence_state` shape, kept as
+/// the JSON text each member contributes to a state: per key, the key escaped once as a JSON
+/// string and the metas of its joins as one comma-separated text. Two allocations a member
+/// (about 170 B with the map's slot), so a copy costs little next to a connection; the metas of
+/// a key are parsed only when a key on several sockets joins again or a meta leaves.
 #[derive(Default)]
 struct Members {
-    by_key: IndexMap<String, Member>,
-}
-
-struct Member {
-    /// The key as a JSON string (escaped once, reused by every state).
-    key_json: String,
-    /// `(phx_ref, meta JSON)` of every join of this key.
-    metas: Vec<(String, String)>,
+    /// Key as a JSON string → its metas, `{..},{..}` verbatim.
+    by_key: IndexMap<Box<str>, Box<str>>,
+    /// How many metas in all.
+    metas: usize,
 }
 
 /// A stored entry of the members hash (see [`super::shapes::stored_entry`]).
@@ -112,34 +115,74 @@ struct StoredEntry<'a> {
 }
 
 #[derive(Deserialize)]
-struct MetaRef {
-    phx_ref: String,
+struct MetaRef<'a> {
+    #[serde(borrow)]
+    phx_ref: std::borrow::Cow<'a, str>,
 }
 
-fn phx_ref_of(meta: &RawValue) -> Option<String> {
-    serde_json::from_str::<MetaRef>(meta.get())
+fn phx_ref_of(meta: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    serde_json::from_str::<MetaRef<'_>>(meta.get())
         .ok()
         .map(|m| m.phx_ref)
 }
 
+/// `key` as a JSON string, the form the map is keyed by.
+fn key_json(key: &str) -> String {
+    serde_json::Value::String(key.to_owned()).to_string()
+}
+
+/// The metas of one key, parsed back from their stored text (it was checked when stored).
+fn parse_metas(metas: &str) -> Vec<&RawValue> {
+    let mut out = Vec::new();
+    let mut rest = metas;
+    while !rest.is_empty() {
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+        let Some(Ok(meta)) = stream.next() else {
+            break;
+        };
+        out.push(meta);
+        rest = rest[stream.byte_offset()..].trim_start_matches(',');
+    }
+    out
+}
+
 impl Members {
-    fn add(&mut self, key: &str, phx_ref: String, meta: &str) {
-        let member = self.by_key.entry(key.to_owned()).or_insert_with(|| Member {
-            key_json: serde_json::Value::String(key.to_owned()).to_string(),
-            metas: Vec::new(),
-        });
-        if !member.metas.iter().any(|(r, _)| *r == phx_ref) {
-            member.metas.push((phx_ref, meta.to_owned()));
+    fn add(&mut self, key: &str, phx_ref: &str, meta: &str) {
+        let key_json = key_json(key);
+        let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
+            self.by_key.insert(key_json.into(), meta.into());
+            self.metas += 1;
+            return;
+        };
+        if parse_metas(metas)
+            .iter()
+            .any(|m| phx_ref_of(m).as_deref() == Some(phx_ref))
+        {
+            return;
         }
+        *metas = format!("{metas},{meta}").into();
+        self.metas += 1;
     }
 
     fn remove(&mut self, key: &str, phx_ref: &str) {
-        let Some(member) = self.by_key.get_mut(key) else {
+        let key_json = key_json(key);
+        let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
             return;
         };
-        member.metas.retain(|(r, _)| r != phx_ref);
-        if member.metas.is_empty() {
-            self.by_key.swap_remove(key);
+        let all = parse_metas(metas);
+        let kept: Vec<&str> = all
+            .iter()
+            .filter(|m| phx_ref_of(m).as_deref() != Some(phx_ref))
+            .map(|m| m.get())
+            .collect();
+        if kept.len() == all.len() {
+            return;
+        }
+        self.metas -= all.len() - kept.len();
+        if kept.is_empty() {
+            self.by_key.swap_remove(key_json.as_str());
+        } else {
+            *metas = kept.join(",").into();
         }
     }
 
@@ -153,7 +196,7 @@ impl Members {
                 let Some(phx_ref) = phx_ref_of(meta) else {
                     return false;
                 };
-                self.add(key, phx_ref, meta.get());
+                self.add(key, &phx_ref, meta.get());
             }
         }
         for (key, metas) in &diff.leaves.0 {
@@ -175,7 +218,7 @@ impl Members {
                 continue;
             };
             if let Some(phx_ref) = phx_ref_of(entry.meta) {
-                members.add(&entry.key, phx_ref, entry.meta.get());
+                members.add(&entry.key, &phx_ref, entry.meta.get());
             }
         }
         members
@@ -185,25 +228,18 @@ impl Members {
     fn state_json(&self) -> Arc<str> {
         let bytes: usize = self
             .by_key
-            .values()
-            .map(|m| {
-                m.key_json.len() + 12 + m.metas.iter().map(|(_, j)| j.len() + 1).sum::<usize>()
-            })
+            .iter()
+            .map(|(key, metas)| key.len() + metas.len() + 13)
             .sum();
         let mut out = String::with_capacity(bytes + 2);
         out.push('{');
-        for (i, member) in self.by_key.values().enumerate() {
+        for (i, (key, metas)) in self.by_key.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&member.key_json);
+            out.push_str(key);
             out.push_str(":{\"metas\":[");
-            for (j, (_, meta)) in member.metas.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                out.push_str(meta);
-            }
+            out.push_str(metas);
             out.push_str("]}");
         }
         out.push('}');
@@ -285,7 +321,7 @@ impl TopicCopy {
     /// How many members (metas) the copy holds.
     fn members(&self) -> usize {
         match &self.copy {
-            Copy::Live { members, .. } => members.by_key.values().map(|m| m.metas.len()).sum(),
+            Copy::Live { members, .. } => members.metas,
             Copy::Seeding { .. } => 0,
         }
     }
@@ -439,9 +475,14 @@ impl PresenceReplica {
                 requests.insert(topic.clone());
                 return true;
             }
-            let keep = !copy.waiters.is_empty() || now.duration_since(copy.last_used) < IDLE_LIMIT;
+            let unused = now.duration_since(copy.last_used);
+            let keep = !copy.waiters.is_empty() || unused < IDLE_LIMIT;
             if !keep {
                 dropped += copy.members();
+            } else if unused >= STATE_KEEP {
+                if let Copy::Live { state, .. } = &mut copy.copy {
+                    *state = None;
+                }
             }
             keep
         });
@@ -534,6 +575,29 @@ mod tests {
             Wanted::Ready(state) => state,
             other => panic!("expected a ready state, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_repeated_join_is_one_meta_and_unknown_leaves_change_nothing() {
+        let mut members = Members::default();
+        let meta = |r: &str| format!(r#"{{"phx_ref":"{r}","online_at":1,"x":[1,{{"y":","}}]}}"#);
+        members.add("u,1", "r1", &meta("r1"));
+        members.add("u,1", "r2", &meta("r2"));
+        members.add("u,1", "r1", &meta("r1"));
+        members.add("u2", "r3", &meta("r3"));
+        assert_eq!(members.metas, 3);
+        members.remove("u,1", "nope");
+        members.remove("nobody", "r1");
+        assert_eq!(members.metas, 3);
+        let state = state_of(&members.state_json());
+        assert_eq!(refs(&state, "u,1"), ["r1", "r2"]);
+        assert_eq!(state["u,1"]["metas"][1]["x"][1]["y"], ",");
+        members.remove("u,1", "r1");
+        assert_eq!(refs(&state_of(&members.state_json()), "u,1"), ["r2"]);
+        members.remove("u,1", "r2");
+        members.remove("u2", "r3");
+        assert_eq!(members.metas, 0);
+        assert_eq!(&*members.state_json(), "{}");
     }
 
     #[test]
@@ -712,6 +776,25 @@ mod tests {
         assert_eq!(idle.topics(), 1);
         assert_eq!(idle.expire(now + IDLE_LIMIT), 2, "two members dropped");
         assert_eq!(idle.topics(), 0);
+    }
+
+    #[test]
+    fn an_unused_state_is_let_go_and_rebuilt_the_same() {
+        let now = Instant::now();
+        let mut replica = seeded(1, &[p("u1", "r1"), p("u2", "r2")], now);
+        let cached = |r: &PresenceReplica| match &r.topics["t"].copy {
+            Copy::Live { state, .. } => state.is_some(),
+            Copy::Seeding { .. } => panic!("not live"),
+        };
+        let (_, first) = ready(replica.want("t", 1, ticket("r2"), now));
+        assert!(cached(&replica));
+        replica.expire(now + STATE_KEEP / 2);
+        assert!(cached(&replica), "kept while joins may still use it");
+        replica.expire(now + STATE_KEEP);
+        assert!(!cached(&replica));
+        assert_eq!(replica.topics(), 1, "the copy itself stays");
+        let (_, again) = ready(replica.want("t", 1, ticket("r3"), now + STATE_KEEP));
+        assert_eq!(again, first);
     }
 
     #[test]
