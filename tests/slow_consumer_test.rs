@@ -239,10 +239,28 @@ fn drain_stalled(mut stream: TcpStream) -> (Option<(u16, String)>, usize) {
             Err(e) => panic!("reading the stalled client: {e}"),
         }
     }
-    // Server frames are unmasked: walk them.
-    let mut at = 0;
     let mut texts = 0;
     let mut close = None;
+    for (opcode, payload) in server_frames(&bytes) {
+        match opcode {
+            1 => texts += 1,
+            8 if payload.len() >= 2 => {
+                close = Some((
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    (close, texts)
+}
+
+/// The complete frames at the start of `bytes` as `(opcode, payload)`; server frames are
+/// unmasked. A frame cut at the end is left out.
+fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut frames = Vec::new();
+    let mut at = 0;
     while at + 2 <= bytes.len() {
         let opcode = bytes[at] & 0x0F;
         let mut len = (bytes[at + 1] & 0x7F) as usize;
@@ -260,20 +278,10 @@ fn drain_stalled(mut stream: TcpStream) -> (Option<(u16, String)>, usize) {
         if start + len > bytes.len() {
             break; // cut in the middle of a frame
         }
-        let payload = &bytes[start..start + len];
-        match opcode {
-            1 => texts += 1,
-            8 if payload.len() >= 2 => {
-                close = Some((
-                    u16::from_be_bytes([payload[0], payload[1]]),
-                    String::from_utf8_lossy(&payload[2..]).into_owned(),
-                ))
-            }
-            _ => {}
-        }
+        frames.push((opcode, &bytes[start..start + len]));
         at = start + len;
     }
-    (close, texts)
+    frames
 }
 
 /// Runs `rounds` A/B rounds on a one-shard server with a 64 KiB queue: each round is a run
@@ -326,6 +334,94 @@ fn slow_consumer_rounds(rounds: usize) -> (Vec<Vec<u64>>, Vec<Vec<u64>>) {
 #[test]
 fn client_that_stops_reading_is_closed_with_1013_while_its_shard_mates_keep_receiving() {
     slow_consumer_rounds(1);
+}
+
+#[test]
+fn a_client_that_pauses_reading_gets_every_message_whole_and_in_order() {
+    // Frames go straight to a socket while nothing is queued for it, and through its queue
+    // once the socket stops taking them (here: a 4 KiB receive buffer, a client that does not
+    // read for a while, 16 KiB messages one every millisecond, so that the kernel's buffers
+    // fill mid-frame). Frames must never overtake the rest of a frame the socket took only
+    // part of: the client reads again while publishing goes on and must get every message,
+    // whole and in order. The queue is large enough that nobody is a slow consumer here.
+    const COUNT: usize = 800;
+    let s = Setup::with(
+        common::ServerOptions::default()
+            .shards(1)
+            .config("[channel]\noutbound_queue_bytes = 67108864\n"),
+    );
+    let mut paused = stalled_client(&s);
+    std::thread::sleep(Duration::from_millis(200));
+    let publisher = {
+        let redis = s.redis.url();
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(redis)
+                .and_then(|c| c.get_connection())
+                .expect("a connection to the test Redis");
+            let pad = "p".repeat(16 * 1024);
+            for i in 0..COUNT {
+                let payload = json!({"n": i, "pad": pad}).to_string();
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(format!("to:{TOPIC}:tick"))
+                    .arg(payload)
+                    .query(&mut conn)
+                    .expect("PUBLISH to the test Redis");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // Not reading while about half is published: the buffers fill and stay full.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < COUNT {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {COUNT} messages arrived",
+            seen.len()
+        );
+        let n = match paused.read(&mut buf) {
+            Ok(0) => panic!("the server closed the socket after {} messages", seen.len()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => panic!("reading: {e}"),
+        };
+        bytes.extend_from_slice(&buf[..n]);
+        let frames = server_frames(&bytes);
+        let used: usize = frames
+            .iter()
+            .map(|(_, p)| header_len(p.len()) + p.len())
+            .sum();
+        for (opcode, payload) in &frames {
+            assert_eq!(*opcode, 1, "only text frames are expected");
+            let message: Value = serde_json::from_slice(payload).unwrap_or_else(|e| {
+                panic!(
+                    "a frame is not JSON after {} messages ({e}): the stream is corrupt",
+                    seen.len()
+                )
+            });
+            if message[2] == TOPIC && message[3] == "tick" {
+                assert_eq!(message[4]["pad"].as_str().map(str::len), Some(16 * 1024));
+                seen.push(message[4]["n"].as_u64().expect("n"));
+            }
+        }
+        bytes.drain(..used);
+    }
+    publisher.join().expect("the publisher does not panic");
+    let expected: Vec<u64> = (0..COUNT as u64).collect();
+    assert!(seen == expected, "messages out of order or repeated");
+    assert_eq!(slow_consumer_closes(&s), 0);
+}
+
+/// The length of a server frame's header for a payload of `len` bytes.
+fn header_len(len: usize) -> usize {
+    match len {
+        n if n < 126 => 2,
+        n if n <= 0xFFFF => 4,
+        _ => 10,
+    }
 }
 
 // Whether the shard mates of a slow consumer keep their latency is a timing question: it is

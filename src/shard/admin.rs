@@ -223,5 +223,6 @@ pub fn announce_redis_state(ctx: &ShardContext) {
     super::fan_out(
         ctx,
         &Broadcast::new(ADMIN_TOPIC, "redis", payload.as_bytes()),
+        super::Write::Queued,
     );
 }

@@ -76,6 +76,26 @@ impl Conn {
         outcome
     }
 
+    /// Sends one frame, writing it to the socket at once when nothing is queued before it: a
+    /// connection that keeps up then costs one `send` and no wake-up of its writer task (the
+    /// fan-out's per-receiver cost). Whatever the socket does not take right away (a full
+    /// kernel buffer, an error) goes through the queue and the writer as with [`Conn::send`].
+    pub fn send_now(&self, frame: Bytes) -> Enqueued {
+        if !self.out.borrow().is_idle() {
+            return self.send(frame);
+        }
+        let written = self.socket.try_send(&frame);
+        if written > 0 {
+            let stats = self.stats();
+            ShardStats::add(&stats.bytes_out, written as u64);
+            if written == frame.len() {
+                ShardStats::add(&stats.frames_out, 1);
+                return Enqueued::Queued;
+            }
+        }
+        self.send(frame.slice(written..))
+    }
+
     /// Starts closing the connection with `code` and `reason`.
     pub fn close(&self, code: u16, reason: &'static str) {
         self.out.borrow_mut().close(CloseRequest { code, reason });
@@ -111,6 +131,25 @@ impl SocketCutter {
                 libc::shutdown(self.fd, libc::SHUT_RDWR);
             }
         }
+    }
+
+    /// Writes what the socket takes of `bytes` without waiting; 0 when it takes nothing (a
+    /// full buffer, an error: the writer, which owns error handling, then sees it).
+    fn try_send(&self, bytes: &[u8]) -> usize {
+        if !self.open.get() {
+            return 0;
+        }
+        // The descriptor is still owned by this connection's stream (see `open`); the flags
+        // make the call non-blocking and turn a closed peer into an error instead of SIGPIPE.
+        let sent = unsafe {
+            libc::send(
+                self.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(sent).unwrap_or(0)
     }
 
     fn cut_after(&self, grace: Duration) {

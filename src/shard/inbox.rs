@@ -201,6 +201,11 @@ impl ShardInbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Whether no message waits (one may arrive right after).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Takes one waiting message without waiting.
     pub fn try_recv(&self) -> Option<ShardMessage> {
         let message = self.rx.try_recv().ok()?;

@@ -225,12 +225,12 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
         let mut handled = 0u32;
         while let Some(message) = inbox.try_recv() {
             match message {
-                ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast),
+                ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast, write_now(&inbox)),
                 ShardMessage::Downstream {
                     broadcast,
                     received_at,
                 } => {
-                    fan_out(&ctx, &broadcast);
+                    fan_out(&ctx, &broadcast, write_now(&inbox));
                     ctx.metrics().downstream_queued(received_at);
                 }
                 ShardMessage::PushResult { ack, outcome } => {
@@ -262,15 +262,37 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
     }
 }
 
-/// Queues one broadcast's pre-encoded frame on every local subscriber of its topic.
-pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast) {
+/// The last message waiting is written through; earlier ones are queued, so that a backlog
+/// reaches each socket in as few writes as possible.
+fn write_now(inbox: &ShardInbox) -> Write {
+    if inbox.is_empty() {
+        Write::Now
+    } else {
+        Write::Queued
+    }
+}
+
+/// How [`fan_out`] hands frames to the connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Straight to each socket that has nothing queued ([`Conn::send_now`]).
+    Now,
+    /// Through each connection's queue and writer task, which coalesces consecutive frames.
+    Queued,
+}
+
+/// Sends one broadcast's pre-encoded frame to every local subscriber of its topic.
+pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast, write: Write) {
     let topics = ctx.topics.borrow();
     let Some(subscribers) = topics.subscribers(broadcast.topic()) else {
         return;
     };
     for conn in subscribers.values() {
         if let Some(frame) = broadcast.frame_for(conn.vsn) {
-            conn.send(frame.clone());
+            match write {
+                Write::Now => conn.send_now(frame.clone()),
+                Write::Queued => conn.send(frame.clone()),
+            };
         }
     }
 }

@@ -79,6 +79,12 @@ impl OutboundQueue {
         Enqueued::Queued
     }
 
+    /// Nothing queued, nothing handed to the writer and not closing: a frame written straight
+    /// to the socket now cannot overtake another.
+    pub fn is_idle(&self) -> bool {
+        self.pending_bytes == 0 && self.close.is_none()
+    }
+
     /// Asks the writer to send what is queued, then a close frame. The first request wins.
     pub fn close(&mut self, request: CloseRequest) {
         if self.close.is_none() {
