@@ -28,7 +28,7 @@ pub struct CloseRequest {
 /// What happened to a frame offered to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    /// The frame will be written.
+    /// The frame was written (see `Conn::send_now`) or will be.
     Queued,
     /// The queue passed its limit: the connection is now closing as a slow consumer.
     Overflow,
@@ -152,6 +152,26 @@ mod tests {
             batch,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
+    }
+
+    #[test]
+    fn idle_only_once_everything_taken_is_written_and_never_when_closing() {
+        let mut q = OutboundQueue::new(100);
+        assert!(q.is_idle());
+        q.push(frame(5));
+        assert!(!q.is_idle(), "a frame is queued");
+        let mut batch = VecDeque::new();
+        q.take(&mut batch);
+        assert!(!q.is_idle(), "the writer holds bytes not yet written");
+        q.written(3);
+        assert!(!q.is_idle(), "part of the frame is still being written");
+        q.written(2);
+        assert!(q.is_idle());
+        q.close(CloseRequest {
+            code: 1000,
+            reason: "",
+        });
+        assert!(!q.is_idle(), "nothing may be written after the close frame");
     }
 
     #[test]
