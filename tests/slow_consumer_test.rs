@@ -241,7 +241,7 @@ fn drain_stalled(mut stream: TcpStream) -> (Option<(u16, String)>, usize) {
     }
     let mut texts = 0;
     let mut close = None;
-    for (opcode, payload) in server_frames(&bytes) {
+    for (opcode, payload) in server_frames(&bytes).0 {
         match opcode {
             1 => texts += 1,
             8 if payload.len() >= 2 => {
@@ -256,9 +256,9 @@ fn drain_stalled(mut stream: TcpStream) -> (Option<(u16, String)>, usize) {
     (close, texts)
 }
 
-/// The complete frames at the start of `bytes` as `(opcode, payload)`; server frames are
-/// unmasked. A frame cut at the end is left out.
-fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+/// The complete frames at the start of `bytes` as `(opcode, payload)`, and how many bytes they
+/// take; server frames are unmasked. A frame cut at the end is left out.
+fn server_frames(bytes: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
     let mut frames = Vec::new();
     let mut at = 0;
     while at + 2 <= bytes.len() {
@@ -281,7 +281,7 @@ fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
         frames.push((opcode, &bytes[start..start + len]));
         at = start + len;
     }
-    frames
+    (frames, at)
 }
 
 /// Runs `rounds` A/B rounds on a one-shard server with a 64 KiB queue: each round is a run
@@ -389,11 +389,7 @@ fn a_client_that_pauses_reading_gets_every_message_whole_and_in_order() {
             Err(e) => panic!("reading: {e}"),
         };
         bytes.extend_from_slice(&buf[..n]);
-        let frames = server_frames(&bytes);
-        let used: usize = frames
-            .iter()
-            .map(|(_, p)| header_len(p.len()) + p.len())
-            .sum();
+        let (frames, used) = server_frames(&bytes);
         for (opcode, payload) in &frames {
             assert_eq!(*opcode, 1, "only text frames are expected");
             let message: Value = serde_json::from_slice(payload).unwrap_or_else(|e| {
@@ -413,15 +409,6 @@ fn a_client_that_pauses_reading_gets_every_message_whole_and_in_order() {
     let expected: Vec<u64> = (0..COUNT as u64).collect();
     assert!(seen == expected, "messages out of order or repeated");
     assert_eq!(slow_consumer_closes(&s), 0);
-}
-
-/// The length of a server frame's header for a payload of `len` bytes.
-fn header_len(len: usize) -> usize {
-    match len {
-        n if n < 126 => 2,
-        n if n <= 0xFFFF => 4,
-        _ => 10,
-    }
 }
 
 // Whether the shard mates of a slow consumer keep their latency is a timing question: it is

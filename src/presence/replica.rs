@@ -23,7 +23,7 @@ use indexmap::{IndexMap, IndexSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::shapes::DiffRef;
+use super::shapes::{json_string, DiffRef};
 use crate::shard::inbox::PresenceTicket;
 
 /// A join waiting longer than this for the copy to reach its version gets a snapshot instead.
@@ -99,7 +99,7 @@ struct Waiter {
 /// a key are parsed only when a key on several sockets joins again or a meta leaves.
 #[derive(Default)]
 struct Members {
-    /// Key as a JSON string → its metas, `{..},{..}` verbatim.
+    /// Key as a JSON string ([`json_string`]) → its metas, `{..},{..}` verbatim.
     by_key: IndexMap<Box<str>, Box<str>>,
     /// How many metas in all.
     metas: usize,
@@ -126,11 +126,6 @@ fn phx_ref_of(meta: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
         .map(|m| m.phx_ref)
 }
 
-/// `key` as a JSON string, the form the map is keyed by.
-fn key_json(key: &str) -> String {
-    serde_json::Value::String(key.to_owned()).to_string()
-}
-
 /// The metas of one key, parsed back from their stored text (it was checked when stored).
 fn parse_metas(metas: &str) -> Vec<&RawValue> {
     let mut out = Vec::new();
@@ -148,7 +143,7 @@ fn parse_metas(metas: &str) -> Vec<&RawValue> {
 
 impl Members {
     fn add(&mut self, key: &str, phx_ref: &str, meta: &str) {
-        let key_json = key_json(key);
+        let key_json = json_string(key);
         let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
             self.by_key.insert(key_json.into(), meta.into());
             self.metas += 1;
@@ -165,7 +160,7 @@ impl Members {
     }
 
     fn remove(&mut self, key: &str, phx_ref: &str) {
-        let key_json = key_json(key);
+        let key_json = json_string(key);
         let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
             return;
         };

@@ -80,11 +80,12 @@ impl Conn {
     /// connection that keeps up then costs one `send` and no wake-up of its writer task (the
     /// fan-out's per-receiver cost). Whatever the socket does not take right away (a full
     /// kernel buffer, an error) goes through the queue and the writer as with [`Conn::send`].
-    pub fn send_now(&self, frame: Bytes) -> Enqueued {
+    /// The frame is borrowed: a write that takes it whole costs no reference to it.
+    pub fn send_now(&self, frame: &Bytes) -> Enqueued {
         if !self.out.borrow().is_idle() {
-            return self.send(frame);
+            return self.send(frame.clone());
         }
-        let written = self.socket.try_send(&frame);
+        let written = self.socket.try_send(frame);
         if written > 0 {
             let stats = self.stats();
             ShardStats::add(&stats.bytes_out, written as u64);

@@ -225,12 +225,12 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
         let mut handled = 0u32;
         while let Some(message) = inbox.try_recv() {
             match message {
-                ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast, write_now(&inbox)),
+                ShardMessage::Broadcast(broadcast) => fan_out(&ctx, &broadcast, write_mode(&inbox)),
                 ShardMessage::Downstream {
                     broadcast,
                     received_at,
                 } => {
-                    fan_out(&ctx, &broadcast, write_now(&inbox));
+                    fan_out(&ctx, &broadcast, write_mode(&inbox));
                     ctx.metrics().downstream_queued(received_at);
                 }
                 ShardMessage::PushResult { ack, outcome } => {
@@ -264,7 +264,7 @@ async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Send
 
 /// The last message waiting is written through; earlier ones are queued, so that a backlog
 /// reaches each socket in as few writes as possible.
-fn write_now(inbox: &ShardInbox) -> Write {
+fn write_mode(inbox: &ShardInbox) -> Write {
     if inbox.is_empty() {
         Write::Now
     } else {
@@ -290,7 +290,7 @@ pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast, write: Write) {
     for conn in subscribers.values() {
         if let Some(frame) = broadcast.frame_for(conn.vsn) {
             match write {
-                Write::Now => conn.send_now(frame.clone()),
+                Write::Now => conn.send_now(frame),
                 Write::Queued => conn.send(frame.clone()),
             };
         }
