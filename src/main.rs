@@ -133,6 +133,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shards = config.effective_shards(),
         redis = %config.redis_url_redacted(),
         config = ?args.config,
+        allocator = %channel::heap::describe(),
         "starting channel"
     );
     channel::shard::serve(config)
