@@ -134,7 +134,9 @@ cols = {
                    ("p50 ms", "join_latency.p50_ms"), ("p99 ms", "join_latency.p99_ms"),
                    ("srv µs/join", "server_cpu_us_per_join")],
     "idle": [("joined", "joined"), ("failed", "join_failures"),
-             ("RSS B/conn", "rss_per_connection_bytes"), ("idle CPU %", "server_cpu_percent_idle")],
+             ("RSS B/conn", "rss_per_connection_bytes"),
+             ("RSS B/conn at the end", "rss_per_connection_end_bytes"),
+             ("idle CPU %", "server_cpu_percent_idle")],
 }
 cols["topics"] = cols["fanout"]
 cols["topics-step"] = cols["fanout-step"]

@@ -90,10 +90,14 @@ pub struct Summary {
     /// Stepped runs: every step, and the highest rate that met the thresholds.
     pub steps: Vec<Window>,
     pub highest_sustainable_rate: Option<f64>,
-    /// Idle: the server's RSS before connecting and with every client joined.
+    /// Idle: the server's RSS before connecting and with every client joined (the higher of
+    /// the samples after the settle and at the end of the hold).
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_joined_bytes: Option<u64>,
     pub rss_per_connection_bytes: Option<f64>,
+    /// Idle: the same from the sample at the end of the hold alone, once what the joins left
+    /// behind (presence copies, frames in flight) has had `duration` seconds to go.
+    pub rss_per_connection_end_bytes: Option<f64>,
     pub server_cpu_percent_idle: Option<f64>,
     /// The server's highest RSS of the once-a-second progress samples, and its RSS at the end of
     /// the run (after the drain, clients still connected).

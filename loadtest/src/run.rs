@@ -614,10 +614,12 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 let rss = rss_joined.max(rss_end);
                 summary.server_rss_joined_bytes = rss;
                 let joined = co.fleet.totals().joined;
-                if let (Some(b), Some(a)) = (rss_before, rss) {
-                    summary.rss_per_connection_bytes =
-                        Some(a.saturating_sub(b) as f64 / joined.max(1) as f64);
-                }
+                let per_connection = |after: Option<u64>| {
+                    let (before, after) = (rss_before?, after?);
+                    Some(after.saturating_sub(before) as f64 / joined.max(1) as f64)
+                };
+                summary.rss_per_connection_bytes = per_connection(rss);
+                summary.rss_per_connection_end_bytes = per_connection(rss_end);
                 let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
                 if let (Some(a), Some(b)) = (p0.server_cpu, p1.server_cpu) {
                     summary.server_cpu_percent_idle =

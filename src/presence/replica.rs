@@ -30,8 +30,12 @@ use crate::shard::inbox::PresenceTicket;
 pub const WAIT_LIMIT: Duration = Duration::from_secs(2);
 /// A seed asked for longer ago than this is asked for again.
 const SEED_LIMIT: Duration = Duration::from_secs(5);
-/// A copy no join used for this long is dropped.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// A copy no join used for this long is dropped. A copy saves reading and parsing the
+/// topic's hash once per join, which matters only while joins come in quick succession (a
+/// storm, a reconnect wave); a topic joined less often than this re-seeds its copy at its
+/// next join (one `HVALS`, as every join cost before copies existed) instead of holding about
+/// 170 B a member between joins (docs/benchmarks.md, "Memory per connection, session 4").
+pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 /// A copy's state JSON no join used for this long is let go (it is rebuilt on the next join);
 /// a topic's state is as large as its members' text and would otherwise stay as long as the copy.
 const STATE_KEEP: Duration = Duration::from_secs(1);
