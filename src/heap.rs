@@ -8,12 +8,14 @@
 //! short- and long-lived data of all threads end up on the same pages, which can never be
 //! given back: after a join storm glibc kept +222 B a connection for +20 B of live data, and
 //! jemalloc with its cache ~1.3 MB of half-empty slabs plus ~0.9 MB of cached regions
-//! (docs/benchmarks.md, "Memory per connection"). Without the cache a freed region goes
+//! (docs/benchmarks.md, "Memory per connection, session 4"). Without the cache a freed region goes
 //! straight back to the slab it came from, and a background thread purges empty pages about a
 //! second after they are freed; no thread polls for it while nothing is freed.
 //!
 //! The callers still [`trim`] after a burst (dropped presence copies, a storm of writes) so that
-//! the memory goes back at once rather than over the decay time.
+//! the memory goes back at once rather than over the decay time. jemalloc is built with its
+//! statistics, so that `malloc_stats_print` (e.g. called through gdb) can say where the
+//! memory of a running server is.
 
 use std::ffi::{c_void, CStr};
 
@@ -23,6 +25,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read by jemalloc before `main` (the symbol name is that of the
 /// `tikv-jemalloc-sys` build, whose symbols are prefixed; `_RJEM_MALLOC_CONF` in the
 /// environment overrides any of them):
+/// - `tcache:false`: no per-thread cache of freed regions (see above); the fan-out and join
+///   paths measured no slower without it (docs/benchmarks.md);
 /// - `background_thread:true`: a thread purges freed pages, so an idle process gives memory
 ///   back without the serving threads doing it on their hot paths;
 /// - `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: freed pages go back to the kernel about a
