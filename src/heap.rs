@@ -58,36 +58,31 @@ pub fn trim() {
 
 /// A boolean option of the running allocator (`opt.<name>`), for the start-up log and tests.
 pub fn option_bool(name: &CStr) -> Option<bool> {
-    let mut value = false;
-    let mut len = std::mem::size_of::<bool>();
-    // SAFETY: `value` and `len` describe a writable bool, which is what boolean options return.
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr(),
-            (&mut value as *mut bool).cast::<c_void>(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    (rc == 0).then_some(value)
+    // SAFETY: boolean options are C `bool`s.
+    unsafe { read_ctl::<bool>(name) }
 }
 
 /// A signed integer option of the running allocator (`opt.dirty_decay_ms` and the like).
 pub fn option_isize(name: &CStr) -> Option<isize> {
-    let mut value: isize = 0;
-    let mut len = std::mem::size_of::<isize>();
-    // SAFETY: `value` and `len` describe a writable ssize_t, which decay options return.
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr(),
-            (&mut value as *mut isize).cast::<c_void>(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    (rc == 0).then_some(value)
+    // SAFETY: decay options are `ssize_t`s.
+    unsafe { read_ctl::<isize>(name) }
+}
+
+/// Reads a jemalloc control; None if jemalloc does not know it or its size is not `T`'s.
+///
+/// # Safety
+/// `T` must be the C type jemalloc documents for `name`, which it then writes a valid value of.
+unsafe fn read_ctl<T: Copy + Default>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    let rc = tikv_jemalloc_sys::mallctl(
+        name.as_ptr(),
+        (&mut value as *mut T).cast::<c_void>(),
+        &mut len,
+        std::ptr::null_mut(),
+        0,
+    );
+    (rc == 0 && len == std::mem::size_of::<T>()).then_some(value)
 }
 
 /// What the start-up log says of the allocator.
