@@ -8,9 +8,9 @@
 //! short- and long-lived data of all threads end up on the same pages, which can never be
 //! given back: after a join storm glibc kept +222 B a connection for +20 B of live data, and
 //! jemalloc with its cache ~1.3 MB of half-empty slabs plus ~0.9 MB of cached regions
-//! (docs/benchmarks.md, "Memory per connection, session 4"). Without the cache a freed region goes
-//! straight back to the slab it came from, and a background thread purges empty pages about a
-//! second after they are freed; no thread polls for it while nothing is freed.
+//! (docs/benchmarks.md, "Memory per connection, session 4"). Without the cache a freed region
+//! goes straight back to the slab it came from, and a background thread purges empty pages
+//! about a second after they are freed; no thread polls for it while nothing is freed.
 //!
 //! The callers still [`trim`] after a burst (dropped presence copies, a storm of writes) so that
 //! the memory goes back at once rather than over the decay time. jemalloc is built with its
