@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use super::context::{ShardContext, Shared, COALESCE_BYTES};
-use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue, IDLE_FRAMES_KEPT};
+use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
 use super::presence_delivery::PresenceSync;
 use super::session;
 use super::stats::ShardStats;
@@ -346,11 +346,6 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
                 let stats = ctx.stats();
                 ShardStats::add(&stats.frames_out, frames);
                 ShardStats::add(&stats.bytes_out, bytes as u64);
-                // A burst (a presence storm, a backlog) must not leave an idle connection
-                // holding a large empty queue.
-                if batch.capacity() > IDLE_FRAMES_KEPT {
-                    batch = VecDeque::new();
-                }
             }
             Err(err) => {
                 debug!(conn = conn.id, %err, "write failed");

@@ -14,7 +14,7 @@ use bytes::Bytes;
 /// storm, a backlog) grows them; once it is written the room goes back, since thousands of idle
 /// connections each holding a burst's capacity add up (a frame slot is 32 bytes). Steady traffic
 /// of a frame or two per write never grows past this, so it costs no allocation.
-pub const IDLE_FRAMES_KEPT: usize = 4;
+const IDLE_FRAMES_KEPT: usize = 4;
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,16 +98,18 @@ impl OutboundQueue {
         self.close.is_some()
     }
 
-    /// Moves every queued frame into `batch` (which must be empty), keeping both
-    /// allocations. Returns the close request when there is nothing left to write before it.
+    /// Moves every queued frame into `batch` (which must be empty: the writer's last batch,
+    /// written), keeping both allocations, except that a burst's worth of room in the written
+    /// batch is let go ([`IDLE_FRAMES_KEPT`]); the two deques swap at every take, so this is
+    /// the one place that rule needs. Returns the close request when there is nothing left to
+    /// write before it.
     pub fn take(&mut self, batch: &mut VecDeque<Bytes>) -> Option<CloseRequest> {
         debug_assert!(batch.is_empty());
+        if batch.capacity() > IDLE_FRAMES_KEPT {
+            *batch = VecDeque::new();
+        }
         std::mem::swap(&mut self.frames, batch);
         if batch.is_empty() {
-            // An idle connection should not keep a burst's worth of capacity.
-            if self.frames.capacity() > IDLE_FRAMES_KEPT {
-                self.frames = VecDeque::new();
-            }
             return self.close.clone();
         }
         None
@@ -152,6 +154,24 @@ mod tests {
             batch,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
+    }
+
+    #[test]
+    fn a_bursts_room_is_let_go_once_written() {
+        let mut q = OutboundQueue::new(1 << 20);
+        for _ in 0..100 {
+            q.push(frame(5));
+        }
+        let mut batch = VecDeque::new();
+        q.take(&mut batch);
+        assert_eq!(batch.len(), 100);
+        assert!(q.frames.capacity() <= IDLE_FRAMES_KEPT);
+        batch.clear(); // written
+        q.written(500);
+        assert!(q.take(&mut batch).is_none());
+        assert!(batch.is_empty());
+        assert!(batch.capacity() <= IDLE_FRAMES_KEPT, "the writer's batch");
+        assert!(q.frames.capacity() <= IDLE_FRAMES_KEPT, "the queue");
     }
 
     #[test]
