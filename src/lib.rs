@@ -11,13 +11,16 @@
 //! - [`system`]   the `system` channel: the process's own `datetime` tick.
 //! - [`metrics`]  Prometheus metrics for `GET /metrics`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod heap;
 pub mod http;
+pub mod inbox;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod redis;
+pub mod server;
 pub mod shard;
 pub mod system;

@@ -136,7 +136,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allocator = %channel::heap::describe(),
         "starting channel"
     );
-    channel::shard::serve(config)
+    channel::server::serve(config)
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

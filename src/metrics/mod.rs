@@ -5,8 +5,12 @@
 //! that nothing else in the process can add to or collide with it), the per-shard handles of
 //! the counters that only metrics needs ([`ShardMetrics`]), and the rendering, which also reads
 //! the counters other parts of the server already keep for themselves (the shards'
-//! [`ShardStats`](crate::shard::stats::ShardStats), the inboxes' drop counts, the Redis core's
-//! status and reader counters, the `system` channel) at scrape time.
+//! [`ShardStats`], the inboxes' drop counts, the Redis core's status and reader counters, the
+//! `system` channel) at scrape time, from a [`Scrape`] the caller fills in. It owns the shards'
+//! plain counters ([`ShardStats`]) too, since they are what most series are made of.
+//!
+//! It is a leaf: it imports no other module of the server but `protocol` and `inbox`'s
+//! message types, so every layer may count through it.
 //!
 //! What it must never do: take a lock or look anything up by name on a per-message path. Every
 //! label combination is resolved once, when the server starts; a shard then holds plain handles
@@ -22,6 +26,7 @@
 //! [`crate::http::metrics_response`] announces.
 
 mod render;
+mod shard_stats;
 
 use std::time::Instant;
 
@@ -29,10 +34,11 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
 
-use crate::shard::inbox::PushOutcome;
-use crate::shard::session::refusal;
+use crate::inbox::PushOutcome;
+use crate::protocol::Refusal;
 
-pub use render::render;
+pub use render::{render, Scrape};
+pub use shard_stats::{ShardStats, StatsSnapshot};
 
 /// Every series name starts with this.
 pub const PREFIX: &str = "channel";
@@ -44,13 +50,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// The join refusal reasons that get their own series; anything else is counted as `other`.
-pub const REFUSAL_REASONS: [&str; 4] = [
-    refusal::UNAUTHORIZED,
-    refusal::TOO_MANY_CHANNELS,
-    refusal::INVALID_TOPIC,
-    refusal::SHUTTING_DOWN,
-];
+/// The join refusal reasons that get their own series ([`Refusal::JOIN`]); any other reason
+/// is counted as `other`.
+pub const REFUSAL_REASONS: [Refusal; 4] = Refusal::JOIN;
 
 /// The process's metrics: the registry and every shard's handles.
 pub struct Metrics {
@@ -139,10 +141,10 @@ impl Metrics {
                     connections_closed: closed.with_label_values(&label),
                     joins: joins.with_label_values(&label),
                     refusals: [
-                        refusal(REFUSAL_REASONS[0]),
-                        refusal(REFUSAL_REASONS[1]),
-                        refusal(REFUSAL_REASONS[2]),
-                        refusal(REFUSAL_REASONS[3]),
+                        refusal(REFUSAL_REASONS[0].as_str()),
+                        refusal(REFUSAL_REASONS[1].as_str()),
+                        refusal(REFUSAL_REASONS[2].as_str()),
+                        refusal(REFUSAL_REASONS[3].as_str()),
                         refusal("other"),
                     ],
                     pushes_published: published.with_label_values(&label),
@@ -170,8 +172,8 @@ impl Metrics {
 }
 
 impl ShardMetrics {
-    /// Counts a join refused with `reason` (one of [`crate::shard::session::refusal`]).
-    pub fn join_refused(&self, reason: &str) {
+    /// Counts a join refused with `reason`.
+    pub fn join_refused(&self, reason: Refusal) {
         let index = REFUSAL_REASONS
             .iter()
             .position(|known| *known == reason)
@@ -200,13 +202,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_are_counted_by_reason_and_unknown_ones_as_other() {
+    fn refusals_are_counted_by_reason_and_non_join_ones_as_other() {
         let metrics = Metrics::new(2);
         let shard = metrics.shard(1);
-        shard.join_refused(refusal::UNAUTHORIZED);
-        shard.join_refused(refusal::UNAUTHORIZED);
-        shard.join_refused(refusal::INVALID_TOPIC);
-        shard.join_refused("something new");
+        shard.join_refused(Refusal::Unauthorized);
+        shard.join_refused(Refusal::Unauthorized);
+        shard.join_refused(Refusal::InvalidTopic);
+        shard.join_refused(Refusal::ReservedEvent);
         assert_eq!(shard.refusals[0].get(), 2);
         assert_eq!(shard.refusals[2].get(), 1);
         assert_eq!(shard.refusals[REFUSAL_REASONS.len()].get(), 1);

@@ -6,16 +6,36 @@
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder as _, TextEncoder};
-use std::sync::atomic::Ordering;
 
 use super::PREFIX;
-use crate::shard::context::Shared;
-use crate::shard::stats::StatsSnapshot;
+use super::{Metrics, StatsSnapshot};
+
+/// The figures other parts of the server keep for themselves, read at scrape time by the
+/// caller (which knows where they live).
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// Every shard's counters, by shard index.
+    pub shards: Vec<StatsSnapshot>,
+    /// Messages each shard's inbox dropped, by shard index.
+    pub inbox_drops: Vec<u64>,
+    /// Times the Redis core reconnected.
+    pub redis_reconnects: u64,
+    /// Whether the Redis core is connected now.
+    pub redis_connected: bool,
+    /// Messages the Redis reader received on its subscriptions.
+    pub redis_received: u64,
+    /// Downstream messages no shard wanted.
+    pub redis_unrouted: u64,
+    /// `datetime` ticks built for the `system` channel.
+    pub system_ticks: u64,
+    /// Shards with a subscriber of `system`.
+    pub system_listening_shards: u32,
+}
 
 /// The whole exposition, in the Prometheus text format (version 0.0.4).
-pub fn render(shared: &Shared) -> String {
-    let mut families = shared.metrics.registry().gather();
-    families.extend(read_at_scrape(shared));
+pub fn render(metrics: &Metrics, scrape: &Scrape) -> String {
+    let mut families = metrics.registry().gather();
+    families.extend(read_at_scrape(scrape));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut text = Vec::new();
     match TextEncoder::new().encode(&families, &mut text) {
@@ -26,8 +46,8 @@ pub fn render(shared: &Shared) -> String {
 }
 
 /// Families built from counters the server keeps anyway.
-fn read_at_scrape(shared: &Shared) -> Vec<MetricFamily> {
-    let stats: Vec<StatsSnapshot> = shared.shard_stats();
+fn read_at_scrape(scrape: &Scrape) -> Vec<MetricFamily> {
+    let stats = &scrape.shards;
     let per_shard = |pick: fn(&StatsSnapshot) -> u64| -> Vec<(String, f64)> {
         stats
             .iter()
@@ -35,15 +55,12 @@ fn read_at_scrape(shared: &Shared) -> Vec<MetricFamily> {
             .map(|(shard, s)| (shard.to_string(), pick(s) as f64))
             .collect()
     };
-    let inbox_drops: Vec<(String, f64)> = shared
-        .inboxes
+    let inbox_drops: Vec<(String, f64)> = scrape
+        .inbox_drops
         .iter()
         .enumerate()
-        .map(|(shard, inbox)| (shard.to_string(), inbox.dropped() as f64))
+        .map(|(shard, dropped)| (shard.to_string(), *dropped as f64))
         .collect();
-    let redis = &shared.redis;
-    let reader = &redis.reader_stats;
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
     vec![
         sharded(
             MetricType::GAUGE,
@@ -97,41 +114,37 @@ fn read_at_scrape(shared: &Shared) -> Vec<MetricFamily> {
             MetricType::COUNTER,
             "redis_reconnects_total",
             "Redis connections (subscriber or publisher) re-established after being lost.",
-            redis.status.reconnects() as f64,
+            scrape.redis_reconnects as f64,
         ),
         single(
             MetricType::GAUGE,
             "redis_connected",
             "1 while both Redis connections are up, else 0.",
-            if redis.status.is_connected() {
-                1.0
-            } else {
-                0.0
-            },
+            if scrape.redis_connected { 1.0 } else { 0.0 },
         ),
         single(
             MetricType::COUNTER,
             "redis_messages_received_total",
             "Messages the Redis reader received on its subscriptions.",
-            load(&reader.received),
+            scrape.redis_received as f64,
         ),
         single(
             MetricType::COUNTER,
             "redis_messages_unrouted_total",
             "Messages from Redis for topics no shard of this process subscribes to.",
-            load(&reader.unrouted),
+            scrape.redis_unrouted as f64,
         ),
         single(
             MetricType::COUNTER,
             "system_ticks_total",
             "`datetime` ticks built for the `system` channel.",
-            shared.system.ticks() as f64,
+            scrape.system_ticks as f64,
         ),
         single(
             MetricType::GAUGE,
             "system_listening_shards",
             "Shards with at least one subscriber of the `system` channel.",
-            f64::from(shared.system.listening_shards()),
+            f64::from(scrape.system_listening_shards),
         ),
     ]
 }

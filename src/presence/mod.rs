@@ -16,6 +16,9 @@
 pub mod replica;
 pub mod scripts;
 pub mod shapes;
+mod ticket;
+
+pub use ticket::PresenceTicket;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::shapes::{json_string, DiffRef};
-use crate::shard::inbox::PresenceTicket;
+use super::PresenceTicket;
 
 /// A join waiting longer than this for the copy to reach its version gets a snapshot instead.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(2);

@@ -19,6 +19,7 @@
 
 pub mod inbound;
 pub mod outbound;
+mod refusal;
 pub mod websocket;
 
 pub use inbound::{decode_binary, decode_text, join_token, DecodeError, Inbound, Payload};
@@ -26,6 +27,7 @@ pub use outbound::{
     binary_push, binary_reply, channel_close, channel_error, is_valid_json, push, reply, Broadcast,
     FieldTooLong, ReplyStatus,
 };
+pub use refusal::Refusal;
 pub use websocket::{
     close_code, encode_close, encode_frame, write_frame_header, FrameError, Message, MessageReader,
     OpCode, ReadError,

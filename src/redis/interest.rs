@@ -7,24 +7,9 @@
 
 use std::collections::HashMap;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
-/// The most shards one process can address in an interest mask.
-pub const MAX_SHARDS: usize = 64;
-
-/// One shard's change of interest in one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InterestChange {
-    /// The shard whose interest changed.
-    pub shard: usize,
-    /// The topic it concerns.
-    pub topic: String,
-    /// True when the shard gained its first subscriber, false when it lost its last one.
-    pub interested: bool,
-}
-
-/// The sending side, cloned into every shard.
-pub type InterestSender = Sender<InterestChange>;
+use crate::inbox::InterestChange;
 
 /// Topic → bit mask of interested shards, owned by the reader thread.
 #[derive(Debug, Default)]
@@ -64,21 +49,10 @@ impl InterestTable {
     }
 }
 
-/// Iterates the shard indices set in `mask`.
-pub fn shards_in(mut mask: u64) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        if mask == 0 {
-            return None;
-        }
-        let shard = mask.trailing_zeros() as usize;
-        mask &= mask - 1;
-        Some(shard)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbox::shards_in;
 
     fn change(shard: usize, topic: &str, interested: bool) -> InterestChange {
         InterestChange {

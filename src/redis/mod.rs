@@ -21,9 +21,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
-use crate::shard::inbox::ShardInbox;
-use interest::InterestChange;
 use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
 use status::RedisStatus;
@@ -65,7 +64,7 @@ impl RedisCore {
 /// the reader thread ends with the process.
 pub fn start(
     redis_url: &str,
-    inboxes: Vec<Arc<ShardInbox>>,
+    shards: Shards,
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
@@ -83,7 +82,7 @@ pub fn start(
         client: client.clone(),
         status: Arc::clone(&status),
         stats: Arc::clone(&reader_stats),
-        inboxes: inboxes.clone(),
+        shards: shards.clone(),
         interest_changes: interest_rx,
         publisher_wake: publish_tx.clone(),
         replica: Arc::clone(&replica),
@@ -97,7 +96,7 @@ pub fn start(
     let publisher = RedisPublisher {
         client,
         status: Arc::clone(&status),
-        inboxes,
+        shards,
         queue: publish_rx,
         stop: Arc::clone(&stop_publisher),
         node,

@@ -23,13 +23,13 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
-use super::reader::{notify_all, send_states};
+use super::reader::send_states;
 use super::status::RedisStatus;
+use crate::inbox::{AdminTicket, PushAck, PushOutcome, ShardMessage, Shards};
 use crate::presence::replica::{PresenceReplica, Wanted};
+use crate::presence::PresenceTicket;
 use crate::presence::{self, scripts, shapes, Presence};
-use crate::shard::inbox::{
-    AdminTicket, PresenceTicket, PushAck, PushOutcome, ShardInbox, ShardMessage,
-};
+use crate::protocol::Refusal;
 
 /// How long a pipeline may take, from sending it to its last reply, before the connection is
 /// declared dead. Enforced over the whole pipeline: each reply is read with the time that is
@@ -93,7 +93,7 @@ pub enum UpstreamCommand {
 pub struct RedisPublisher {
     pub(super) client: redis::Client,
     pub(super) status: Arc<RedisStatus>,
-    pub(super) inboxes: Vec<Arc<ShardInbox>>,
+    pub(super) shards: Shards,
     pub(super) queue: Receiver<UpstreamCommand>,
     /// Set at shutdown: publish what is queued, then stop.
     pub(super) stop: Arc<AtomicBool>,
@@ -137,11 +137,11 @@ impl RedisPublisher {
                     ever_connected = true;
                     self.status.set_publisher_up(true);
                     info!("redis publisher connected");
-                    notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+                    self.shards.send_all(|| ShardMessage::RedisStateChanged);
                     // Redis may have lost our presences, or never had them (members who joined
                     // while it was unreachable): register them (again). At start-up there are
                     // none and this costs nothing.
-                    notify_all(&self.inboxes, || ShardMessage::PresenceResync);
+                    self.shards.send_all(|| ShardMessage::PresenceResync);
                     match self
                         .replay_failed_leaves(&mut conn, &loaded, &mut batch)
                         .and_then(|()| self.serve_until_failure(&mut conn, &loaded, &mut batch))
@@ -153,7 +153,7 @@ impl RedisPublisher {
                         }
                         Err(err) => {
                             self.status.set_publisher_up(false);
-                            notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+                            self.shards.send_all(|| ShardMessage::RedisStateChanged);
                             warn!(%err, "redis publisher lost; reconnecting");
                         }
                     }
@@ -464,7 +464,7 @@ impl RedisPublisher {
             UpstreamCommand::Wake => {}
             UpstreamCommand::Admin { ticket, .. } => {
                 let shard = ticket.shard;
-                let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());
+                let answer = Err(Refusal::BackendUnavailable.to_string());
                 self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
             }
         }
@@ -527,7 +527,7 @@ impl RedisPublisher {
             }
         }
         drop(replica);
-        send_states(&self.inboxes, served);
+        send_states(&self.shards, served);
     }
 
     /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
@@ -556,7 +556,7 @@ impl RedisPublisher {
                 Ok(())
             }
             Err(err) => {
-                let answer = Err(crate::shard::session::refusal::BACKEND_UNAVAILABLE.to_owned());
+                let answer = Err(Refusal::BackendUnavailable.to_string());
                 self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
                 Err(err)
             }
@@ -564,11 +564,9 @@ impl RedisPublisher {
     }
 
     fn send(&self, shard: usize, message: ShardMessage) {
-        if let Some(inbox) = self.inboxes.get(shard) {
-            // An answer that does not fit leaves the client without a reply only when its shard
-            // is hopelessly behind; the shard inbox counts it.
-            inbox.send(message);
-        }
+        // An answer that does not fit leaves the client without a reply only when its shard
+        // is hopelessly behind; the shard inbox counts it.
+        self.shards.send(shard, message);
     }
 }
 

@@ -17,14 +17,15 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
-use super::interest::{shards_in, InterestChange, InterestTable};
+use super::interest::InterestTable;
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
 use super::publisher::{lock, UpstreamCommand};
 use super::status::RedisStatus;
+use crate::inbox::InterestChange;
+use crate::inbox::{ShardMessage, Shards};
 use crate::presence;
 use crate::presence::replica::{PresenceReplica, Served};
 use crate::protocol::Broadcast;
-use crate::shard::inbox::{ShardInbox, ShardMessage};
 
 /// How long a read waits before the reader looks at interest changes and liveness.
 const READ_TICK: Duration = Duration::from_millis(250);
@@ -53,7 +54,7 @@ pub struct RedisReader {
     pub(super) client: redis::Client,
     pub(super) status: Arc<RedisStatus>,
     pub(super) stats: Arc<ReaderStats>,
-    pub(super) inboxes: Vec<Arc<ShardInbox>>,
+    pub(super) shards: Shards,
     pub(super) interest_changes: Receiver<InterestChange>,
     /// Wakes the publisher when it should probe its own connection or fetch a snapshot.
     pub(super) publisher_wake: crossbeam_channel::Sender<UpstreamCommand>,
@@ -77,7 +78,7 @@ impl RedisReader {
                             self.status.set_subscriber_up(false);
                             self.status.ask_publisher_to_probe();
                             let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
-                            notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+                            self.shards.send_all(|| ShardMessage::RedisStateChanged);
                             backoff.reset();
                             warn!(%reason, "redis subscriber lost; reconnecting");
                         }
@@ -127,13 +128,13 @@ impl RedisReader {
         self.status.set_subscriber_up(true);
         self.status.ask_publisher_to_probe();
         let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
-        notify_all(&self.inboxes, || ShardMessage::RedisStateChanged);
+        self.shards.send_all(|| ShardMessage::RedisStateChanged);
         // Diffs published while we were not subscribed are lost: the copies cannot be trusted.
         lock(&self.replica).clear(Instant::now());
         self.wake_publisher_for_snapshots();
         if reconnected {
             // Fresh states for everyone.
-            notify_all(&self.inboxes, || ShardMessage::PresenceResync);
+            self.shards.send_all(|| ShardMessage::PresenceResync);
         }
         info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
         let mut last_heard = Instant::now();
@@ -194,22 +195,18 @@ impl RedisReader {
             return;
         }
         let broadcast = Arc::new(Broadcast::new(topic, event, payload));
-        for shard in shards_in(mask) {
-            let Some(inbox) = self.inboxes.get(shard) else {
-                continue;
-            };
-            let message = ShardMessage::Downstream {
-                broadcast: Arc::clone(&broadcast),
-                received_at,
-            };
-            if !inbox.send(message) {
-                let drops = self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed) + 1;
-                if drops.is_power_of_two() {
-                    warn!(
-                        shard,
-                        drops, "shard inbox full: downstream message dropped for that shard"
-                    );
-                }
+        let dropped = self.shards.send_masked(mask, || ShardMessage::Downstream {
+            broadcast: Arc::clone(&broadcast),
+            received_at,
+        });
+        if dropped > 0 {
+            let before = self.stats.inbox_drops.fetch_add(dropped, Ordering::Relaxed);
+            let drops = before + dropped;
+            if (before + 1..=drops).any(u64::is_power_of_two) {
+                warn!(
+                    drops,
+                    "shard inbox full: downstream message dropped for a shard"
+                );
             }
         }
     }
@@ -224,14 +221,13 @@ impl RedisReader {
         else {
             return;
         };
-        for inbox in &self.inboxes {
-            inbox.send(ShardMessage::DisconnectClient { id: id.to_owned() });
-        }
+        self.shards
+            .send_all(|| ShardMessage::DisconnectClient { id: id.to_owned() });
     }
 
     /// Turns a presence diff into the admin channel's `channel.join` / `channel.leave` events.
     fn dispatch_admin_events(&self, topic: &str, diff: &[u8], interest: &InterestTable) {
-        let mask = interest.shards_for(crate::shard::admin::ADMIN_TOPIC);
+        let mask = interest.shards_for(crate::auth::ADMIN_CHANNEL);
         if mask == 0 {
             return;
         }
@@ -245,15 +241,12 @@ impl RedisReader {
             for id in ids.keys() {
                 let payload = serde_json::json!({ "topic": topic, "id": id }).to_string();
                 let broadcast = Arc::new(Broadcast::new(
-                    crate::shard::admin::ADMIN_TOPIC,
+                    crate::auth::ADMIN_CHANNEL,
                     event,
                     payload.as_bytes(),
                 ));
-                for shard in shards_in(mask) {
-                    if let Some(inbox) = self.inboxes.get(shard) {
-                        inbox.send(ShardMessage::Broadcast(Arc::clone(&broadcast)));
-                    }
-                }
+                self.shards
+                    .send_masked(mask, || ShardMessage::Broadcast(Arc::clone(&broadcast)));
             }
         }
     }
@@ -275,7 +268,7 @@ impl RedisReader {
             let served = replica.apply_diff(topic, version, diff, Instant::now());
             (served, replica.wants_snapshots())
         };
-        send_states(&self.inboxes, served);
+        send_states(&self.shards, served);
         if wants_snapshots {
             let _ = self.publisher_wake.try_send(UpstreamCommand::Wake);
         }
@@ -290,17 +283,13 @@ impl RedisReader {
 
     fn broadcast_presence_diff(&self, topic: &str, version: u64, diff: &[u8], mask: u64) {
         let broadcast = Arc::new(Broadcast::new(topic, "presence_diff", diff));
-        for shard in shards_in(mask) {
-            if let Some(inbox) = self.inboxes.get(shard) {
-                let message = ShardMessage::PresenceDiff {
-                    broadcast: Arc::clone(&broadcast),
-                    version,
-                };
-                if !inbox.send(message) {
-                    self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let dropped = self
+            .shards
+            .send_masked(mask, || ShardMessage::PresenceDiff {
+                broadcast: Arc::clone(&broadcast),
+                version,
+            });
+        self.stats.inbox_drops.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -313,20 +302,14 @@ fn probe(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
 }
 
 /// Sends each joiner its presence state.
-pub(super) fn send_states(inboxes: &[Arc<ShardInbox>], served: Served) {
+pub(super) fn send_states(shards: &Shards, served: Served) {
     for (ticket, state) in served {
-        if let Some(inbox) = inboxes.get(ticket.shard) {
-            inbox.send(ShardMessage::PresenceState {
+        shards.send(
+            ticket.shard,
+            ShardMessage::PresenceState {
                 ticket,
                 state: Some(state),
-            });
-        }
-    }
-}
-
-/// Sends a message made by `make` to every shard.
-pub(super) fn notify_all(inboxes: &[Arc<ShardInbox>], make: impl Fn() -> ShardMessage) {
-    for inbox in inboxes {
-        inbox.send(make());
+            },
+        );
     }
 }

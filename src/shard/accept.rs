@@ -61,7 +61,7 @@ pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
             let _ = respond(&mut stream, &http::healthz_response(connected)).await;
         }
         Route::Metrics => {
-            let exposition = crate::metrics::render(&ctx.shared);
+            let exposition = crate::metrics::render(&ctx.shared.metrics, &ctx.shared.scrape());
             let _ = respond(&mut stream, &http::metrics_response(exposition)).await;
         }
         Route::NotFound => {

@@ -25,7 +25,7 @@ use super::context::{ShardContext, Shared, COALESCE_BYTES};
 use super::outbound_queue::{CloseRequest, Enqueued, OutboundQueue};
 use super::presence_delivery::PresenceSync;
 use super::session;
-use super::stats::ShardStats;
+use crate::metrics::ShardStats;
 use crate::presence::Presence;
 use crate::protocol::websocket::{encode_close, MessageReader, ReadError};
 use crate::protocol::{close_code, Vsn};

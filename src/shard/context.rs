@@ -8,17 +8,17 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::auth::TokenAuthority;
 use crate::config::Config;
-use crate::redis::interest::InterestChange;
+use crate::inbox::{InterestChange, Shards};
+use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 use crate::redis::RedisHandle;
 
 use super::connection::Conn;
-use super::inbox::ShardInbox;
 use super::presence_delivery::PendingDiffs;
-use super::stats::{ShardStats, StatsSnapshot};
 use super::topic_table::TopicTable;
 
 /// Size of the per-shard read buffer every connection reads into.
@@ -35,7 +35,7 @@ pub struct Shared {
     /// The Redis core: status, upstream queue, interest changes.
     pub redis: RedisHandle,
     /// Every shard's inbox, by shard index.
-    pub inboxes: Vec<Arc<ShardInbox>>,
+    pub shards: Shards,
     /// This process's presence identity.
     pub node: String,
     /// Every shard's counters, by shard index.
@@ -55,6 +55,33 @@ impl Shared {
     /// The counters of the whole process (the sum of the shards).
     pub fn total_stats(&self) -> StatsSnapshot {
         StatsSnapshot::sum(&self.shard_stats())
+    }
+
+    /// What `/metrics` reads besides its own registry, as it is now.
+    pub fn scrape(&self) -> Scrape {
+        let reader = &self.redis.reader_stats;
+        Scrape {
+            shards: self.shard_stats(),
+            inbox_drops: self.shards.inboxes().map(|inbox| inbox.dropped()).collect(),
+            redis_reconnects: self.redis.status.reconnects(),
+            redis_connected: self.redis.status.is_connected(),
+            redis_received: reader.received.load(Ordering::Relaxed),
+            redis_unrouted: reader.unrouted.load(Ordering::Relaxed),
+            system_ticks: self.system.ticks(),
+            system_listening_shards: self.system.listening_shards(),
+        }
+    }
+
+    /// This process's figures for the `admin` channel's `state` and `stats`.
+    pub fn process_figures(&self) -> crate::admin::ProcessFigures {
+        crate::admin::ProcessFigures {
+            node: self.node.clone(),
+            per_shard: self.shard_stats(),
+            redis_connected: self.redis.status.is_connected(),
+            redis_reconnects: self.redis.status.reconnects(),
+            inbox_drops: self.shards.dropped()
+                + self.redis.reader_stats.inbox_drops.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::connection::Conn;
 use super::context::ShardContext;
-use super::inbox::PresenceTicket;
+use crate::presence::PresenceTicket;
 use crate::presence::{shapes, Presence};
 use crate::protocol::{push, Broadcast};
 use crate::redis::publisher::UpstreamCommand;

@@ -15,13 +15,13 @@ use tracing::debug;
 use super::admin;
 use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
-use super::inbox::{PushAck, PushOutcome};
 use super::presence_delivery::{self, PresenceSync};
-use super::stats::ShardStats;
+use crate::inbox::{PushAck, PushOutcome};
+use crate::metrics::ShardStats;
 use crate::presence::{unix_ms, Presence};
 use crate::protocol::{
     channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
-    Inbound, Message, OpCode, Payload, ReplyStatus, Vsn,
+    Inbound, Message, OpCode, Payload, Refusal, ReplyStatus, Vsn,
 };
 use crate::redis::naming::upstream_channel;
 use crate::redis::publisher::{PublishRequest, UpstreamCommand};
@@ -47,24 +47,6 @@ pub const RESERVED_EVENTS: [&str; 5] = [
 ];
 /// Longest topic accepted: binary frames carry its length in one byte.
 pub const MAX_TOPIC_BYTES: usize = 255;
-
-/// Join refusal reasons, as sent to the client.
-pub mod refusal {
-    /// Bad, expired or foreign token, or none at all.
-    pub const UNAUTHORIZED: &str = "unauthorized";
-    /// The socket already has as many channels as `max_channels_per_socket`.
-    pub const TOO_MANY_CHANNELS: &str = "too many channels joined";
-    /// The topic is empty, too long, has control characters, or is `phoenix`.
-    pub const INVALID_TOPIC: &str = "invalid topic";
-    /// A push (or other event) on a topic this socket has not joined.
-    pub const UNMATCHED_TOPIC: &str = "unmatched topic";
-    /// A client tried to send an event only the server may send.
-    pub const RESERVED_EVENT: &str = "reserved event";
-    /// Redis is down, stalled, or the publisher queue is full.
-    pub const BACKEND_UNAVAILABLE: &str = "backend unavailable";
-    /// The server is shutting down and takes no new joins or pushes.
-    pub const SHUTTING_DOWN: &str = "shutting down";
-}
 
 /// Handles one complete client message.
 pub fn handle(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, message: Message<'_>) -> Result<(), Stop> {
@@ -131,20 +113,20 @@ fn dispatch(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: Inbound<'_>) {
 fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     let topic = msg.topic.as_ref();
     if !is_valid_topic(topic) {
-        return refuse(ctx, conn, msg, refusal::INVALID_TOPIC);
+        return refuse(ctx, conn, msg, Refusal::InvalidTopic);
     }
     if ctx.shutting_down.get() {
-        return refuse(ctx, conn, msg, refusal::SHUTTING_DOWN);
+        return refuse(ctx, conn, msg, Refusal::ShuttingDown);
     }
     let token = join_token(&msg.payload).or_else(|| conn.user_token.as_deref().map(Into::into));
     let Some(token) = token else {
-        return refuse(ctx, conn, msg, refusal::UNAUTHORIZED);
+        return refuse(ctx, conn, msg, Refusal::Unauthorized);
     };
     let claims = match ctx.shared.authority.verify_for_channel(&token, topic) {
         Ok(claims) => claims,
         Err(err) => {
             debug!(conn = conn.id, topic, %err, "join refused");
-            return refuse(ctx, conn, msg, refusal::UNAUTHORIZED);
+            return refuse(ctx, conn, msg, Refusal::Unauthorized);
         }
     };
     // phoenix.js sends join_ref == ref; a null join_ref falls back to ref.
@@ -169,7 +151,7 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             && channels.len() >= ctx.shared.config.limits.max_channels_per_socket
         {
             drop(channels);
-            return refuse(ctx, conn, msg, refusal::TOO_MANY_CHANNELS);
+            return refuse(ctx, conn, msg, Refusal::TooManyChannels);
         }
         channels.insert(topic.to_owned(), joined)
     };
@@ -191,7 +173,7 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             channel.presence_sync = PresenceSync::Unavailable;
         }
     }
-    if topic == admin::ADMIN_TOPIC {
+    if topic == crate::admin::ADMIN_TOPIC {
         let join_ref = conn
             .channels
             .borrow()
@@ -231,10 +213,10 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             conn,
             msg,
             ReplyStatus::Error,
-            &reason_json(refusal::RESERVED_EVENT),
+            &Refusal::ReservedEvent.response_json(),
         );
     }
-    if topic == admin::ADMIN_TOPIC {
+    if topic == crate::admin::ADMIN_TOPIC {
         return admin::handle_push(ctx, conn, msg);
     }
     if ctx.shutting_down.get() {
@@ -243,7 +225,7 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             conn,
             msg,
             ReplyStatus::Error,
-            &reason_json(refusal::SHUTTING_DOWN),
+            &Refusal::ShuttingDown.response_json(),
         );
     }
     let redis = &ctx.shared.redis;
@@ -252,7 +234,7 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             conn,
             msg,
             ReplyStatus::Error,
-            &reason_json(refusal::BACKEND_UNAVAILABLE),
+            &Refusal::BackendUnavailable.response_json(),
         );
     }
     let payload = match &msg.payload {
@@ -281,7 +263,7 @@ fn push(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             conn,
             msg,
             ReplyStatus::Error,
-            &reason_json(refusal::BACKEND_UNAVAILABLE),
+            &Refusal::BackendUnavailable.response_json(),
         );
     } else {
         ctx.pushes_in_flight.set(ctx.pushes_in_flight.get() + 1);
@@ -299,7 +281,7 @@ pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
         PushOutcome::Published => (ReplyStatus::Ok, "{}".to_owned()),
         PushOutcome::BackendUnavailable => (
             ReplyStatus::Error,
-            reason_json(refusal::BACKEND_UNAVAILABLE),
+            Refusal::BackendUnavailable.response_json(),
         ),
     };
     conn.send(reply(
@@ -341,9 +323,9 @@ pub fn is_valid_topic(topic: &str) -> bool {
         && !topic.chars().any(char::is_control)
 }
 
-fn refuse(ctx: &ShardContext, conn: &Conn, msg: &Inbound<'_>, reason: &str) {
+fn refuse(ctx: &ShardContext, conn: &Conn, msg: &Inbound<'_>, reason: Refusal) {
     ctx.metrics().join_refused(reason);
-    send_reply(conn, msg, ReplyStatus::Error, &reason_json(reason));
+    send_reply(conn, msg, ReplyStatus::Error, &reason.response_json());
 }
 
 fn send_unmatched(conn: &Conn, msg: &Inbound<'_>) {
@@ -353,7 +335,7 @@ fn send_unmatched(conn: &Conn, msg: &Inbound<'_>) {
         msg.msg_ref.as_deref(),
         msg.topic.as_ref(),
         ReplyStatus::Error,
-        &reason_json(refusal::UNMATCHED_TOPIC),
+        &Refusal::UnmatchedTopic.response_json(),
     ));
 }
 
@@ -366,10 +348,6 @@ fn send_reply(conn: &Conn, msg: &Inbound<'_>, status: ReplyStatus, response_json
         status,
         response_json,
     ));
-}
-
-fn reason_json(reason: &str) -> String {
-    serde_json::json!({ "reason": reason }).to_string()
 }
 
 #[cfg(test)]

@@ -21,9 +21,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::inbox::{ShardMessage, Shards, MAX_SHARDS};
 use crate::protocol::Broadcast;
-use crate::redis::interest::{shards_in, MAX_SHARDS};
-use crate::shard::inbox::{ShardInbox, ShardMessage};
 
 /// The topic of the server's own ticks.
 pub const SYSTEM_TOPIC: &str = "system";
@@ -46,14 +45,14 @@ impl SystemChannel {
     /// The thread lives as long as the process and sleeps while nobody is joined.
     pub fn start(
         interval: Option<Duration>,
-        inboxes: Vec<Arc<ShardInbox>>,
+        shards: Shards,
     ) -> std::io::Result<Arc<SystemChannel>> {
         let channel = Arc::new(SystemChannel::default());
         if let Some(interval) = interval {
             let ticking = Arc::clone(&channel);
             let handle = std::thread::Builder::new()
                 .name("system-ticker".into())
-                .spawn(move || ticking.run_ticker(interval, &inboxes))?;
+                .spawn(move || ticking.run_ticker(interval, &shards))?;
             // Set before any shard runs, so that no unpark can be missed.
             let _ = channel.ticker.set(handle.thread().clone());
         }
@@ -91,7 +90,7 @@ impl SystemChannel {
 
     /// The ticker thread's life: parked while nobody listens, otherwise one tick per
     /// `interval` on a fixed cadence (a late tick is not made up for with a burst).
-    fn run_ticker(&self, interval: Duration, inboxes: &[Arc<ShardInbox>]) {
+    fn run_ticker(&self, interval: Duration, shards: &Shards) {
         loop {
             while self.listening_shards.load(Ordering::Acquire) == 0 {
                 std::thread::park();
@@ -106,7 +105,7 @@ impl SystemChannel {
                 if listening == 0 {
                     break;
                 }
-                self.tick(listening, inboxes);
+                self.tick(listening, shards);
                 next += interval;
                 let now = Instant::now();
                 if next < now {
@@ -117,7 +116,7 @@ impl SystemChannel {
     }
 
     /// Builds one tick and hands it to every listening shard.
-    fn tick(&self, listening: u64, inboxes: &[Arc<ShardInbox>]) {
+    fn tick(&self, listening: u64, shards: &Shards) {
         let counter = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
         let payload = datetime_payload(SystemTime::now(), counter);
         let broadcast = Arc::new(Broadcast::new(
@@ -125,12 +124,10 @@ impl SystemChannel {
             DATETIME_EVENT,
             payload.as_bytes(),
         ));
-        for shard in shards_in(listening) {
-            if let Some(inbox) = inboxes.get(shard) {
-                // A full inbox drops this tick for that shard and counts it.
-                inbox.send(ShardMessage::Broadcast(Arc::clone(&broadcast)));
-            }
-        }
+        // A full inbox drops this tick for that shard and counts it.
+        shards.send_masked(listening, || {
+            ShardMessage::Broadcast(Arc::clone(&broadcast))
+        });
     }
 }
 
@@ -170,13 +167,11 @@ mod tests {
 
     #[test]
     fn a_tick_reaches_only_listening_shards_with_an_increasing_counter() {
-        let inboxes: Vec<_> = (0..3)
-            .map(|_| Arc::new(ShardInbox::new(8, 1 << 20)))
-            .collect();
+        let shards = Shards::new(3, 8, 1 << 20);
         let channel = SystemChannel::default();
-        channel.tick(0b101, &inboxes);
-        channel.tick(0b001, &inboxes);
-        let counters = |inbox: &ShardInbox| {
+        channel.tick(0b101, &shards);
+        channel.tick(0b001, &shards);
+        let counters = |inbox: &crate::inbox::ShardInbox| {
             std::iter::from_fn(|| inbox.try_recv())
                 .map(|message| match message {
                     ShardMessage::Broadcast(b) => {
@@ -192,9 +187,9 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(counters(&inboxes[0]), vec![1, 2]);
-        assert_eq!(counters(&inboxes[1]), Vec::<u64>::new());
-        assert_eq!(counters(&inboxes[2]), vec![1]);
+        assert_eq!(counters(shards.inbox(0)), vec![1, 2]);
+        assert_eq!(counters(shards.inbox(1)), Vec::<u64>::new());
+        assert_eq!(counters(shards.inbox(2)), vec![1]);
         assert_eq!(channel.ticks(), 2);
     }
 }

@@ -1,5 +1,6 @@
-//! A shard's inbox: the lock-free hand-off from other threads (the Redis core, the signal
-//! handler) into one shard's executor.
+//! A shard's inbox: the lock-free hand-off from other threads (the Redis core, the `system`
+//! and `admin` tickers, the server's shutdown) into one shard's executor, and the messages it
+//! carries.
 //!
 //! A bounded crossbeam queue carries the messages; an [`AtomicWaker`] wakes the shard's inbox
 //! task, which glommio turns into a cross-thread notification (eventfd), so an idle shard
@@ -18,6 +19,8 @@ use std::task::{Context, Poll};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::task::AtomicWaker;
 
+use super::tickets::{AdminTicket, PushAck, PushOutcome};
+use crate::presence::PresenceTicket;
 use crate::protocol::Broadcast;
 
 /// What a shard can be told from outside.
@@ -86,54 +89,6 @@ impl ShardMessage {
             _ => 0,
         }
     }
-}
-
-/// Identifies an admin connection waiting for an answer from Redis.
-#[derive(Debug, Clone)]
-pub struct AdminTicket {
-    /// The shard of the connection.
-    pub shard: usize,
-    /// The connection, local to the shard.
-    pub conn: u64,
-    /// The join reference of the admin channel.
-    pub join_ref: Option<String>,
-    /// `Some(ref)`: answer as the reply to that push; `None`: push it as the join's `state`.
-    pub reply_to: Option<Option<String>>,
-}
-
-/// Identifies the join waiting for its presence state.
-#[derive(Debug, Clone)]
-pub struct PresenceTicket {
-    /// The shard of the connection.
-    pub shard: usize,
-    /// The connection, local to the shard.
-    pub conn: u64,
-    /// The joined topic.
-    pub topic: String,
-    /// The phx_ref of the join; a state for an older join of the same topic is ignored.
-    pub phx_ref: String,
-}
-
-/// What the shard needs to answer a push once Redis has (or has not) accepted it.
-#[derive(Debug, Clone)]
-pub struct PushAck {
-    /// The connection that pushed, local to the shard.
-    pub conn: u64,
-    /// The join reference the push carried.
-    pub join_ref: Option<String>,
-    /// The push's own reference, echoed in the reply.
-    pub msg_ref: Option<String>,
-    /// The topic it was pushed on.
-    pub topic: String,
-}
-
-/// The publisher's verdict on one push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
-    /// Redis accepted the `PUBLISH`.
-    Published,
-    /// Redis was down, stalled or the queue was full: the client gets `backend unavailable`.
-    BackendUnavailable,
 }
 
 /// One shard's inbox. Shared (`Arc`) between the shard and every sender.
