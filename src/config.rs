@@ -771,10 +771,6 @@ impl Config {
     }
 
     /// Token lifetime as a duration.
-    pub fn jwt_expiration(&self) -> Duration {
-        Duration::from_secs(self.jwt_expiration_secs)
-    }
-
     /// Period of the `system` channel's `datetime` event; `None` when disabled.
     pub fn datetime_interval(&self) -> Option<Duration> {
         (self.datetime_interval_ms > 0).then(|| Duration::from_millis(self.datetime_interval_ms))

@@ -1,26 +1,33 @@
 //! `channel`: a sharded, thread-per-core Phoenix Channels server that bridges browsers
 //! (WebSocket, phoenix.js) to backend services through Redis pub/sub.
 //!
-//! Layout, one concept per module:
-//! - [`config`]   the effective configuration (TOML file, environment, flags).
-//! - [`auth`]     channel-bound JWTs: minting (`POST /token`, `channel token`) and verification.
-//! - [`http`]     everything before the WebSocket upgrade: request heads, routes, responses.
-//! - [`protocol`] the wire: WebSocket framing and the Phoenix V1/V2/binary serializers.
-//! - [`shard`]    one glommio executor per core: listener, connections, local topic table.
-//! - [`redis`]    the Redis core: the `PSUBSCRIBE to:*` reader and the pipelined publisher.
-//! - [`system`]   the `system` channel: the process's own `datetime` tick.
-//! - [`metrics`]  Prometheus metrics for `GET /metrics`.
+//! The layers point down only (docs/architecture.md; `tests/layers_test.rs` fails on a cycle):
+//! - [`server`]   wiring: starts the shards, the broker, the tickers; signals and shutdown.
+//! - [`shard`]    one glommio executor per core: listener, connections, sessions, topic table,
+//!   fan-out.
+//! - `admin`, `system`: the predefined channels' features (pure functions and their tickers).
+//! - [`broker`]   everything that talks to Redis: subscriber, publisher, presence store, admin
+//!   queries, reconnects.
+//! - `presence`   the presence model and this process's copy of it (no Redis, no shard).
+//! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
+//! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
+//!   [`config`], `metrics`, [`heap`] (the allocator).
+//!
+//! Only what the binary, the integration tests, the benches and the fuzz targets use is `pub`;
+//! everything else is `pub(crate)`, so that rustc reports code nothing uses.
 
-pub mod admin;
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub(crate) mod admin;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod heap;
 pub mod http;
-pub mod inbox;
-pub mod metrics;
-pub mod presence;
+pub(crate) mod inbox;
+pub(crate) mod metrics;
+pub(crate) mod presence;
 pub mod protocol;
-pub mod redis;
 pub mod server;
 pub mod shard;
-pub mod system;
+pub(crate) mod system;

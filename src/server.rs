@@ -35,7 +35,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.shard_inbox_bytes,
     );
     let node = crate::presence::new_node_id();
-    let (redis, core) = crate::redis::start(
+    let (redis, core) = crate::broker::start(
         &config.redis_url,
         shards.clone(),
         config.publisher_queue_capacity,

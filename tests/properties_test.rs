@@ -7,7 +7,7 @@
 //!   name is (PROTOCOL.md §4 phx_join, §10 "tokens not tied to their channel").
 
 use channel::auth::{AuthError, Reason, TokenAuthority};
-use channel::redis::naming::{split_downstream, upstream_channel};
+use channel::broker::naming::{split_downstream, upstream_channel};
 use proptest::prelude::*;
 
 /// A topic as backends and browsers make them: segments joined by `:`, possibly empty

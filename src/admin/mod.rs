@@ -21,17 +21,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::broker::admin_queries::AdminQuery;
 use crate::inbox::{ShardMessage, Shards};
 use crate::metrics::StatsSnapshot;
 use crate::protocol::{Broadcast, Payload};
-use crate::redis::admin_queries::AdminQuery;
 
 /// The admin topic: the channel that only admin tokens join.
 pub use crate::auth::ADMIN_CHANNEL as ADMIN_TOPIC;
-
-/// Close code for a socket closed by an admin's `disconnect` (not 1000: the client may
-/// reconnect, with a token it still holds).
-pub const DISCONNECTED_BY_ADMIN: u16 = 4001;
 
 /// This process's figures, gathered by the caller.
 #[derive(Debug, Clone, Default)]

@@ -127,11 +127,6 @@ impl TokenAuthority {
         }
     }
 
-    /// Lifetime of minted tokens, in seconds.
-    pub fn expiration_secs(&self) -> u64 {
-        self.expiration_secs
-    }
-
     /// A token for `id` on `channel`, valid from now for the configured lifetime.
     pub fn mint(&self, channel: &str, id: &str) -> Result<String, AuthError> {
         let iat = now_secs();

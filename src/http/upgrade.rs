@@ -79,16 +79,9 @@ pub fn accept_upgrade(head: &RequestHead) -> Result<Upgrade, HttpResponse> {
         ));
     }
 
-    let vsn = match query_param(&head.query, "vsn") {
-        None => Vsn::V2,
-        Some(Ok(v)) if v == "2.0.0" => Vsn::V2,
-        Some(Ok(v)) if v == "1.0.0" => Vsn::V1,
-        Some(Ok(v)) => {
-            return Err(bad_request(&format!(
-                "unsupported serializer vsn={v:?}; supported: \"2.0.0\" (default) and \"1.0.0\""
-            )))
-        }
-        Some(Err(why)) => return Err(bad_request(&format!("bad `vsn` parameter: {why}"))),
+    let vsn = match query_param(&head.query, "vsn").transpose() {
+        Ok(value) => Vsn::from_query(value.as_deref()).map_err(|e| bad_request(&e.to_string()))?,
+        Err(why) => return Err(bad_request(&format!("bad `vsn` parameter: {why}"))),
     };
 
     let query_token = match query_param(&head.query, "userToken") {

@@ -16,7 +16,7 @@ mod shards;
 pub mod tickets;
 
 pub use interest::InterestChange;
-pub use mailbox::{InboxReady, ShardInbox, ShardMessage};
-pub use mask::{shards_in, MAX_SHARDS};
+pub use mailbox::{ShardInbox, ShardMessage};
+pub use mask::MAX_SHARDS;
 pub use shards::Shards;
 pub use tickets::{AdminAnswerAs, AdminTicket, PushAck, PushOutcome};

@@ -161,11 +161,6 @@ impl Metrics {
         &self.shards[id]
     }
 
-    /// How many shards this was built for.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -514,7 +514,8 @@ impl PresenceReplica {
             .collect()
     }
 
-    /// How many topics have a copy (for tests and stats).
+    /// How many topics have a copy.
+    #[cfg(test)]
     pub fn topics(&self) -> usize {
         self.topics.len()
     }

@@ -20,26 +20,25 @@ pub mod close_code {
     /// The peer asked to close, or the socket is done for an ordinary reason. phoenix.js ≤ 1.8.15
     /// does not reconnect after it, so never use it for closes the client should recover from.
     pub const NORMAL: u16 = 1000;
-    /// The server is going away for this client (for example the idle timeout expired); the client
-    /// should reconnect.
-    pub const GOING_AWAY: u16 = 1001;
     /// The client broke RFC 6455 (unmasked frame, reserved bits or opcodes, bad fragmentation).
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The endpoint received a kind of data it cannot accept (a binary frame on a V1 socket).
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A text message (or a close reason) was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The client broke a rule of this server that has no more specific code.
-    pub const POLICY: u16 = 1008;
     /// A client message exceeded the inbound limit (64 KiB by default).
     pub const TOO_BIG: u16 = 1009;
-    /// The server hit an unexpected condition; the client should reconnect.
-    pub const INTERNAL: u16 = 1011;
     /// The server is shutting down gracefully; the client should reconnect (to another process).
     pub const SERVICE_RESTART: u16 = 1012;
     /// The client is not reading fast enough ("slow consumer") or the server is overloaded;
     /// reconnect later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The socket sent nothing (not even a heartbeat) for `idle_timeout`: not 1000, so that
+    /// phoenix.js reconnects.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// An admin's `disconnect` closed the socket (not 1000: the client may reconnect, with a
+    /// token it still holds).
+    pub const DISCONNECTED_BY_ADMIN: u16 = 4001;
 }
 
 /// The six opcodes RFC 6455 defines; every other value is reserved and a protocol error.
@@ -679,7 +678,7 @@ mod tests {
     #[test]
     fn close_reason_is_cut_to_fit_a_control_frame_at_a_char_boundary() {
         let reason = "é".repeat(100); // 200 bytes
-        let frame = encode_close(close_code::POLICY, &reason);
+        let frame = encode_close(close_code::TRY_AGAIN_LATER, &reason);
         assert_eq!(frame[1] as usize, frame.len() - 2);
         assert!(frame.len() - 2 <= 125);
         assert!(std::str::from_utf8(&frame[4..]).is_ok());

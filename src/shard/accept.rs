@@ -180,7 +180,7 @@ async fn token(
         &body,
         shared.config.id_length,
     );
-    http::add_cors(&mut response, head);
+    http::add_cors(&mut response);
     response
 }
 

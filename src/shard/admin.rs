@@ -12,11 +12,12 @@ use tracing::info;
 
 use super::connection::Conn;
 use super::context::ShardContext;
-use crate::admin::{self, ADMIN_TOPIC, DISCONNECTED_BY_ADMIN};
+use crate::admin::{self, ADMIN_TOPIC};
+use crate::broker::admin_queries::AdminQuery;
+use crate::broker::publisher::UpstreamCommand;
 use crate::inbox::{AdminAnswerAs, AdminTicket};
+use crate::protocol::close_code::DISCONNECTED_BY_ADMIN;
 use crate::protocol::{push, reply, Broadcast, Inbound, Refusal, ReplyStatus};
-use crate::redis::admin_queries::AdminQuery;
-use crate::redis::publisher::UpstreamCommand;
 
 /// After a successful join of `admin`: ask for the deployment's topics, to push `state`.
 pub fn on_join(ctx: &ShardContext, conn: &Conn, join_ref: Option<&str>) {

@@ -127,7 +127,8 @@ struct SocketCutter {
 impl SocketCutter {
     fn cut(&self) {
         if self.open.get() {
-            // The descriptor is still owned by this connection's stream (see `open`).
+            // SAFETY: the descriptor is still owned by this connection's stream (see `open`),
+            // so `shutdown` acts on our socket and no other; it takes no pointers.
             unsafe {
                 libc::shutdown(self.fd, libc::SHUT_RDWR);
             }
@@ -140,7 +141,8 @@ impl SocketCutter {
         if !self.open.get() {
             return 0;
         }
-        // The descriptor is still owned by this connection's stream (see `open`); the flags
+        // SAFETY: the descriptor is still owned by this connection's stream (see `open`), and
+        // the pointer and length come from one live slice that outlives the call. The flags
         // make the call non-blocking and turn a closed peer into an error instead of SIGPIPE.
         let sent = unsafe {
             libc::send(

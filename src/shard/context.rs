@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::auth::TokenAuthority;
+use crate::broker::BrokerHandle;
 use crate::config::Config;
 use crate::inbox::{InterestChange, Shards};
 use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
-use crate::redis::RedisHandle;
 
 use super::connection::Conn;
 use super::presence_delivery::PendingDiffs;
@@ -33,7 +33,7 @@ pub struct Shared {
     /// Verifies (and mints) channel tokens.
     pub authority: TokenAuthority,
     /// The Redis core: status, upstream queue, interest changes.
-    pub redis: RedisHandle,
+    pub redis: BrokerHandle,
     /// Every shard's inbox, by shard index.
     pub shards: Shards,
     /// This process's presence identity.

@@ -15,7 +15,7 @@ use crate::inbox::ShardMessage;
 
 /// Takes everything other threads send to this shard.
 pub(super) async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::oneshot::Sender<()>) {
-    let inbox = Arc::clone(&ctx.shared.shards.inbox(ctx.id));
+    let inbox = Arc::clone(ctx.shared.shards.inbox(ctx.id));
     let mut stop = Some(stop);
     loop {
         inbox.ready().await;

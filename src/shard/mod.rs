@@ -10,18 +10,18 @@
 //! answers through its inbox), or decide process-wide matters (start-up order, signals,
 //! shutdown order: `crate::server`).
 
-pub mod accept;
-pub mod admin;
-pub mod connection;
-pub mod context;
+pub(crate) mod accept;
+pub(crate) mod admin;
+pub(crate) mod connection;
+pub(crate) mod context;
 mod dispatch;
 mod fan_out;
 pub mod outbound_queue;
-pub mod presence_delivery;
-pub mod runtime_check;
-pub mod session;
+pub(crate) mod presence_delivery;
+pub(crate) mod runtime_check;
+pub(crate) mod session;
 mod sweeper;
-pub mod topic_table;
+pub(crate) mod topic_table;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,8 +32,6 @@ use tracing::{info, warn};
 
 use crate::protocol::close_code;
 use context::{ShardContext, Shared};
-
-pub use sweeper::IDLE_CLOSE_CODE;
 
 /// How long shutdown waits for sockets to close before the process exits anyway.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);

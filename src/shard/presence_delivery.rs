@@ -13,10 +13,10 @@ use bytes::Bytes;
 
 use super::connection::Conn;
 use super::context::ShardContext;
+use crate::broker::publisher::UpstreamCommand;
 use crate::presence::PresenceTicket;
 use crate::presence::{shapes, Presence};
 use crate::protocol::{push, Broadcast};
-use crate::redis::publisher::UpstreamCommand;
 
 /// Diffs held for one channel while its state is on its way; beyond this the oldest are
 /// dropped (the state will contain them).

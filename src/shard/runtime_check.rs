@@ -38,6 +38,7 @@ fn check_io_uring_sysctl() -> Result<(), RuntimeProblem> {
              run `sysctl -w kernel.io_uring_disabled=0`"
                 .into(),
         )),
+        // SAFETY: `geteuid` takes no arguments, cannot fail and touches no memory of ours.
         "1" if unsafe { libc::geteuid() } != 0 => Err(RuntimeProblem(
             "io_uring is disabled for unprivileged users (kernel.io_uring_disabled = 1); run \
              `sysctl -w kernel.io_uring_disabled=0`, or add this user to the group in \
@@ -55,6 +56,7 @@ fn raise_memlock(shards: usize) -> Result<(), RuntimeProblem> {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: `limit` is a live, writable `rlimit` for the whole call.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Ok(());
     }
@@ -66,6 +68,7 @@ fn raise_memlock(shards: usize) -> Result<(), RuntimeProblem> {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
+    // SAFETY: `wanted` is a live `rlimit` that the call only reads.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &wanted) } == 0 {
         return Ok(());
     }
@@ -73,6 +76,7 @@ fn raise_memlock(shards: usize) -> Result<(), RuntimeProblem> {
         rlim_cur: limit.rlim_max,
         rlim_max: limit.rlim_max,
     };
+    // SAFETY: `raised` is a live `rlimit` that the call only reads.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0
         && (limit.rlim_max == libc::RLIM_INFINITY || limit.rlim_max >= needed)
     {

@@ -16,6 +16,8 @@ use super::admin;
 use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
 use super::presence_delivery::{self, PresenceSync};
+use crate::broker::naming::upstream_channel;
+use crate::broker::publisher::{PublishRequest, UpstreamCommand};
 use crate::inbox::{PushAck, PushOutcome};
 use crate::metrics::ShardStats;
 use crate::presence::{unix_ms, Presence};
@@ -23,8 +25,6 @@ use crate::protocol::{
     channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
     Inbound, Message, OpCode, Payload, Refusal, ReplyStatus, Vsn,
 };
-use crate::redis::naming::upstream_channel;
-use crate::redis::publisher::{PublishRequest, UpstreamCommand};
 
 /// Why the connection stops reading.
 #[derive(Debug)]

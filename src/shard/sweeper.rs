@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::context::ShardContext;
 
-/// Close code for a socket that sent nothing for `idle_timeout`: not 1000, so that phoenix.js
-/// reconnects.
-pub const IDLE_CLOSE_CODE: u16 = 4000;
+use crate::protocol::close_code::IDLE_TIMEOUT;
 
 /// Bytes written since the last trim beyond which the heap is trimmed.
 const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
@@ -51,7 +49,7 @@ pub(super) async fn idle_sweeper(ctx: Rc<ShardContext>) {
             .cloned()
             .collect();
         for conn in idle_conns {
-            conn.close(IDLE_CLOSE_CODE, "idle timeout");
+            conn.close(IDLE_TIMEOUT, "idle timeout");
         }
     }
 }

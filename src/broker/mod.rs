@@ -7,13 +7,13 @@
 //! presence copy ([`crate::presence::replica`]): the publisher seeds it, the reader keeps it
 //! current from the diffs, and whichever brings a join's version serves its state.
 
-pub mod admin_queries;
-pub mod backoff;
-pub mod interest;
+pub(crate) mod admin_queries;
+pub(crate) mod backoff;
+pub(crate) mod interest;
 pub mod naming;
-pub mod publisher;
-pub mod reader;
-pub mod status;
+pub(crate) mod publisher;
+pub(crate) mod reader;
+pub(crate) mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use status::RedisStatus;
 
 /// What the shards hold to reach the Redis core.
 #[derive(Clone)]
-pub struct RedisHandle {
+pub struct BrokerHandle {
     /// Connection state, read lock-free.
     pub status: Arc<RedisStatus>,
     /// Reader counters.
@@ -41,13 +41,13 @@ pub struct RedisHandle {
 }
 
 /// The running Redis core threads.
-pub struct RedisCore {
+pub struct BrokerCore {
     publisher: JoinHandle<()>,
     stop_publisher: Arc<AtomicBool>,
     wake_publisher: Sender<UpstreamCommand>,
 }
 
-impl RedisCore {
+impl BrokerCore {
     /// Publishes what is still queued, then stops the publisher. Call once the shards have
     /// stopped taking pushes. Returns false if the publisher thread panicked.
     pub fn flush_and_stop(self) -> bool {
@@ -60,7 +60,7 @@ impl RedisCore {
 
 /// Starts the reader and the publisher threads.
 ///
-/// At shutdown, [`RedisCore::flush_and_stop`] publishes what is queued and stops the publisher;
+/// At shutdown, [`BrokerCore::flush_and_stop`] publishes what is queued and stops the publisher;
 /// the reader thread ends with the process.
 pub fn start(
     redis_url: &str,
@@ -68,7 +68,7 @@ pub fn start(
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
-) -> Result<(RedisHandle, RedisCore), redis::RedisError> {
+) -> Result<(BrokerHandle, BrokerCore), redis::RedisError> {
     let client = redis::Client::open(redis_url)?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
@@ -110,13 +110,13 @@ pub fn start(
         .map_err(io_error)?;
 
     Ok((
-        RedisHandle {
+        BrokerHandle {
             status,
             reader_stats,
             publish: publish_tx,
             interest: interest_tx,
         },
-        RedisCore {
+        BrokerCore {
             publisher,
             stop_publisher,
             wake_publisher: wake,

@@ -44,6 +44,7 @@ impl InterestTable {
     }
 
     /// How many topics have at least one interested shard.
+    #[cfg(test)]
     pub fn topic_count(&self) -> usize {
         self.shards_by_topic.len()
     }
@@ -52,7 +53,7 @@ impl InterestTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbox::shards_in;
+    use crate::inbox::mask::shards_in;
 
     fn change(shard: usize, topic: &str, interested: bool) -> InterestChange {
         InterestChange {
