@@ -66,7 +66,7 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Per-connection and per-request limits (PROTOCOL.md §9). Every one is a defence against a
+/// Per-connection and per-request limits (docs/configuration.md, "Our keys"). Every one is a defence against a
 /// peer that is slow, large or hostile; each has a documented default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {

@@ -1,4 +1,4 @@
-//! The `admin` channel (PROTOCOL.md §7, issue 4): admin tokens only, `state` on join, periodic
+//! The `admin` channel (docs/protocol.md, "Presence and the built-in channels", issue 4): admin tokens only, `state` on join, periodic
 //! `stats`, `channel.join` / `channel.leave` events, and the `list` and `disconnect` pushes
 //! answered in the reply — across processes sharing one Redis.
 

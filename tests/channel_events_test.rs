@@ -1,4 +1,4 @@
-//! PROTOCOL.md §4 (events) and §6 (channel-bound tokens) over V2 text frames: heartbeat, join
+//! docs/protocol.md "Joins", "Pushes" and "Tokens" (channel-bound tokens) over V2 text frames: heartbeat, join
 //! and every refusal, leave, duplicate join, pushes to Redis and their replies, unmatched
 //! topics, reserved events and stale join refs. Each test has its own Redis and server and
 //! asserts the exact frames.

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §1, §3 and the downstream half of §4: Redis `to:<topic>:<event>` to clients
+//! docs/protocol.md "Topics and events", "Frames and close codes" and "Downstream": Redis `to:<topic>:<event>` to clients
 //! (JSON verbatim in V2 text, anything else as kind-2 binary, Redis order, the last-colon
 //! split), the V1 object format, and V2 binary pushes. Exact frames, real Redis.
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §2 (routes, upgrade query and subprotocol) and §6 (`POST /token`) over raw HTTP:
+//! docs/protocol.md "HTTP" (routes, upgrade query and subprotocol) and "Tokens" (`POST /token`) over raw HTTP:
 //! exact statuses, JSON error bodies, CORS, and the tokens the endpoint mints.
 
 mod common;

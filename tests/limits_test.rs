@@ -1,4 +1,4 @@
-//! PROTOCOL.md §9 and the close codes of docs/protocol.md: channels per socket, inbound frame
+//! docs/configuration.md "Our keys" and the close codes of docs/protocol.md: channels per socket, inbound frame
 //! size, idle timeout, slow consumers, the handshake deadline and graceful shutdown. Limits are
 //! made small through a config file where the default would make the test slow.
 

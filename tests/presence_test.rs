@@ -1,4 +1,4 @@
-//! Presence across shards and processes (PROTOCOL.md §5, issue 4): `presence_state` after
+//! Presence across shards and processes (docs/presence.md, issue 4): `presence_state` after
 //! every join, `presence_diff` to every member everywhere, one key with several metas, and
 //! the members of a killed process leaving within the TTL.
 

@@ -2,9 +2,9 @@
 //!
 //! - Redis names: `to:<topic>:<event>` splits at the **last** `:` (topics may contain `:`,
 //!   events may not), and the upstream name `from:<topic>:<event>` is built so that the same
-//!   split takes it apart again (PROTOCOL.md §1, docs/protocol.md "Redis names").
+//!   split takes it apart again (docs/protocol.md "Topics and events").
 //! - Tokens: a token minted for channel X opens X and nothing else, however close the other
-//!   name is (PROTOCOL.md §4 phx_join, §10 "tokens not tied to their channel").
+//!   name is (docs/protocol.md "Joins": tokens are tied to their channel).
 
 use channel::auth::{AuthError, Reason, TokenAuthority};
 use channel::broker::naming::{split_downstream, upstream_channel};

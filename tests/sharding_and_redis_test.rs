@@ -1,4 +1,4 @@
-//! Two shards in one process sharing topics (ARCHITECTURE.md), and Redis going away under
+//! Two shards in one process sharing topics (docs/architecture.md), and Redis going away under
 //! joined clients (issue 2 §6): `backend unavailable` during the gap, never a false ok, `/healthz`
 //! 503, then reconnection, resubscription and delivery again.
 

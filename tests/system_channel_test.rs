@@ -1,4 +1,4 @@
-//! The `system` channel (PROTOCOL.md §7): a joined client receives the server's own `datetime`
+//! The `system` channel (docs/protocol.md, "Presence and the built-in channels"): a joined client receives the server's own `datetime`
 //! tick every `datetime_interval_ms`, with the exact broadcast frame shape and a process-wide
 //! counter; 0 disables it; nobody else receives it; and no tick is built while nobody listens.
 
@@ -35,7 +35,7 @@ fn next_tick(socket: &mut TestSocket) -> (SystemTime, u64) {
         format!(
             r#"[null,null,"system","datetime",{{"status":"ok","response":{{"datetime":"{datetime}","counter":{counter}}}}}]"#
         ),
-        "a tick is exactly the broadcast frame of PROTOCOL §7"
+        "a tick is exactly the broadcast frame of docs/protocol.md"
     );
     // RFC 3339 in UTC with milliseconds: 2026-11-27T08:30:00.123Z
     assert_eq!(datetime.len(), 24, "datetime {datetime:?} has milliseconds");

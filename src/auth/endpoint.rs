@@ -1,4 +1,4 @@
-//! `POST /token` as a pure function from the request to the response (PROTOCOL.md §6).
+//! `POST /token` as a pure function from the request to the response (docs/protocol.md, "Tokens").
 //! The caller reads at most `max_token_body_bytes` of body (413 beyond, see
 //! [`crate::http::payload_too_large`]) and writes what this returns.
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 
-/// The channel whose tokens only an operator may mint (PROTOCOL.md §6, §7).
+/// The channel whose tokens only an operator may mint (docs/protocol.md, "Tokens" and "Presence and the built-in channels").
 pub const ADMIN_CHANNEL: &str = "admin";
 
 /// Clock skew tolerated on `exp`, in seconds: enough for two hosts with NTP, short enough that

@@ -2,7 +2,7 @@
 //!
 //! A shard tells the reader when it gains its first local subscriber of a topic and when it
 //! loses its last one; the reader then hands a downstream message only to interested shards
-//! (ARCHITECTURE invariant 3). Changes travel over a channel and are applied by the reader
+//! (docs/architecture.md, "Invariants"). Changes travel over a channel and are applied by the reader
 //! thread alone, so the table itself needs no lock.
 
 use std::collections::HashMap;

@@ -33,7 +33,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
     }
 }
 
-/// Routes a request head (PROTOCOL.md §2).
+/// Routes a request head (docs/protocol.md, "HTTP").
 pub fn route(head: &RequestHead) -> Route {
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/websocket" | "/socket/websocket") => Route::WebSocket,

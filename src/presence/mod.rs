@@ -1,4 +1,4 @@
-//! Presence across the whole deployment (PROTOCOL.md §5), kept in Redis.
+//! Presence across the whole deployment (docs/presence.md), kept in Redis.
 //!
 //! Every joined channel adds one meta `{"phx_ref","online_at"}` under the client's `id`. The
 //! members of a topic live in one Redis hash that every `channel` process shares; each change

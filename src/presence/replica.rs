@@ -23,7 +23,7 @@ use indexmap::{IndexMap, IndexSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::shapes::{json_string, DiffRef};
+use super::shapes::{to_json_string, DiffRef};
 use super::PresenceTicket;
 
 /// A join waiting longer than this for the copy to reach its version gets a snapshot instead.
@@ -70,12 +70,13 @@ pub enum Wanted {
 }
 
 struct TopicCopy {
-    copy: Copy,
+    copy: CopyState,
     waiters: Vec<Waiter>,
     last_used: Instant,
 }
 
-enum Copy {
+/// How far one topic's copy is: waiting for its seed, or current.
+enum CopyState {
     /// A seed was asked for at `since`; diffs arriving meanwhile are kept.
     Seeding {
         since: Instant,
@@ -103,7 +104,7 @@ struct Waiter {
 /// a key are parsed only when a key on several sockets joins again or a meta leaves.
 #[derive(Default)]
 struct Members {
-    /// Key as a JSON string ([`json_string`]) → its metas, `{..},{..}` verbatim.
+    /// Key as a JSON string ([`to_json_string`]) → its metas, `{..},{..}` verbatim.
     by_key: IndexMap<Box<str>, Box<str>>,
     /// How many metas in all.
     metas: usize,
@@ -147,7 +148,7 @@ fn parse_metas(metas: &str) -> Vec<&RawValue> {
 
 impl Members {
     fn add(&mut self, key: &str, phx_ref: &str, meta: &str) {
-        let key_json = json_string(key);
+        let key_json = to_json_string(key);
         let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
             self.by_key.insert(key_json.into(), meta.into());
             self.metas += 1;
@@ -164,7 +165,7 @@ impl Members {
     }
 
     fn remove(&mut self, key: &str, phx_ref: &str) {
-        let key_json = json_string(key);
+        let key_json = to_json_string(key);
         let Some(metas) = self.by_key.get_mut(key_json.as_str()) else {
             return;
         };
@@ -249,7 +250,7 @@ impl Members {
 impl TopicCopy {
     fn seeding(now: Instant) -> TopicCopy {
         TopicCopy {
-            copy: Copy::Seeding {
+            copy: CopyState::Seeding {
                 since: now,
                 buffered: Vec::new(),
             },
@@ -260,7 +261,7 @@ impl TopicCopy {
 
     /// The state at the copy's version, if it is live.
     fn state(&mut self) -> Option<State> {
-        let Copy::Live {
+        let CopyState::Live {
             version,
             members,
             state,
@@ -274,7 +275,7 @@ impl TopicCopy {
 
     /// Serves every waiter the live copy has reached.
     fn serve_reached(&mut self, served: &mut Served) {
-        let Copy::Live { version, .. } = self.copy else {
+        let CopyState::Live { version, .. } = self.copy else {
             return;
         };
         if !self.waiters.iter().any(|w| w.version <= version) {
@@ -292,14 +293,14 @@ impl TopicCopy {
     /// Applies diff `version`; false when it breaks the sequence (the copy must be re-seeded).
     fn apply(&mut self, version: u64, diff: &[u8]) -> bool {
         match &mut self.copy {
-            Copy::Seeding { buffered, .. } => {
+            CopyState::Seeding { buffered, .. } => {
                 if buffered.len() >= MAX_BUFFERED {
                     buffered.remove(0);
                 }
                 buffered.push((version, diff.to_vec()));
                 true
             }
-            Copy::Live {
+            CopyState::Live {
                 version: current,
                 members,
                 state,
@@ -320,13 +321,13 @@ impl TopicCopy {
     /// How many members (metas) the copy holds.
     fn members(&self) -> usize {
         match &self.copy {
-            Copy::Live { members, .. } => members.metas,
-            Copy::Seeding { .. } => 0,
+            CopyState::Live { members, .. } => members.metas,
+            CopyState::Seeding { .. } => 0,
         }
     }
 
     fn reseed(&mut self, now: Instant) {
-        self.copy = Copy::Seeding {
+        self.copy = CopyState::Seeding {
             since: now,
             buffered: Vec::new(),
         };
@@ -369,7 +370,7 @@ impl PresenceReplica {
             }
         };
         copy.last_used = now;
-        if let Copy::Live { version: at, .. } = copy.copy {
+        if let CopyState::Live { version: at, .. } = copy.copy {
             if at >= version {
                 if let Some(state) = copy.state() {
                     return Wanted::Ready(state);
@@ -399,15 +400,15 @@ impl PresenceReplica {
             .or_insert_with(|| TopicCopy::seeding(now));
         let mut served = Vec::new();
         let buffered = match &mut copy.copy {
-            Copy::Live { version: at, .. } if *at >= version => {
+            CopyState::Live { version: at, .. } if *at >= version => {
                 // Already further along (a second seed crossed the first): keep it.
                 copy.serve_reached(&mut served);
                 return served;
             }
-            Copy::Live { .. } => Vec::new(),
-            Copy::Seeding { buffered, .. } => std::mem::take(buffered),
+            CopyState::Live { .. } => Vec::new(),
+            CopyState::Seeding { buffered, .. } => std::mem::take(buffered),
         };
-        copy.copy = Copy::Live {
+        copy.copy = CopyState::Live {
             version,
             members: Members::from_entries(entries),
             state: None,
@@ -431,7 +432,7 @@ impl PresenceReplica {
         let Some(copy) = self.topics.get(topic) else {
             return Vec::new();
         };
-        if matches!(copy.copy, Copy::Live { .. }) {
+        if matches!(copy.copy, CopyState::Live { .. }) {
             return Vec::new(); // another seed made it: the waiters are served from that
         }
         self.topics
@@ -463,8 +464,8 @@ impl PresenceReplica {
         let mut dropped = 0;
         self.topics.retain(|topic, copy| {
             let stuck = match &copy.copy {
-                Copy::Seeding { since, .. } => now.duration_since(*since) >= SEED_LIMIT,
-                Copy::Live { .. } => copy
+                CopyState::Seeding { since, .. } => now.duration_since(*since) >= SEED_LIMIT,
+                CopyState::Live { .. } => copy
                     .waiters
                     .iter()
                     .any(|w| now.duration_since(w.since) >= WAIT_LIMIT),
@@ -479,7 +480,7 @@ impl PresenceReplica {
             if !keep {
                 dropped += copy.members();
             } else if unused >= STATE_KEEP {
-                if let Copy::Live { state, .. } = &mut copy.copy {
+                if let CopyState::Live { state, .. } = &mut copy.copy {
                     *state = None;
                 }
             }
@@ -783,8 +784,8 @@ mod tests {
         let now = Instant::now();
         let mut replica = seeded(1, &[p("u1", "r1"), p("u2", "r2")], now);
         let cached = |r: &PresenceReplica| match &r.topics["t"].copy {
-            Copy::Live { state, .. } => state.is_some(),
-            Copy::Seeding { .. } => panic!("not live"),
+            CopyState::Live { state, .. } => state.is_some(),
+            CopyState::Seeding { .. } => panic!("not live"),
         };
         let (_, first) = ready(replica.want("t", 1, ticket("r2"), now));
         assert!(cached(&replica));

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::Presence;
 
 /// `s` as a JSON string (quoted and escaped): how a presence key appears in a state or a diff.
-pub fn json_string(s: &str) -> String {
+pub fn to_json_string(s: &str) -> String {
     // Serialising a `str` cannot fail; the fallback only keeps the function total.
     serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
 }
@@ -113,7 +113,7 @@ pub fn merge_diffs<'a>(diffs: impl IntoIterator<Item = &'a [u8]>) -> String {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&json_string(key));
+            out.push_str(&to_json_string(key));
             out.push_str(":{\"metas\":[");
             for (j, meta) in metas.iter().enumerate() {
                 if j > 0 {

@@ -152,7 +152,7 @@ pub fn join_token<'a>(payload: &Payload<'a>) -> Option<Cow<'a, str>> {
         return None;
     }
     let found: TokenOnly<'a> = serde_json::from_str(json).ok()?;
-    json_string(found.token?)
+    json_string_value(found.token?)
 }
 
 /// The five fields of a message, each still raw JSON.
@@ -245,7 +245,7 @@ impl<'de> Deserialize<'de> for FirstFive<'de> {
 }
 
 /// A JSON string's value, borrowed when it has no escapes; `None` if `raw` is not a string.
-fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn json_string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
@@ -263,13 +263,15 @@ fn ref_field<'a>(
     match raw {
         None => Ok(None),
         Some(raw) if raw.get() == "null" => Ok(None),
-        Some(raw) => json_string(raw).map(Some).ok_or(DecodeError::BadRef(name)),
+        Some(raw) => json_string_value(raw)
+            .map(Some)
+            .ok_or(DecodeError::BadRef(name)),
     }
 }
 
 /// A `topic` or `event`: a non-empty string.
 fn name_field<'a>(raw: &'a RawValue, name: &'static str) -> Result<Cow<'a, str>, DecodeError> {
-    match json_string(raw) {
+    match json_string_value(raw) {
         Some(value) if !value.is_empty() => Ok(value),
         _ => Err(DecodeError::BadName(name)),
     }

@@ -2,7 +2,7 @@
 //!
 //! Heartbeats, joins (token bound to the topic), leaves, pushes (published to Redis and
 //! answered once Redis accepted them), `unmatched topic`, reserved events and stale join
-//! references — PROTOCOL.md §4. A join also registers the presence (answered later with
+//! references — docs/protocol.md, "Joins" and "Pushes". A join also registers the presence (answered later with
 //! `presence_state`, see [`super::presence_delivery`]); pushes on `admin` go to [`super::admin`]
 //! instead of Redis. Everything here is synchronous and CPU-only: it decides, queues frames on
 //! the connection, and hands publishes to the Redis core. It never waits.

@@ -1,4 +1,4 @@
-//! The `system` channel (PROTOCOL.md §7): the server's own `datetime` tick.
+//! The `system` channel (docs/protocol.md, "Presence and the built-in channels"): the server's own `datetime` tick.
 //!
 //! `system` is joinable like any topic (a token bound to `system`); on top of whatever backends
 //! publish to it through Redis, every `datetime_interval_ms` the process itself sends
