@@ -10,8 +10,10 @@
 //! - [`redis`]    the Redis core: the `PSUBSCRIBE to:*` reader and the pipelined publisher.
 //! - [`system`]   the `system` channel: the process's own `datetime` tick.
 //! - [`metrics`]  Prometheus metrics for `GET /metrics`.
+//! - [`bounded_queue`] the bounded queue between threads whose memory grows with use.
 
 pub mod auth;
+pub mod bounded_queue;
 pub mod config;
 pub mod heap;
 pub mod http;

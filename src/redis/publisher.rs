@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
 use super::reader::{notify_all, send_states};
 use super::status::RedisStatus;
+use crate::bounded_queue::{QueueReceiver, RecvTimeoutError};
 use crate::presence::replica::{PresenceReplica, Wanted};
 use crate::presence::{self, scripts, shapes, Presence};
 use crate::shard::inbox::{
@@ -94,7 +94,7 @@ pub struct RedisPublisher {
     pub(super) client: redis::Client,
     pub(super) status: Arc<RedisStatus>,
     pub(super) inboxes: Vec<Arc<ShardInbox>>,
-    pub(super) queue: Receiver<UpstreamCommand>,
+    pub(super) queue: QueueReceiver<UpstreamCommand>,
     /// Set at shutdown: publish what is queued, then stop.
     pub(super) stop: Arc<AtomicBool>,
     /// This process's presence identity.
