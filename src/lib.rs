@@ -11,7 +11,8 @@
 //! - `presence`   the presence model and this process's copy of it (no Redis, no shard).
 //! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
 //! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
-//!   [`config`], `metrics`, [`heap`] (the allocator).
+//!   [`config`], `metrics`, [`heap`] (the allocator), `bounded_queue` (the queues between
+//!   threads whose memory grows with use).
 //!
 //! Only what the binary, the integration tests, the benches and the fuzz targets use is `pub`;
 //! everything else is `pub(crate)`, so that rustc reports code nothing uses.
@@ -21,6 +22,7 @@
 pub(crate) mod admin;
 pub mod auth;
 pub mod broker;
+pub(crate) mod bounded_queue;
 pub mod config;
 pub mod heap;
 pub mod http;

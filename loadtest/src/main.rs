@@ -13,6 +13,7 @@ mod slow;
 mod soak;
 mod stamp;
 mod stats;
+mod step_search;
 mod token;
 mod ws;
 

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::inbox::{InterestChange, Shards};
+use crate::bounded_queue::{self, QueueSender};
 use crate::presence::replica::PresenceReplica;
 use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
@@ -35,7 +36,7 @@ pub struct BrokerHandle {
     /// Reader counters.
     pub reader_stats: Arc<ReaderStats>,
     /// The bounded upstream queue (pushes and presence changes).
-    pub publish: Sender<UpstreamCommand>,
+    pub publish: QueueSender<UpstreamCommand>,
     /// Interest changes for the reader's routing table.
     pub interest: Sender<InterestChange>,
 }
@@ -44,7 +45,7 @@ pub struct BrokerHandle {
 pub struct BrokerCore {
     publisher: JoinHandle<()>,
     stop_publisher: Arc<AtomicBool>,
-    wake_publisher: Sender<UpstreamCommand>,
+    wake_publisher: QueueSender<UpstreamCommand>,
 }
 
 impl BrokerCore {
@@ -72,7 +73,8 @@ pub fn start(
     let client = redis::Client::open(redis_url)?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
-    let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
+    // Bounded in messages; its memory grows with use (an idle queue holds none).
+    let (publish_tx, publish_rx) = bounded_queue::bounded(publish_capacity);
     let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
@@ -26,6 +25,7 @@ use super::backoff::Backoff;
 use super::reader::send_states;
 use super::status::RedisStatus;
 use crate::inbox::{AdminTicket, PushAck, PushOutcome, ShardMessage, Shards};
+use crate::bounded_queue::{QueueReceiver, RecvTimeoutError};
 use crate::presence::replica::{PresenceReplica, Wanted};
 use crate::presence::PresenceTicket;
 use crate::presence::{self, scripts, shapes, Presence};
@@ -94,7 +94,7 @@ pub struct RedisPublisher {
     pub(super) client: redis::Client,
     pub(super) status: Arc<RedisStatus>,
     pub(super) shards: Shards,
-    pub(super) queue: Receiver<UpstreamCommand>,
+    pub(super) queue: QueueReceiver<UpstreamCommand>,
     /// Set at shutdown: publish what is queued, then stop.
     pub(super) stop: Arc<AtomicBool>,
     /// This process's presence identity.

@@ -57,7 +57,7 @@ pub struct RedisReader {
     pub(super) shards: Shards,
     pub(super) interest_changes: Receiver<InterestChange>,
     /// Wakes the publisher when it should probe its own connection or fetch a snapshot.
-    pub(super) publisher_wake: crossbeam_channel::Sender<UpstreamCommand>,
+    pub(super) publisher_wake: crate::bounded_queue::QueueSender<UpstreamCommand>,
     /// This process's copy of the presence of its topics: follows the diffs.
     pub(super) replica: Arc<Mutex<PresenceReplica>>,
 }
