@@ -14,6 +14,7 @@ mod soak;
 mod stamp;
 mod stats;
 mod step_search;
+mod timeline;
 mod token;
 mod ws;
 

@@ -1416,6 +1416,17 @@ pub fn run(args: SoakArgs) -> Result<serde_json::Value> {
         args.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
+    if !rss.is_empty() {
+        let title = format!("server RSS during the soak ({} s)", sh.sc.duration);
+        std::fs::write(
+            args.out.join("rss.svg"),
+            crate::timeline::svg(&title, "RSS (MiB)", &rss),
+        )?;
+        std::fs::write(
+            args.out.join("rss.csv"),
+            crate::timeline::csv("rss_mib", &rss),
+        )?;
+    }
     if pushes.lost_acked > 0 {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         bail!(
