@@ -147,7 +147,10 @@ pub struct Config {
     pub datetime_interval_ms: u64,
     /// Period of the `admin` channel's `stats` push, in seconds; 0 disables it.
     pub admin_stats_interval_secs: u64,
-    /// Presences of a process that stopped refreshing them are removed after this long.
+    /// Presences of a process that stopped refreshing them are removed after this long (the
+    /// refresh runs every third of it); with the default, a killed process's members leave
+    /// within 10 s in the worst case (docs/presence.md, "How fast a dead process's members
+    /// leave").
     pub presence_ttl_secs: u64,
     /// Presence on every topic (`presence_state` / `presence_diff`); `false` turns it off for
     /// broadcast-only deployments (joins then cost no Redis round trip).
@@ -187,7 +190,7 @@ impl Default for Config {
             publisher_queue_capacity: 65_536,
             datetime_interval_ms: 1_000,
             admin_stats_interval_secs: 5,
-            presence_ttl_secs: 30,
+            presence_ttl_secs: 6,
             presence_enabled: true,
             presence_batch_ms: 100,
         }

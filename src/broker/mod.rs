@@ -4,12 +4,15 @@
 //! the [`reader::RedisReader`] (`PSUBSCRIBE to:*`, decode once, hand to interested shards) and
 //! the [`publisher::RedisPublisher`] (pipelined upstream `PUBLISH`). Both reconnect with
 //! backoff and publish their state in [`status::RedisStatus`]. They share the process's
-//! presence copy ([`crate::presence::replica`]): the publisher seeds it, the reader keeps it
-//! current from the diffs, and whichever brings a join's version serves its state.
+//! presence copy ([`crate::presence::replica`]): the publisher seeds it (and gives it its
+//! timed care), the reader keeps it current from the diffs, and whichever brings a join's
+//! version serves its state. The publisher also keeps this process's presence liveness
+//! ([`liveness`]).
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
 pub(crate) mod interest;
+pub(crate) mod liveness;
 pub mod naming;
 pub(crate) mod publisher;
 pub(crate) mod reader;
@@ -21,8 +24,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::inbox::{InterestChange, Shards};
 use crate::bounded_queue::{self, QueueSender};
+use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
 use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
@@ -105,6 +108,7 @@ pub fn start(
         presence_ttl,
         failed_leaves: Default::default(),
         replica,
+        dropped_since_trim: Default::default(),
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

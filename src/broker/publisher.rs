@@ -9,9 +9,10 @@
 //! never waits on a dead Redis and never gets a false `ok`.
 //!
 //! It also keeps this process's presence liveness entry fresh and reaps dead processes'
-//! presences (see [`crate::presence`]).
+//! presences (on the schedule of [`super::liveness`]), and gives the presence copy its timed
+//! care (see [`crate::presence::replica`]). Idle, it sleeps until the next of those is due.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,11 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
+use super::liveness::Liveness;
 use super::reader::send_states;
 use super::status::RedisStatus;
-use crate::inbox::{AdminTicket, PushAck, PushOutcome, ShardMessage, Shards};
 use crate::bounded_queue::{QueueReceiver, RecvTimeoutError};
+use crate::inbox::{AdminTicket, PushAck, PushOutcome, ShardMessage, Shards};
 use crate::presence::replica::{PresenceReplica, Wanted};
 use crate::presence::PresenceTicket;
 use crate::presence::{self, scripts, shapes, Presence};
@@ -106,7 +108,12 @@ pub struct RedisPublisher {
     pub(super) failed_leaves: RefCell<VecDeque<UpstreamCommand>>,
     /// This process's copy of the presence of its topics (shared with the reader).
     pub(super) replica: Arc<Mutex<PresenceReplica>>,
+    /// Members of presence copies dropped since the heap was last trimmed.
+    pub(super) dropped_since_trim: Cell<usize>,
 }
+
+/// Presence copies holding this many members in all, dropped, are worth a heap trim.
+const TRIM_AFTER_DROPPED_MEMBERS: usize = 1_000;
 
 /// The most failed leaves kept for replay; beyond, the oldest are dropped (their members then
 /// stay listed until this process stops or dies).
@@ -116,7 +123,7 @@ const MAX_FAILED_LEAVES: usize = 100_000;
 struct LoadedScripts {
     join: String,
     leave: String,
-    reap: String,
+    upkeep: String,
     snapshot: String,
 }
 
@@ -126,6 +133,7 @@ impl RedisPublisher {
         let mut backoff = Backoff::default();
         let mut ever_connected = false;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut liveness = Liveness::new(self.node.clone(), self.presence_ttl);
         loop {
             match self.connect() {
                 Ok((mut conn, loaded)) => {
@@ -142,12 +150,16 @@ impl RedisPublisher {
                     // while it was unreachable): register them (again). At start-up there are
                     // none and this costs nothing.
                     self.shards.send_all(|| ShardMessage::PresenceResync);
+                    liveness.connected();
                     match self
                         .replay_failed_leaves(&mut conn, &loaded, &mut batch)
-                        .and_then(|()| self.serve_until_failure(&mut conn, &loaded, &mut batch))
-                    {
+                        .and_then(|()| {
+                            self.serve_until_failure(&mut conn, &loaded, &mut batch, &mut liveness)
+                        }) {
                         Ok(()) => {
-                            self.leave_node(&mut conn);
+                            if let Err(err) = liveness.stop(&mut conn) {
+                                debug!(%err, "could not remove this process's presences at stop");
+                            }
                             info!("redis publisher drained and stopped");
                             return;
                         }
@@ -162,6 +174,7 @@ impl RedisPublisher {
             }
             // While disconnected, answer everything that arrives at once, then try again.
             let wait = backoff.next_wait();
+            self.care_for_copies(Instant::now());
             if self.stop.load(Ordering::Acquire) {
                 while let Ok(next) = self.queue.try_recv() {
                     self.fail(next);
@@ -196,7 +209,7 @@ impl RedisPublisher {
         let loaded = LoadedScripts {
             join: load(scripts::JOIN)?,
             leave: load(scripts::LEAVE)?,
-            reap: load(scripts::REAP_DEAD_NODES)?,
+            upkeep: load(scripts::UPKEEP)?,
             snapshot: load(scripts::SNAPSHOT)?,
         };
         Ok((conn, loaded))
@@ -208,14 +221,13 @@ impl RedisPublisher {
         conn: &mut redis::Connection,
         scripts: &LoadedScripts,
         batch: &mut Vec<UpstreamCommand>,
+        liveness: &mut Liveness,
     ) -> redis::RedisResult<()> {
-        let upkeep_period = (self.presence_ttl / 3).max(Duration::from_millis(100));
-        let mut next_upkeep = Instant::now();
         loop {
-            if Instant::now() >= next_upkeep {
-                self.presence_upkeep(conn, scripts)?;
-                next_upkeep = Instant::now() + upkeep_period;
+            if Instant::now() >= liveness.next_at() {
+                self.presence_upkeep(conn, scripts, liveness)?;
             }
+            self.care_for_copies(Instant::now());
             if self.status.take_publisher_probe() {
                 // The subscriber saw Redis go or come back: is our connection still good?
                 redis::cmd("PING").query::<()>(conn)?;
@@ -232,9 +244,16 @@ impl RedisPublisher {
             if self.stop.load(Ordering::Acquire) && self.queue.is_empty() {
                 return Ok(());
             }
-            // Asleep until there is work, a wake-up, or the next upkeep: idle costs nothing.
-            let until_upkeep = next_upkeep.saturating_duration_since(Instant::now());
-            let first = match self.queue.recv_timeout(until_upkeep) {
+            // Asleep until there is work, a wake-up, the next upkeep or the next care of the
+            // presence copy (none while it holds nothing): idle costs one upkeep a period.
+            let wake_at = match lock(&self.replica).next_care() {
+                Some(care_at) => care_at.min(liveness.next_at()),
+                None => liveness.next_at(),
+            };
+            let first = match self
+                .queue
+                .recv_timeout(wake_at.saturating_duration_since(Instant::now()))
+            {
                 Ok(UpstreamCommand::Wake) | Err(RecvTimeoutError::Timeout) => continue,
                 Ok(first) => first,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -389,41 +408,41 @@ impl RedisPublisher {
         &self,
         conn: &mut redis::Connection,
         s: &LoadedScripts,
+        liveness: &mut Liveness,
     ) -> redis::RedisResult<()> {
-        let now = presence::unix_ms();
-        let expires = now + self.presence_ttl.as_millis() as u64;
-        let reaped: i64 = redis::pipe()
-            .cmd("ZADD")
-            .arg(presence::NODES_KEY)
-            .arg(expires)
-            .arg(&self.node)
-            .ignore()
-            .cmd("EVALSHA")
-            .arg(&s.reap)
-            .arg(0)
-            .arg(now)
-            .query::<(i64,)>(conn)?
-            .0;
-        if reaped > 0 {
-            info!(reaped, "removed the presences of stopped channel processes");
+        let report = liveness.upkeep(conn, &s.upkeep)?;
+        if report.reaped > 0 {
+            info!(
+                reaped = report.reaped,
+                "removed the presences of stopped channel processes"
+            );
+        }
+        if report.was_reaped {
+            // Another process took this one for dead (it could not refresh for a TTL) and
+            // removed its members: register them again, as after a reconnect.
+            warn!("this process's presences were reaped while it lived; registering them again");
+            self.shards.send_all(|| ShardMessage::PresenceResync);
         }
         Ok(())
     }
 
-    /// At a clean stop, this process's presences leave at once instead of after the TTL.
-    fn leave_node(&self, conn: &mut redis::Connection) {
-        let result: redis::RedisResult<()> = redis::cmd("ZADD")
-            .arg(presence::NODES_KEY)
-            .arg(0)
-            .arg(&self.node)
-            .query(conn);
-        let reaped: redis::RedisResult<i64> = redis::cmd("EVAL")
-            .arg(scripts::REAP_DEAD_NODES)
-            .arg(0)
-            .arg(presence::unix_ms())
-            .query(conn);
-        if let Err(err) = result.and(reaped.map(|_| ())) {
-            debug!(%err, "could not remove this process's presences at stop");
+    /// The presence copy's timed care, when it is due: stuck joins and seeds ask for a
+    /// snapshot, idle copies go (and, once a wave of them is gone, their memory).
+    fn care_for_copies(&self, now: Instant) {
+        let mut replica = lock(&self.replica);
+        if replica.next_care().is_none_or(|at| at > now) {
+            return;
+        }
+        let dropped = replica.expire(now);
+        let empty = replica.topics() == 0;
+        drop(replica);
+        let since_trim = self.dropped_since_trim.get() + dropped;
+        // The wave is over when a care run drops nothing more or nothing is left to drop.
+        if since_trim >= TRIM_AFTER_DROPPED_MEMBERS && (dropped == 0 || empty) {
+            crate::heap::trim();
+            self.dropped_since_trim.set(0);
+        } else {
+            self.dropped_since_trim.set(since_trim);
         }
     }
 

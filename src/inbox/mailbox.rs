@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 use futures::task::AtomicWaker;
 
 use super::tickets::{AdminTicket, PushAck, PushOutcome};
-use crate::presence::PresenceTicket;
 use crate::bounded_queue::{self, QueueReceiver, QueueSender, TrySendError};
+use crate::presence::PresenceTicket;
 use crate::protocol::Broadcast;
 
 /// What a shard can be told from outside.
