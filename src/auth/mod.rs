@@ -371,7 +371,8 @@ mod tests {
     /// Valid claims with `claim` replaced by `value`, or removed when `value` is `None`.
     fn claims_with(claim: &str, value: Option<serde_json::Value>) -> serde_json::Value {
         let now = now_secs();
-        let mut claims = serde_json::json!({"id": "a", "channel": "c", "iat": now, "exp": now + 600});
+        let mut claims =
+            serde_json::json!({"id": "a", "channel": "c", "iat": now, "exp": now + 600});
         let object = claims.as_object_mut().expect("a JSON object");
         match value {
             Some(v) => object.insert(claim.to_string(), v),
@@ -399,7 +400,10 @@ mod tests {
                 now_secs() + 600
             };
             let control = signed(claims_with(claim, Some(json!(time))));
-            assert!(authority().verify_for_channel(&control, "c").is_ok(), "{claim}");
+            assert!(
+                authority().verify_for_channel(&control, "c").is_ok(),
+                "{claim}"
+            );
             for (what, value) in [
                 ("a string", json!(time.to_string())),
                 ("a word", json!("never")),
