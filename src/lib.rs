@@ -3,6 +3,7 @@
 //!
 //! Layout, one concept per module:
 //! - [`config`]   the effective configuration (TOML file, environment, flags).
+//! - [`access`]   who may connect (`allowed_origins`) and who may mint (`token_mint`).
 //! - [`auth`]     channel-bound JWTs: minting (`POST /token`, `channel token`) and verification.
 //! - [`http`]     everything before the WebSocket upgrade: request heads, routes, responses.
 //! - [`protocol`] the wire: WebSocket framing and the Phoenix V1/V2/binary serializers.
@@ -11,6 +12,7 @@
 //! - [`system`]   the `system` channel: the process's own `datetime` tick.
 //! - [`metrics`]  Prometheus metrics for `GET /metrics`.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod heap;
