@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::distributions::Alphanumeric;
-use rand::{Rng, RngCore};
+use rand::distr::Alphanumeric;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
@@ -208,7 +208,7 @@ impl TokenAuthority {
 
 /// A random alphanumeric string of `len` characters: client ids minted by `POST /token`.
 pub fn random_id(len: usize) -> String {
-    rand::thread_rng()
+    rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)
@@ -219,7 +219,8 @@ pub fn random_id(len: usize) -> String {
 /// with it die with the process.
 pub fn random_secret() -> Secret {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // The thread RNG is a CSPRNG (ChaCha12) seeded from the OS, and it cannot fail.
+    rand::rng().fill_bytes(&mut bytes);
     Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
