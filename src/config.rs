@@ -18,6 +18,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::access::{OriginPattern, TokenMint, TopicPattern};
+
 /// A configuration value that must never appear in logs or in `check-config` output.
 ///
 /// Debug and Display print `<redacted>`; the value is only reachable through
@@ -135,6 +137,16 @@ pub struct Config {
     pub shards: usize,
     /// Bearer key required to mint `admin` tokens over HTTP. `None`: never over HTTP.
     pub admin_key: Option<Secret>,
+    /// Pages (`Origin`s) whose WebSocket upgrades are accepted; `*` (the default) admits all.
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Whether an upgrade without an `Origin` header (a non-browser client) is accepted.
+    pub allow_missing_origin: bool,
+    /// Who may mint tokens over `POST /token`.
+    pub token_mint: TokenMint,
+    /// Bearer key that mints non-admin tokens when `token_mint = "key"`.
+    pub mint_key: Option<Secret>,
+    /// Topics anyone may mint for when `token_mint = "key"`.
+    pub mint_open_topics: Vec<TopicPattern>,
     /// Connection and request limits.
     pub limits: Limits,
     /// Capacity, in messages, of each shard's inbox from the Redis core.
@@ -184,6 +196,11 @@ impl Default for Config {
             id_length: DEFAULT_ID_LENGTH,
             shards: 0,
             admin_key: None,
+            allowed_origins: vec![OriginPattern::parse("*").expect("`*` is a valid pattern")],
+            allow_missing_origin: true,
+            token_mint: TokenMint::Open,
+            mint_key: None,
+            mint_open_topics: Vec::new(),
             limits: Limits::default(),
             shard_inbox_capacity: 65_536,
             shard_inbox_bytes: 32 << 20,
@@ -234,6 +251,9 @@ pub enum ConfigError {
         expected: &'static str,
         got: String,
     },
+    /// Keys that are each valid but do not make sense together.
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 /// A value before it is interpreted: typed when it comes from TOML, text from env and flags.
@@ -256,6 +276,24 @@ impl Raw<'_> {
         match self {
             Raw::Toml(toml::Value::Integer(i)) => Some(i128::from(*i)),
             Raw::Text(s) => s.trim().parse().ok(),
+            Raw::Toml(_) => None,
+        }
+    }
+
+    /// A TOML array of strings, or comma-separated text (the environment's form of a list).
+    fn list(&self) -> Option<Vec<String>> {
+        match self {
+            Raw::Toml(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Raw::Text(s) => Some(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             Raw::Toml(_) => None,
         }
     }
@@ -416,6 +454,64 @@ pub static KEYS: &[Key] = &[
                 return None;
             }
             c.admin_key = Some(Secret::new(s));
+            Some(())
+        },
+    },
+    Key {
+        name: "allowed_origins",
+        expected:
+            "a list of origins (\"https://app.example.com\", \"*.example.com\", \"*\" for any)",
+        secret: false,
+        apply: |c, r| {
+            c.allowed_origins = r
+                .list()?
+                .iter()
+                .map(|p| OriginPattern::parse(p))
+                .collect::<Option<_>>()?;
+            Some(())
+        },
+    },
+    Key {
+        name: "allow_missing_origin",
+        expected: "true or false",
+        secret: false,
+        apply: |c, r| {
+            c.allow_missing_origin = r.boolean()?;
+            Some(())
+        },
+    },
+    Key {
+        name: "token_mint",
+        expected: "\"open\", \"key\" or \"off\"",
+        secret: false,
+        apply: |c, r| {
+            c.token_mint = TokenMint::parse(r.text()?)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "mint_key",
+        expected: "a string of at least 16 characters",
+        secret: true,
+        apply: |c, r| {
+            let s = r.text()?;
+            if s.chars().count() < 16 {
+                return None;
+            }
+            c.mint_key = Some(Secret::new(s));
+            Some(())
+        },
+    },
+    Key {
+        name: "mint_open_topics",
+        expected: "a list of topics, each exact or a prefix ending in `*` (\"public:*\")",
+        secret: false,
+        apply: |c, r| {
+            c.mint_open_topics = r
+                .list()?
+                .iter()
+                .map(|p| TopicPattern::parse(p))
+                .collect::<Option<_>>()?;
             Some(())
         },
     },
@@ -672,7 +768,20 @@ impl Config {
             }
         }
         cfg.apply_overrides(overrides)?;
+        cfg.check_consistency()?;
         Ok(cfg)
+    }
+
+    /// Rules between keys, checked once every source has been applied.
+    fn check_consistency(&self) -> Result<(), ConfigError> {
+        if self.token_mint == TokenMint::Key && self.mint_key.is_none() {
+            return Err(ConfigError::Inconsistent(
+                "token_mint = \"key\" needs `mint_key` (at least 16 characters): the key callers \
+                 present as `Authorization: Bearer <mint_key>`"
+                    .to_string(),
+            ));
+        }
+        Ok(())
     }
 
     fn apply_file(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
@@ -790,6 +899,32 @@ impl Config {
         (self.presence_batch_ms > 0).then(|| Duration::from_millis(self.presence_batch_ms))
     }
 
+    /// The warning `serve` logs once at start when it listens beyond this host with both access
+    /// controls open (every page may connect and anyone may mint); `None` otherwise.
+    pub fn open_access_warning(&self) -> Option<String> {
+        let any_origin = self.allowed_origins.iter().any(OriginPattern::is_any);
+        if !any_origin || self.token_mint != TokenMint::Open || self.listens_on_loopback_only() {
+            return None;
+        }
+        Some(format!(
+            "listening on {} with allowed_origins = [\"*\"] and token_mint = \"open\": any web \
+             page can connect and anyone can mint a token for any non-admin topic. Set \
+             allowed_origins and token_mint (docs/configuration.md, \"Access control\") unless \
+             every topic is meant to be public",
+            self.listen_addr()
+        ))
+    }
+
+    /// True when `host` is a loopback address (or `localhost`): nothing off this machine can
+    /// connect.
+    fn listens_on_loopback_only(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
     /// Lifetime of presences a dead process left behind.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl_secs)
@@ -800,6 +935,15 @@ impl Config {
     pub fn describe(&self) -> String {
         fn quoted(s: &str) -> String {
             toml::Value::String(s.to_string()).to_string()
+        }
+        fn list<T: fmt::Display>(items: &[T]) -> String {
+            toml::Value::Array(
+                items
+                    .iter()
+                    .map(|i| toml::Value::String(i.to_string()))
+                    .collect(),
+            )
+            .to_string()
         }
         fn secret(s: &Option<Secret>) -> String {
             match s {
@@ -826,6 +970,14 @@ impl Config {
                 format!("{}  # effective: {}", self.shards, self.effective_shards()),
             ),
             ("admin_key", secret(&self.admin_key)),
+            ("allowed_origins", list(&self.allowed_origins)),
+            (
+                "allow_missing_origin",
+                self.allow_missing_origin.to_string(),
+            ),
+            ("token_mint", quoted(self.token_mint.as_str())),
+            ("mint_key", secret(&self.mint_key)),
+            ("mint_open_topics", list(&self.mint_open_topics)),
             ("max_frame_bytes", l.max_frame_bytes.to_string()),
             (
                 "max_channels_per_socket",
@@ -1029,7 +1181,11 @@ mod tests {
                 "host" => "h",
                 "public_url" => "https://x",
                 "redis_url" => "redis://x",
-                "jwt_secret" | "admin_key" => "0123456789abcdef0",
+                "jwt_secret" | "admin_key" | "mint_key" => "0123456789abcdef0",
+                "allowed_origins" => "https://x.example.com",
+                "allow_missing_origin" => "false",
+                "token_mint" => "off",
+                "mint_open_topics" => "public:*",
                 "id_length" | "shards" => "100",
                 "presence_enabled" => "false",
                 "shard_inbox_bytes" => "1048576",
@@ -1114,6 +1270,121 @@ mod tests {
         assert!(!s.matches(b"abcdefg"));
         assert!(!s.matches(b""));
         assert!(!Secret::new("").matches(b"x"));
+    }
+
+    #[test]
+    fn access_controls_default_to_open() {
+        let c = Config::default();
+        assert_eq!(c.allowed_origins.len(), 1);
+        assert!(c.allowed_origins[0].is_any());
+        assert!(c.allow_missing_origin);
+        assert_eq!(c.token_mint, TokenMint::Open);
+        assert!(c.mint_key.is_none() && c.mint_open_topics.is_empty());
+        let tangram = load(TANGRAM).expect("Tangram file");
+        assert_eq!(tangram.token_mint, TokenMint::Open);
+        assert!(tangram.allowed_origins[0].is_any());
+    }
+
+    #[test]
+    fn access_controls_load_from_file_and_env() {
+        let c = load(
+            "[channel]\nallowed_origins = [\"https://app.example.com\", \"*.example.org\"]\n\
+             allow_missing_origin = false\ntoken_mint = \"key\"\n\
+             mint_key = \"mint-key-0123456789\"\nmint_open_topics = [\"system\", \"public:*\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(c.allowed_origins[1].matches("https://a.example.org"));
+        assert!(!c.allow_missing_origin);
+        assert_eq!(c.token_mint, TokenMint::Key);
+        assert!(c.mint_open_topics[1].matches("public:news"));
+        let text = c.describe();
+        assert!(
+            text.contains("allowed_origins = [\"https://app.example.com\", \"*.example.org\"]"),
+            "{text}"
+        );
+        assert!(text.contains("mint_key = \"<redacted>\""), "{text}");
+        assert!(!text.contains("mint-key-0123456789"), "{text}");
+        assert!(!format!("{c:?}").contains("mint-key-0123456789"));
+
+        let env: HashMap<&str, &str> = [
+            (
+                "CHANNEL_ALLOWED_ORIGINS",
+                " https://a.example.com , *.b.example.com",
+            ),
+            ("CHANNEL_TOKEN_MINT", "off"),
+        ]
+        .into_iter()
+        .collect();
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let c = Config::load(None, &lookup, &Overrides::default()).expect("valid");
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(c.allowed_origins[1].matches("https://x.b.example.com"));
+        assert_eq!(c.token_mint, TokenMint::Off);
+    }
+
+    #[test]
+    fn bad_access_values_name_their_key() {
+        for (text, key) in [
+            (
+                "allowed_origins = \"https://a.example.com\"",
+                "allowed_origins",
+            ),
+            ("allowed_origins = [\"https://a.*.com\"]", "allowed_origins"),
+            ("allowed_origins = [5]", "allowed_origins"),
+            ("token_mint = \"closed\"", "token_mint"),
+            ("mint_open_topics = [\"a*b\"]", "mint_open_topics"),
+        ] {
+            let err = load(&format!("[channel]\n{text}\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+        let err = load("[channel]\nmint_key = \"short\"\n")
+            .expect_err("short key")
+            .to_string();
+        assert!(
+            err.contains("`mint_key`") && !err.contains("short\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_mode_without_mint_key_is_refused() {
+        let err = load("[channel]\ntoken_mint = \"key\"\n")
+            .expect_err("no mint_key")
+            .to_string();
+        assert!(err.contains("mint_key"), "{err}");
+    }
+
+    #[test]
+    fn open_access_is_warned_about_only_off_loopback() {
+        let open_on = |host: &str| Config {
+            host: host.to_string(),
+            ..Config::default()
+        };
+        for host in ["0.0.0.0", "::", "192.0.2.7", "channel.example.com"] {
+            let warning = open_access_warning_of(&open_on(host));
+            assert!(warning.contains("token_mint"), "{host}: {warning}");
+        }
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"] {
+            assert_eq!(open_on(host).open_access_warning(), None, "{host}");
+        }
+        let origins_closed = Config {
+            allowed_origins: vec![OriginPattern::parse("https://a.example.com").expect("valid")],
+            ..open_on("0.0.0.0")
+        };
+        assert_eq!(origins_closed.open_access_warning(), None);
+        let mint_off = Config {
+            token_mint: TokenMint::Off,
+            ..open_on("0.0.0.0")
+        };
+        assert_eq!(mint_off.open_access_warning(), None);
+    }
+
+    fn open_access_warning_of(c: &Config) -> String {
+        c.open_access_warning()
+            .unwrap_or_else(|| panic!("{} must be warned about", c.host))
     }
 
     #[test]

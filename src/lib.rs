@@ -11,6 +11,7 @@
 //! - [`presence`] the presence model and this process's copy of it (no Redis, no shard).
 //! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
 //! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
+//!   [`access`] (who may connect and who may mint),
 //!   [`config`], `metrics`, [`heap`] (the allocator), `bounded_queue` (the queues between
 //!   threads whose memory grows with use).
 //!
@@ -19,6 +20,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod bounded_queue;
