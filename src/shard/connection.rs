@@ -386,7 +386,7 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
 /// clock is read and a timer armed only once the socket has refused bytes (the write is
 /// pending), so a write the socket takes at once costs nothing extra. After the close the
 /// write is still awaited: it ends when the socket takes the rest or is cut.
-async fn within_lag<F: std::future::Future<Output = io::Result<usize>>>(
+async fn within_lag<F: Future<Output = io::Result<usize>>>(
     conn: &Conn,
     write: F,
 ) -> io::Result<usize> {
