@@ -78,8 +78,13 @@ pub struct Limits {
     pub max_channels_per_socket: usize,
     /// A socket that sends nothing (not even a heartbeat) for this long is closed.
     pub idle_timeout_secs: u64,
-    /// Bytes queued for one connection before it is closed with 1013 "slow consumer".
+    /// Hard cap on the bytes pending for one connection (queued or being written); past it
+    /// the connection is closed with 1013 "slow consumer" at once. Broadcast frames are shared
+    /// between receivers, so this counts bytes the connection refers to, not bytes it owns.
     pub outbound_queue_bytes: usize,
+    /// A connection whose oldest unwritten frame has waited this long (milliseconds) while
+    /// the socket takes nothing is a slow consumer and is closed with 1013.
+    pub slow_consumer_lag_ms: u64,
     /// Time allowed from TCP accept to a completed WebSocket upgrade.
     pub handshake_timeout_secs: u64,
     /// Largest HTTP request head (request line and headers); larger is refused with 431.
@@ -94,7 +99,11 @@ impl Default for Limits {
             max_frame_bytes: 65_536,
             max_channels_per_socket: 100,
             idle_timeout_secs: 60,
-            outbound_queue_bytes: 1_048_576,
+            // A burst of 2,000 frames of 1 KB pending for every subscriber of a topic is ~2 MiB
+            // each and costs one shared copy; 16 MiB leaves room for bursts eight times that
+            // (docs/reliability.md, "How memory is bounded").
+            outbound_queue_bytes: 16 << 20,
+            slow_consumer_lag_ms: 5_000,
             handshake_timeout_secs: 10,
             http_head_bytes: 8_192,
             max_token_body_bytes: 4_096,
@@ -106,6 +115,11 @@ impl Limits {
     /// [`Limits::idle_timeout_secs`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// [`Limits::slow_consumer_lag_ms`] as a duration.
+    pub fn slow_consumer_lag(&self) -> Duration {
+        Duration::from_millis(self.slow_consumer_lag_ms)
     }
 
     /// [`Limits::handshake_timeout_secs`] as a duration.
@@ -552,6 +566,15 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "slow_consumer_lag_ms",
+        expected: "a number of milliseconds between 100 and 600000",
+        secret: false,
+        apply: |c, r| {
+            c.limits.slow_consumer_lag_ms = int_in(r, 100, 600_000)?;
+            Some(())
+        },
+    },
+    Key {
         name: "handshake_timeout_secs",
         expected: "a number of seconds between 1 and 3600",
         secret: false,
@@ -985,6 +1008,7 @@ impl Config {
             ),
             ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
             ("outbound_queue_bytes", l.outbound_queue_bytes.to_string()),
+            ("slow_consumer_lag_ms", l.slow_consumer_lag_ms.to_string()),
             (
                 "handshake_timeout_secs",
                 l.handshake_timeout_secs.to_string(),

@@ -604,6 +604,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 plot.push(("join latency".into(), join_hist.clone()));
             }
             Kind::Soak => bail!("soak scenarios are run by soak::run"),
+            Kind::Burst => bail!("burst scenarios are run by burst::run"),
             Kind::Idle => {
                 let settle_until = now_us() + (sc.settle * 1e6) as u64;
                 co.wait_until(settle_until, "settle");

@@ -352,6 +352,9 @@ pub struct DownTally {
     pub missing_near_restart: u64,
     /// Missing elsewhere: at-most-once allows it only around restarts, so this should be 0.
     pub missing_elsewhere: u64,
+    /// For each of the first 20 missing elsewhere: ms from its publish to the end of the join
+    /// that missed it (small values point at delivery late past a leave, not at a loss).
+    pub missing_elsewhere_before_leave_ms: Vec<f64>,
     /// Received stamps that are not among the confirmed publishes (reply lost in a restart).
     pub delivered_unconfirmed: u64,
     pub duplicates: u64,
@@ -395,6 +398,10 @@ pub fn downstream_tally(
                     t.missing_near_restart += 1;
                 } else {
                     t.missing_elsewhere += 1;
+                    if t.missing_elsewhere_before_leave_ms.len() < 20 {
+                        let ms = s.to_us.saturating_sub(p) as f64 / 1e3;
+                        t.missing_elsewhere_before_leave_ms.push(ms);
+                    }
                 }
             }
         }
