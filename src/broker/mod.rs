@@ -11,9 +11,11 @@
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
+mod commands;
 pub(crate) mod interest;
 pub(crate) mod liveness;
 pub mod naming;
+mod presence_store;
 pub(crate) mod publisher;
 pub(crate) mod reader;
 pub(crate) mod status;
@@ -27,7 +29,8 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::bounded_queue::{self, QueueSender};
 use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
-use publisher::{RedisPublisher, UpstreamCommand};
+pub(crate) use commands::{PublishRequest, UpstreamCommand};
+use publisher::RedisPublisher;
 use reader::{ReaderStats, RedisReader};
 use status::RedisStatus;
 

@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
+use super::commands::UpstreamCommand;
 use super::interest::InterestTable;
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
-use super::publisher::{lock, UpstreamCommand};
+use super::presence_store::lock;
 use super::status::RedisStatus;
 use crate::inbox::InterestChange;
 use crate::inbox::{ShardMessage, Shards};
