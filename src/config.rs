@@ -3,9 +3,11 @@
 //! of increasing precedence.
 //!
 //! What this module owns:
-//! - the list of keys ([`KEYS`]), their defaults, their accepted forms and their environment
-//!   variable names: one table drives the file, the environment and the flags alike, so a key
-//!   can never be accepted in one place and unknown in another;
+//! - the list of keys ([`KEYS`]): for each, how it is read, how `check-config` shows it, its
+//!   accepted form and its environment variable: one table drives the file, the environment,
+//!   the flags and the description alike, so a key can never be accepted in one place and
+//!   unknown (or unshown) in another. The struct fields and `Default` hold the values;
+//!   `every_key_is_described_once_and_reads_back_as_itself` pins the table to them;
 //! - compatibility with an unmodified Tangram `tangram.toml`: the `[channel]` table holds both
 //!   Tangram's keys and ours, Redis comes from `[core] redis_url` (overridden by
 //!   `[channel] redis_url`), every other table is ignored;
@@ -368,6 +370,9 @@ pub struct Key {
     pub expected: &'static str,
     /// Values of this key are masked in errors and in [`Config::describe`].
     pub secret: bool,
+    /// The key's effective value as TOML (secrets masked; `# …` when unset), for
+    /// [`Config::describe`].
+    show: fn(&Config) -> String,
     apply: fn(&mut Config, Raw<'_>) -> Option<()>,
 }
 
@@ -386,6 +391,7 @@ pub static KEYS: &[Key] = &[
         name: "host",
         expected: "an address or host name to listen on, e.g. \"0.0.0.0\"",
         secret: false,
+        show: |c| shown_quoted(&c.host),
         apply: |c, r| {
             c.host = non_empty(r)?;
             Some(())
@@ -395,6 +401,7 @@ pub static KEYS: &[Key] = &[
         name: "port",
         expected: "an integer between 0 and 65535",
         secret: false,
+        show: |c| c.port.to_string(),
         apply: |c, r| {
             c.port = int_in(r, 0, 65_535)?;
             Some(())
@@ -404,6 +411,11 @@ pub static KEYS: &[Key] = &[
         name: "public_url",
         expected: "an http://, https://, ws:// or wss:// URL",
         secret: false,
+        show: |c| {
+            c.public_url
+                .as_deref()
+                .map_or("# not set".to_string(), shown_quoted)
+        },
         apply: |c, r| {
             c.public_url = Some(url_with_scheme(r, &["http", "https", "ws", "wss"])?);
             Some(())
@@ -413,6 +425,7 @@ pub static KEYS: &[Key] = &[
         name: "redis_url",
         expected: "a redis://, rediss:// or unix:// URL",
         secret: false,
+        show: |c| shown_quoted(&c.redis_url_redacted()),
         apply: |c, r| {
             c.redis_url = url_with_scheme(r, &["redis", "rediss", "unix", "redis+unix"])?;
             Some(())
@@ -422,6 +435,7 @@ pub static KEYS: &[Key] = &[
         name: "jwt_secret",
         expected: "a non-empty string",
         secret: true,
+        show: |c| shown_secret(&c.jwt_secret),
         apply: |c, r| {
             let s = r.text()?;
             if s.is_empty() {
@@ -435,6 +449,7 @@ pub static KEYS: &[Key] = &[
         name: "jwt_expiration_secs",
         expected: "a number of seconds between 1 and 4294967295",
         secret: false,
+        show: |c| c.jwt_expiration_secs.to_string(),
         apply: |c, r| {
             c.jwt_expiration_secs = int_in(r, 1, U32_MAX)?;
             Some(())
@@ -444,6 +459,7 @@ pub static KEYS: &[Key] = &[
         name: "id_length",
         expected: "an integer between 1 and 128",
         secret: false,
+        show: |c| c.id_length.to_string(),
         apply: |c, r| {
             c.id_length = int_in(r, 1, 128)?;
             Some(())
@@ -453,6 +469,7 @@ pub static KEYS: &[Key] = &[
         name: "shards",
         expected: "an integer between 0 (one per core) and 1024",
         secret: false,
+        show: |c| format!("{}  # effective: {}", c.shards, c.effective_shards()),
         apply: |c, r| {
             c.shards = int_in(r, 0, 1024)?;
             Some(())
@@ -462,6 +479,7 @@ pub static KEYS: &[Key] = &[
         name: "admin_key",
         expected: "a string of at least 16 characters",
         secret: true,
+        show: |c| shown_secret(&c.admin_key),
         apply: |c, r| {
             let s = r.text()?;
             if s.chars().count() < 16 {
@@ -476,6 +494,7 @@ pub static KEYS: &[Key] = &[
         expected:
             "a list of origins (\"https://app.example.com\", \"*.example.com\", \"*\" for any)",
         secret: false,
+        show: |c| shown_list(&c.allowed_origins),
         apply: |c, r| {
             c.allowed_origins = r
                 .list()?
@@ -489,6 +508,7 @@ pub static KEYS: &[Key] = &[
         name: "allow_missing_origin",
         expected: "true or false",
         secret: false,
+        show: |c| c.allow_missing_origin.to_string(),
         apply: |c, r| {
             c.allow_missing_origin = r.boolean()?;
             Some(())
@@ -498,6 +518,7 @@ pub static KEYS: &[Key] = &[
         name: "token_mint",
         expected: "\"open\", \"key\" or \"off\"",
         secret: false,
+        show: |c| shown_quoted(c.token_mint.as_str()),
         apply: |c, r| {
             c.token_mint = TokenMint::parse(r.text()?)?;
             Some(())
@@ -507,6 +528,7 @@ pub static KEYS: &[Key] = &[
         name: "mint_key",
         expected: "a string of at least 16 characters",
         secret: true,
+        show: |c| shown_secret(&c.mint_key),
         apply: |c, r| {
             let s = r.text()?;
             if s.chars().count() < 16 {
@@ -520,6 +542,7 @@ pub static KEYS: &[Key] = &[
         name: "mint_open_topics",
         expected: "a list of topics, each exact or a prefix ending in `*` (\"public:*\")",
         secret: false,
+        show: |c| shown_list(&c.mint_open_topics),
         apply: |c, r| {
             c.mint_open_topics = r
                 .list()?
@@ -533,6 +556,7 @@ pub static KEYS: &[Key] = &[
         name: "max_frame_bytes",
         expected: "a number of bytes between 1024 and 67108864",
         secret: false,
+        show: |c| c.limits.max_frame_bytes.to_string(),
         apply: |c, r| {
             c.limits.max_frame_bytes = int_in(r, 1024, 64 << 20)?;
             Some(())
@@ -542,6 +566,7 @@ pub static KEYS: &[Key] = &[
         name: "max_channels_per_socket",
         expected: "an integer between 1 and 100000",
         secret: false,
+        show: |c| c.limits.max_channels_per_socket.to_string(),
         apply: |c, r| {
             c.limits.max_channels_per_socket = int_in(r, 1, 100_000)?;
             Some(())
@@ -551,6 +576,7 @@ pub static KEYS: &[Key] = &[
         name: "idle_timeout_secs",
         expected: "a number of seconds between 1 and 86400",
         secret: false,
+        show: |c| c.limits.idle_timeout_secs.to_string(),
         apply: |c, r| {
             c.limits.idle_timeout_secs = int_in(r, 1, 86_400)?;
             Some(())
@@ -560,6 +586,7 @@ pub static KEYS: &[Key] = &[
         name: "outbound_queue_bytes",
         expected: "a number of bytes between 1024 and 1073741824",
         secret: false,
+        show: |c| c.limits.outbound_queue_bytes.to_string(),
         apply: |c, r| {
             c.limits.outbound_queue_bytes = int_in(r, 1024, 1 << 30)?;
             Some(())
@@ -569,6 +596,7 @@ pub static KEYS: &[Key] = &[
         name: "slow_consumer_lag_ms",
         expected: "a number of milliseconds between 100 and 600000",
         secret: false,
+        show: |c| c.limits.slow_consumer_lag_ms.to_string(),
         apply: |c, r| {
             c.limits.slow_consumer_lag_ms = int_in(r, 100, 600_000)?;
             Some(())
@@ -578,6 +606,7 @@ pub static KEYS: &[Key] = &[
         name: "handshake_timeout_secs",
         expected: "a number of seconds between 1 and 3600",
         secret: false,
+        show: |c| c.limits.handshake_timeout_secs.to_string(),
         apply: |c, r| {
             c.limits.handshake_timeout_secs = int_in(r, 1, 3600)?;
             Some(())
@@ -587,6 +616,7 @@ pub static KEYS: &[Key] = &[
         name: "http_head_bytes",
         expected: "a number of bytes between 1024 and 1048576",
         secret: false,
+        show: |c| c.limits.http_head_bytes.to_string(),
         apply: |c, r| {
             c.limits.http_head_bytes = int_in(r, 1024, 1 << 20)?;
             Some(())
@@ -596,6 +626,7 @@ pub static KEYS: &[Key] = &[
         name: "max_token_body_bytes",
         expected: "a number of bytes between 64 and 1048576",
         secret: false,
+        show: |c| c.limits.max_token_body_bytes.to_string(),
         apply: |c, r| {
             c.limits.max_token_body_bytes = int_in(r, 64, 1 << 20)?;
             Some(())
@@ -605,6 +636,7 @@ pub static KEYS: &[Key] = &[
         name: "shard_inbox_capacity",
         expected: "a number of messages between 16 and 16777216",
         secret: false,
+        show: |c| c.shard_inbox_capacity.to_string(),
         apply: |c, r| {
             c.shard_inbox_capacity = int_in(r, 16, 1 << 24)?;
             Some(())
@@ -614,6 +646,7 @@ pub static KEYS: &[Key] = &[
         name: "shard_inbox_bytes",
         expected: "a number of bytes between 65536 and 17179869184",
         secret: false,
+        show: |c| c.shard_inbox_bytes.to_string(),
         apply: |c, r| {
             c.shard_inbox_bytes = int_in(r, 1 << 16, 1 << 34)?;
             Some(())
@@ -623,6 +656,7 @@ pub static KEYS: &[Key] = &[
         name: "publisher_queue_capacity",
         expected: "a number of messages between 16 and 16777216",
         secret: false,
+        show: |c| c.publisher_queue_capacity.to_string(),
         apply: |c, r| {
             c.publisher_queue_capacity = int_in(r, 16, 1 << 24)?;
             Some(())
@@ -632,6 +666,7 @@ pub static KEYS: &[Key] = &[
         name: "datetime_interval_ms",
         expected: "a number of milliseconds between 0 (disabled) and 86400000",
         secret: false,
+        show: |c| c.datetime_interval_ms.to_string(),
         apply: |c, r| {
             c.datetime_interval_ms = int_in(r, 0, 86_400_000)?;
             Some(())
@@ -641,6 +676,7 @@ pub static KEYS: &[Key] = &[
         name: "admin_stats_interval_secs",
         expected: "a number of seconds between 0 (disabled) and 86400",
         secret: false,
+        show: |c| c.admin_stats_interval_secs.to_string(),
         apply: |c, r| {
             c.admin_stats_interval_secs = int_in(r, 0, 86_400)?;
             Some(())
@@ -650,6 +686,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_ttl_secs",
         expected: "a number of seconds between 1 and 86400",
         secret: false,
+        show: |c| c.presence_ttl_secs.to_string(),
         apply: |c, r| {
             c.presence_ttl_secs = int_in(r, 1, 86_400)?;
             Some(())
@@ -659,6 +696,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_enabled",
         expected: "true or false",
         secret: false,
+        show: |c| c.presence_enabled.to_string(),
         apply: |c, r| {
             c.presence_enabled = r.boolean()?;
             Some(())
@@ -668,6 +706,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_batch_ms",
         expected: "a number of milliseconds between 0 and 10000",
         secret: false,
+        show: |c| c.presence_batch_ms.to_string(),
         apply: |c, r| {
             c.presence_batch_ms = int_in(r, 0, 10_000)?;
             Some(())
@@ -677,6 +716,30 @@ pub static KEYS: &[Key] = &[
 
 fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
+}
+
+/// A string as a TOML value.
+fn shown_quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A list as a TOML array of strings.
+fn shown_list<T: fmt::Display>(items: &[T]) -> String {
+    toml::Value::Array(
+        items
+            .iter()
+            .map(|i| toml::Value::String(i.to_string()))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// A secret, masked; `# not set` when absent.
+fn shown_secret(s: &Option<Secret>) -> String {
+    match s {
+        Some(_) => "\"<redacted>\"".to_string(),
+        None => "# not set".to_string(),
+    }
 }
 
 fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), ConfigError> {
@@ -956,86 +1019,7 @@ impl Config {
     /// The effective configuration as a `[channel]` TOML table, secrets masked: what
     /// `channel check-config` prints, and what the server logs at start-up.
     pub fn describe(&self) -> String {
-        fn quoted(s: &str) -> String {
-            toml::Value::String(s.to_string()).to_string()
-        }
-        fn list<T: fmt::Display>(items: &[T]) -> String {
-            toml::Value::Array(
-                items
-                    .iter()
-                    .map(|i| toml::Value::String(i.to_string()))
-                    .collect(),
-            )
-            .to_string()
-        }
-        fn secret(s: &Option<Secret>) -> String {
-            match s {
-                Some(_) => "\"<redacted>\"".to_string(),
-                None => "# not set".to_string(),
-            }
-        }
-        let l = &self.limits;
-        let lines: Vec<(&str, String)> = vec![
-            ("host", quoted(&self.host)),
-            ("port", self.port.to_string()),
-            (
-                "public_url",
-                self.public_url
-                    .as_deref()
-                    .map_or("# not set".to_string(), quoted),
-            ),
-            ("redis_url", quoted(&self.redis_url_redacted())),
-            ("jwt_secret", secret(&self.jwt_secret)),
-            ("jwt_expiration_secs", self.jwt_expiration_secs.to_string()),
-            ("id_length", self.id_length.to_string()),
-            (
-                "shards",
-                format!("{}  # effective: {}", self.shards, self.effective_shards()),
-            ),
-            ("admin_key", secret(&self.admin_key)),
-            ("allowed_origins", list(&self.allowed_origins)),
-            (
-                "allow_missing_origin",
-                self.allow_missing_origin.to_string(),
-            ),
-            ("token_mint", quoted(self.token_mint.as_str())),
-            ("mint_key", secret(&self.mint_key)),
-            ("mint_open_topics", list(&self.mint_open_topics)),
-            ("max_frame_bytes", l.max_frame_bytes.to_string()),
-            (
-                "max_channels_per_socket",
-                l.max_channels_per_socket.to_string(),
-            ),
-            ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
-            ("outbound_queue_bytes", l.outbound_queue_bytes.to_string()),
-            ("slow_consumer_lag_ms", l.slow_consumer_lag_ms.to_string()),
-            (
-                "handshake_timeout_secs",
-                l.handshake_timeout_secs.to_string(),
-            ),
-            ("http_head_bytes", l.http_head_bytes.to_string()),
-            ("max_token_body_bytes", l.max_token_body_bytes.to_string()),
-            (
-                "shard_inbox_capacity",
-                self.shard_inbox_capacity.to_string(),
-            ),
-            ("shard_inbox_bytes", self.shard_inbox_bytes.to_string()),
-            (
-                "publisher_queue_capacity",
-                self.publisher_queue_capacity.to_string(),
-            ),
-            (
-                "datetime_interval_ms",
-                self.datetime_interval_ms.to_string(),
-            ),
-            (
-                "admin_stats_interval_secs",
-                self.admin_stats_interval_secs.to_string(),
-            ),
-            ("presence_ttl_secs", self.presence_ttl_secs.to_string()),
-            ("presence_enabled", self.presence_enabled.to_string()),
-            ("presence_batch_ms", self.presence_batch_ms.to_string()),
-        ];
+        let lines = KEYS.iter().map(|key| (key.name, (key.show)(self)));
         let mut out = String::from("[channel]\n");
         for (name, value) in lines {
             if value.starts_with('#') {
@@ -1264,6 +1248,38 @@ mod tests {
         // The description is itself a valid configuration file.
         let round: toml::Table = text.parse().expect("describe is TOML");
         assert!(round.contains_key("channel"));
+    }
+
+    #[test]
+    fn every_key_is_described_once_and_reads_back_as_itself() {
+        // Not the defaults, so that a key whose `show` printed another key's value (or the
+        // default) would read back differently.
+        let text = "[channel]\nport = 4000\nid_length = 9\nshards = 3\nidle_timeout_secs = 61\n\
+                    presence_batch_ms = 7\nallowed_origins = [\"https://a.example\"]\n\
+                    slow_consumer_lag_ms = 1234\npresence_enabled = false\n";
+        let c = load(text).expect("a valid configuration");
+        let described = c.describe();
+        for key in KEYS {
+            let lines = described
+                .lines()
+                .filter(|l| {
+                    l.trim_start_matches("# ")
+                        .split(" = ")
+                        .next()
+                        .is_some_and(|name| name == key.name)
+                })
+                .count();
+            assert_eq!(lines, 1, "`{}` in:\n{described}", key.name);
+        }
+        for set in text.lines().skip(1) {
+            let found = described
+                .lines()
+                .any(|l| l.split("  #").next() == Some(set));
+            assert!(found, "`{set}` in:\n{described}");
+        }
+        let again = load(&described).expect("describe reads back");
+        assert_eq!(again.limits, c.limits);
+        assert_eq!(again.describe(), described);
     }
 
     #[test]
