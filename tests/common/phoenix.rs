@@ -28,10 +28,29 @@ impl Setup {
     }
 
     /// With any server options; `config` is a `[channel]` TOML table body when given.
+    ///
+    /// Returns once `/healthz` says 200: the server answers HTTP before its Redis connections
+    /// are up, and a test that publishes (or asks `/healthz`) at once would otherwise race
+    /// them (seen on a loaded machine: a PUBLISH with no subscriber yet, a 503).
     pub fn with(opts: ServerOptions) -> Setup {
         let redis = RedisServer::start();
         let server = ChannelServer::start(&redis, opts);
-        Setup { server, redis }
+        let setup = Setup { server, redis };
+        setup.wait_until_healthy();
+        setup
+    }
+
+    /// Waits (polling `/healthz`, 10 s at most) until the server reports Redis connected.
+    pub fn wait_until_healthy(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.healthz() != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not report Redis connected within 10 s; log:\n{}",
+                self.server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// One shard with `[channel]` keys `toml` (for example `"idle_timeout_secs = 1"`).
