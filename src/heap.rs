@@ -135,17 +135,26 @@ mod tests {
     #[test]
     fn trimming_gives_freed_pages_back_at_once_and_keeps_live_data() {
         // 64 MiB in small regions (the size of presence strings), then freed: without the
-        // purge they would stay resident until the decay (about a second) has run.
+        // purge they would stay resident until the decay (about a second) has run. Resident
+        // memory is the whole process's, and the other unit tests allocate on their threads
+        // meanwhile: a disturbed measurement is taken again (up to three times). Without the
+        // purge every attempt fails.
         let kept: Vec<Vec<u8>> = (0..1000).map(|i| vec![i as u8; 300]).collect();
-        let burst: Vec<Vec<u8>> = (0..(64 << 20) / 256).map(|_| vec![1u8; 256]).collect();
-        let before_free = resident_bytes();
-        drop(burst);
-        trim();
-        let after_trim = resident_bytes();
+        let mut returned = Vec::new();
+        for _ in 0..3 {
+            let burst: Vec<Vec<u8>> = (0..(64 << 20) / 256).map(|_| vec![1u8; 256]).collect();
+            let before_free = resident_bytes();
+            drop(burst);
+            trim();
+            let after_trim = resident_bytes();
+            returned.push(before_free.saturating_sub(after_trim));
+            if returned.last().is_some_and(|&r| r >= 48 << 20) {
+                break;
+            }
+        }
         assert!(
-            before_free.saturating_sub(after_trim) >= 48 << 20,
-            "only {} of the 64 MiB freed went back",
-            before_free.saturating_sub(after_trim)
+            returned.iter().any(|&r| r >= 48 << 20),
+            "of the 64 MiB freed, only {returned:?} bytes went back (one figure an attempt)"
         );
         assert!(kept
             .iter()
