@@ -9,6 +9,7 @@
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
+pub(crate) mod deployment;
 pub(crate) mod interest;
 pub mod naming;
 pub(crate) mod publisher;
@@ -21,8 +22,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::config::RedisDeployment;
 use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
+use deployment::{Connector, DeploymentError};
 use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
 use status::RedisStatus;
@@ -63,13 +66,15 @@ impl BrokerCore {
 /// At shutdown, [`BrokerCore::flush_and_stop`] publishes what is queued and stops the publisher;
 /// the reader thread ends with the process.
 pub fn start(
-    redis_url: &str,
+    deployment: &RedisDeployment,
     shards: Shards,
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
-) -> Result<(BrokerHandle, BrokerCore), redis::RedisError> {
-    let client = redis::Client::open(redis_url)?;
+) -> Result<(BrokerHandle, BrokerCore), DeploymentError> {
+    // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
+    let reader_connector = Connector::new(deployment)?;
+    let publisher_connector = Connector::new(deployment)?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
     let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
@@ -79,7 +84,7 @@ pub fn start(
     let replica = Arc::new(std::sync::Mutex::new(PresenceReplica::default()));
 
     let reader = RedisReader {
-        client: client.clone(),
+        connector: reader_connector,
         status: Arc::clone(&status),
         stats: Arc::clone(&reader_stats),
         shards: shards.clone(),
@@ -94,7 +99,7 @@ pub fn start(
 
     let stop_publisher = Arc::new(AtomicBool::new(false));
     let publisher = RedisPublisher {
-        client,
+        connector: publisher_connector,
         status: Arc::clone(&status),
         shards,
         queue: publish_rx,
@@ -124,6 +129,6 @@ pub fn start(
     ))
 }
 
-fn io_error(err: std::io::Error) -> redis::RedisError {
-    redis::RedisError::from(err)
+fn io_error(err: std::io::Error) -> DeploymentError {
+    DeploymentError::Address(redis::RedisError::from(err))
 }

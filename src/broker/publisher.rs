@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{self, AdminQuery};
 use super::backoff::Backoff;
+use super::deployment::is_failover_reply;
 use super::reader::send_states;
 use super::status::RedisStatus;
 use crate::inbox::{AdminTicket, PushAck, PushOutcome, ShardMessage, Shards};
@@ -91,7 +92,8 @@ pub enum UpstreamCommand {
 
 /// Everything the publisher thread needs.
 pub struct RedisPublisher {
-    pub(super) client: redis::Client,
+    /// Hands out a connection to the current master (asks the sentinels in Sentinel mode).
+    pub(super) connector: super::deployment::Connector,
     pub(super) status: Arc<RedisStatus>,
     pub(super) shards: Shards,
     pub(super) queue: Receiver<UpstreamCommand>,
@@ -136,7 +138,7 @@ impl RedisPublisher {
                     }
                     ever_connected = true;
                     self.status.set_publisher_up(true);
-                    info!("redis publisher connected");
+                    info!(deployment = %self.connector.describe(), "redis publisher connected");
                     self.shards.send_all(|| ShardMessage::RedisStateChanged);
                     // Redis may have lost our presences, or never had them (members who joined
                     // while it was unreachable): register them (again). At start-up there are
@@ -182,9 +184,8 @@ impl RedisPublisher {
     }
 
     fn connect(&self) -> redis::RedisResult<(redis::Connection, LoadedScripts)> {
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let (mut conn, address) = self.connector.connect()?;
+        debug!(%address, "redis publisher connecting");
         conn.set_read_timeout(Some(IO_DEADLINE))?;
         conn.set_write_timeout(Some(IO_DEADLINE))?;
         let mut load = |source: &str| -> redis::RedisResult<String> {
@@ -315,6 +316,9 @@ impl RedisPublisher {
         }
         match read_replies_within_deadline(conn, &pipe, batch.len()) {
             Ok(replies) => {
+                // READONLY and the like: this node is no longer the master (a failover); the
+                // refused commands fail and the connection is replaced (docs/operations.md).
+                let failover = replies.iter().any(is_failover_reply);
                 for ((command, reply), seed) in batch.drain(..).zip(replies).zip(seeds) {
                     // A command Redis refused (OOM, NOSCRIPT, …) is not a success.
                     let reply = match reply {
@@ -322,6 +326,12 @@ impl RedisPublisher {
                         other => Some(other),
                     };
                     self.answer(command, reply, seed);
+                }
+                if failover {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                        "the node is no longer the master",
+                    )));
                 }
                 Ok(())
             }

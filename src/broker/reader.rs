@@ -51,7 +51,8 @@ pub struct ReaderStats {
 
 /// Everything the reader thread needs.
 pub struct RedisReader {
-    pub(super) client: redis::Client,
+    /// Hands out a connection to the current master (asks the sentinels in Sentinel mode).
+    pub(super) connector: super::deployment::Connector,
     pub(super) status: Arc<RedisStatus>,
     pub(super) stats: Arc<ReaderStats>,
     pub(super) shards: Shards,
@@ -99,9 +100,8 @@ impl RedisReader {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let (conn, address) = self.connector.connect()?;
+        debug!(%address, "redis subscriber connecting");
         conn.set_write_timeout(Some(PROBE_DEADLINE))?;
         Ok(conn)
     }
@@ -136,7 +136,11 @@ impl RedisReader {
             // Fresh states for everyone.
             self.shards.send_all(|| ShardMessage::PresenceResync);
         }
-        info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
+        info!(
+            pattern = DOWNSTREAM_PATTERN,
+            deployment = %self.connector.describe(),
+            "redis subscriber connected"
+        );
         let mut last_heard = Instant::now();
         let mut last_care = Instant::now();
         let mut dropped_since_trim = 0;
