@@ -12,12 +12,14 @@
 //! reconnects with [`super::backoff`]), or log a password (addresses are logged without user
 //! info).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::IntoConnectionInfo;
 
+use super::sentinel::MasterSwitches;
 use crate::config::RedisDeployment;
 
 /// How long one connection attempt to a Redis node may take.
@@ -41,6 +43,10 @@ pub enum DeploymentError {
 /// Sentinel client caches its connections to the sentinels, so it is not shared).
 pub struct Connector {
     kind: ConnectorKind,
+    /// The sentinels' switches of the master (never moves in single mode).
+    switches: Arc<MasterSwitches>,
+    /// The switch count when the last connection was made.
+    connected_at: Cell<u64>,
 }
 
 enum ConnectorKind {
@@ -53,7 +59,10 @@ enum ConnectorKind {
 
 impl Connector {
     /// A connector for `deployment`; fails only on a configuration problem.
-    pub fn new(deployment: &RedisDeployment) -> Result<Connector, DeploymentError> {
+    pub fn new(
+        deployment: &RedisDeployment,
+        switches: Arc<MasterSwitches>,
+    ) -> Result<Connector, DeploymentError> {
         let kind = match deployment {
             RedisDeployment::Single { url } => {
                 ConnectorKind::Single(redis::Client::open(url.as_str())?)
@@ -82,12 +91,19 @@ impl Connector {
             }
             RedisDeployment::Cluster { .. } => return Err(DeploymentError::ClusterNotSupported),
         };
-        Ok(Connector { kind })
+        Ok(Connector {
+            kind,
+            connected_at: Cell::new(switches.current()),
+            switches,
+        })
     }
 
     /// A new connection to the node that takes writes now (in Sentinel mode: asked from the
     /// sentinels at this call), and its address for logs (`host:port`, no credentials).
     pub fn connect(&self) -> redis::RedisResult<(redis::Connection, String)> {
+        // Counted before asking: a switch announced during the question makes the connection
+        // be replaced once more rather than kept on a stale master.
+        self.connected_at.set(self.switches.current());
         let client = match &self.kind {
             ConnectorKind::Single(client) => client.clone(),
             ConnectorKind::Sentinel { client, .. } => client.borrow_mut().get_client()?,
@@ -95,6 +111,13 @@ impl Connector {
         let address = address_of(&client);
         let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         Ok((conn, address))
+    }
+
+    /// True when the sentinels switched the master since the last [`Self::connect`]: the
+    /// connection in use may be on the old master (which keeps taking commands until the
+    /// sentinels demote it) and must be replaced.
+    pub fn master_switched(&self) -> bool {
+        self.switches.current() != self.connected_at.get()
     }
 
     /// What the connector follows, for logs: `single` or `sentinel master <name>`.
@@ -130,9 +153,12 @@ mod tests {
 
     #[test]
     fn cluster_is_refused_with_a_sentence() {
-        let err = Connector::new(&RedisDeployment::Cluster {
-            seeds: vec!["redis://127.0.0.1:7000".into()],
-        })
+        let err = Connector::new(
+            &RedisDeployment::Cluster {
+                seeds: vec!["redis://127.0.0.1:7000".into()],
+            },
+            Arc::default(),
+        )
         .err()
         .expect("cluster is not served yet");
         assert!(err.to_string().contains("not supported yet"), "{err}");
@@ -140,10 +166,13 @@ mod tests {
 
     #[test]
     fn sentinel_connector_builds_without_contacting_anyone() {
-        let connector = Connector::new(&RedisDeployment::Sentinel {
-            sentinels: vec!["redis://:pw@127.0.0.1:1".into()],
-            master: "m".into(),
-        })
+        let connector = Connector::new(
+            &RedisDeployment::Sentinel {
+                sentinels: vec!["redis://:pw@127.0.0.1:1".into()],
+                master: "m".into(),
+            },
+            Arc::default(),
+        )
         .expect("addresses parse");
         assert_eq!(connector.describe(), "sentinel master m");
         // Nothing listens on port 1: asking for the master fails, it does not hang or panic.

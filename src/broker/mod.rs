@@ -14,6 +14,7 @@ pub(crate) mod interest;
 pub mod naming;
 pub(crate) mod publisher;
 pub(crate) mod reader;
+pub(crate) mod sentinel;
 pub(crate) mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ use crate::presence::replica::PresenceReplica;
 use deployment::{Connector, DeploymentError};
 use publisher::{RedisPublisher, UpstreamCommand};
 use reader::{ReaderStats, RedisReader};
+use sentinel::MasterSwitches;
 use status::RedisStatus;
 
 /// What the shards hold to reach the Redis core.
@@ -73,8 +75,9 @@ pub fn start(
     presence_ttl: std::time::Duration,
 ) -> Result<(BrokerHandle, BrokerCore), DeploymentError> {
     // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
-    let reader_connector = Connector::new(deployment)?;
-    let publisher_connector = Connector::new(deployment)?;
+    let switches = Arc::new(MasterSwitches::default());
+    let reader_connector = Connector::new(deployment, Arc::clone(&switches))?;
+    let publisher_connector = Connector::new(deployment, Arc::clone(&switches))?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
     let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
@@ -83,6 +86,14 @@ pub fn start(
         crossbeam_channel::unbounded();
     let replica = Arc::new(std::sync::Mutex::new(PresenceReplica::default()));
 
+    if let RedisDeployment::Sentinel { sentinels, master } = deployment {
+        let wake = publish_tx.clone();
+        sentinel::spawn_switch_watcher(sentinels.clone(), master.clone(), switches, move || {
+            // The publisher may sleep until its next upkeep: it looks at the switch now.
+            let _ = wake.try_send(UpstreamCommand::Wake);
+        })
+        .map_err(io_error)?;
+    }
     let reader = RedisReader {
         connector: reader_connector,
         status: Arc::clone(&status),

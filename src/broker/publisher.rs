@@ -217,6 +217,12 @@ impl RedisPublisher {
                 self.presence_upkeep(conn, scripts)?;
                 next_upkeep = Instant::now() + upkeep_period;
             }
+            if self.connector.master_switched() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                    "the sentinels switched the master",
+                )));
+            }
             if self.status.take_publisher_probe() {
                 // The subscriber saw Redis go or come back: is our connection still good?
                 redis::cmd("PING").query::<()>(conn)?;

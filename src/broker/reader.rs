@@ -147,6 +147,9 @@ impl RedisReader {
         loop {
             if last_care.elapsed() >= READ_TICK {
                 last_care = Instant::now();
+                if self.connector.master_switched() {
+                    return Ok("the sentinels switched the master".to_owned());
+                }
                 let dropped = lock(&self.replica).expire(last_care);
                 // Once a wave of dropped copies is over, give their memory back.
                 dropped_since_trim += dropped;
