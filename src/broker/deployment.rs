@@ -101,16 +101,23 @@ impl Connector {
     /// A new connection to the node that takes writes now (in Sentinel mode: asked from the
     /// sentinels at this call), and its address for logs (`host:port`, no credentials).
     pub fn connect(&self) -> redis::RedisResult<(redis::Connection, String)> {
-        // Counted before asking: a switch announced during the question makes the connection
-        // be replaced once more rather than kept on a stale master.
-        self.connected_at.set(self.switches.current());
-        let client = match &self.kind {
-            ConnectorKind::Single(client) => client.clone(),
-            ConnectorKind::Sentinel { client, .. } => client.borrow_mut().get_client()?,
-        };
+        let client = self.master_client()?;
         let address = address_of(&client);
         let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         Ok((conn, address))
+    }
+
+    /// A client of the node that takes writes now (asked from the sentinels in Sentinel
+    /// mode), for a caller that makes its own kind of connection; counts as a (re)connect for
+    /// [`Self::master_switched`].
+    pub fn master_client(&self) -> redis::RedisResult<redis::Client> {
+        // Counted before asking: a switch announced during the question makes the connection
+        // be replaced once more rather than kept on a stale master.
+        self.connected_at.set(self.switches.current());
+        match &self.kind {
+            ConnectorKind::Single(client) => Ok(client.clone()),
+            ConnectorKind::Sentinel { client, .. } => client.borrow_mut().get_client(),
+        }
     }
 
     /// True when the sentinels switched the master since the last [`Self::connect`]: the

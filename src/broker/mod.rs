@@ -10,11 +10,13 @@
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
 pub(crate) mod deployment;
+pub mod function;
 pub(crate) mod interest;
 pub mod naming;
 pub(crate) mod publisher;
 pub(crate) mod reader;
 pub(crate) mod sentinel;
+pub(crate) mod sharded_subscriber;
 pub(crate) mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,8 +43,26 @@ pub struct BrokerHandle {
     pub reader_stats: Arc<ReaderStats>,
     /// The bounded upstream queue (pushes and presence changes).
     pub publish: Sender<UpstreamCommand>,
-    /// Interest changes for the reader's routing table.
-    pub interest: Sender<InterestChange>,
+    /// Interest changes for the reader's and the sharded subscriber's routing tables.
+    pub interest: InterestSenders,
+}
+
+/// Where a shard's interest changes go: the reader (classic `to:*` routing) and the sharded
+/// subscriber (`SSUBSCRIBE` by interest), each with its own table.
+#[derive(Clone)]
+pub struct InterestSenders(Vec<Sender<InterestChange>>);
+
+impl InterestSenders {
+    /// Sends `change` to every table; fails only if one of them is gone.
+    pub fn send(&self, change: InterestChange) -> Result<(), ()> {
+        let mut result = Ok(());
+        for tx in &self.0 {
+            if tx.send(change.clone()).is_err() {
+                result = Err(());
+            }
+        }
+        result
+    }
 }
 
 /// The running Redis core threads.
@@ -77,6 +97,7 @@ pub fn start(
     // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
     let switches = Arc::new(MasterSwitches::default());
     let reader_connector = Connector::new(deployment, Arc::clone(&switches))?;
+    let sharded_connector = Connector::new(deployment, Arc::clone(&switches))?;
     let publisher_connector = Connector::new(deployment, Arc::clone(&switches))?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
@@ -84,16 +105,32 @@ pub fn start(
     let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();
+    let (sharded_tx, sharded_rx) = crossbeam_channel::unbounded();
     let replica = Arc::new(std::sync::Mutex::new(PresenceReplica::default()));
 
+    // No switch ever comes in single mode (a dropped sender would wake a select forever).
+    let mut switched_rx = crossbeam_channel::never();
     if let RedisDeployment::Sentinel { sentinels, master } = deployment {
+        let (switched_tx, rx) = crossbeam_channel::bounded(1);
+        switched_rx = rx;
         let wake = publish_tx.clone();
         sentinel::spawn_switch_watcher(sentinels.clone(), master.clone(), switches, move || {
-            // The publisher may sleep until its next upkeep: it looks at the switch now.
+            // The publisher and the sharded subscriber may sleep until their next tick: they
+            // look at the switch now (the reader looks at every read tick).
             let _ = wake.try_send(UpstreamCommand::Wake);
+            let _ = switched_tx.try_send(());
         })
         .map_err(io_error)?;
     }
+    sharded_subscriber::ShardedSubscriber {
+        connector: sharded_connector,
+        shards: shards.clone(),
+        stats: Arc::clone(&reader_stats),
+        changes: sharded_rx,
+        master_switched: switched_rx,
+    }
+    .spawn()
+    .map_err(io_error)?;
     let reader = RedisReader {
         connector: reader_connector,
         status: Arc::clone(&status),
@@ -130,7 +167,7 @@ pub fn start(
             status,
             reader_stats,
             publish: publish_tx,
-            interest: interest_tx,
+            interest: InterestSenders(vec![interest_tx, sharded_tx]),
         },
         BrokerCore {
             publisher,

@@ -200,6 +200,7 @@ impl RedisPublisher {
             reap: load(scripts::REAP_DEAD_NODES)?,
             snapshot: load(scripts::SNAPSHOT)?,
         };
+        super::function::install(&mut conn)?;
         Ok((conn, loaded))
     }
 
