@@ -53,15 +53,11 @@ pub struct BrokerHandle {
 pub struct InterestSenders(Vec<Sender<InterestChange>>);
 
 impl InterestSenders {
-    /// Sends `change` to every table; fails only if one of them is gone.
-    pub fn send(&self, change: InterestChange) -> Result<(), ()> {
-        let mut result = Ok(());
-        for tx in &self.0 {
-            if tx.send(change.clone()).is_err() {
-                result = Err(());
-            }
-        }
-        result
+    /// Sends `change` to every table; false if one of them is gone (only at shutdown).
+    pub fn send(&self, change: InterestChange) -> bool {
+        // Every table gets it, even when an earlier one is gone (no short circuit).
+        let delivered = self.0.iter().filter(|tx| tx.send(change.clone()).is_ok());
+        delivered.count() == self.0.len()
     }
 }
 
