@@ -132,6 +132,25 @@ fn delivery_resumes(
     since: Instant,
     give_up: Duration,
 ) -> Duration {
+    delivery_resumes_by(deployment, member, since, give_up, Path::Classic)
+}
+
+/// How a probe is published.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `PUBLISH to:<topic>:probe`.
+    Classic,
+    /// `FCALL channel_publish 1 <topic> probe …`.
+    Function,
+}
+
+fn delivery_resumes_by(
+    deployment: &SentinelDeployment,
+    member: &mut Member,
+    since: Instant,
+    give_up: Duration,
+    path: Path,
+) -> Duration {
     static NEXT_PROBE: AtomicU64 = AtomicU64::new(1);
     let first = NEXT_PROBE.load(Ordering::SeqCst);
     let client = redis::Client::open(deployment.master_url()).expect("a URL we built");
@@ -149,10 +168,20 @@ fn delivery_resumes(
         }
         if let Some(c) = conn.as_mut() {
             let n = NEXT_PROBE.fetch_add(1, Ordering::SeqCst);
-            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(format!("to:{TOPIC}:probe"))
-                .arg(json!({ "n": n }).to_string())
-                .query(c);
+            let payload = json!({ "n": n }).to_string();
+            let published: redis::RedisResult<redis::Value> = match path {
+                Path::Classic => redis::cmd("PUBLISH")
+                    .arg(format!("to:{TOPIC}:probe"))
+                    .arg(payload)
+                    .query(c),
+                Path::Function => redis::cmd("FCALL")
+                    .arg("channel_publish")
+                    .arg(1)
+                    .arg(TOPIC)
+                    .arg("probe")
+                    .arg(payload)
+                    .query(c),
+            };
             if published.is_err() {
                 conn = None;
             }
@@ -378,4 +407,35 @@ fn delivery_follows_a_killed_master_within_3s_of_the_switch() {
     assert_eq!(after_oks.len(), 3, "pushes after the failover are ok");
     watcher.saw_every(&[gap_oks, after_oks].concat(), &mut seen);
     deployment.restart_killed(old);
+}
+
+#[test]
+fn the_function_publishes_under_sentinel_and_follows_a_failover_within_3s() {
+    let mut deployment = SentinelDeployment::shared();
+    let server = start_server(&deployment);
+    let mut alice = Member::join(&server);
+    // The join's SSUBSCRIBE is not waited for by the join reply yet: probes are repeated
+    // until one arrives.
+    delivery_resumes_by(
+        &deployment,
+        &mut alice,
+        Instant::now(),
+        RESUME_BOUND,
+        Path::Function,
+    );
+    let (switch, new_master) = deployment.failover();
+    let took = delivery_resumes_by(
+        &deployment,
+        &mut alice,
+        switch,
+        Duration::from_secs(15),
+        Path::Function,
+    );
+    eprintln!("SENTINEL FAILOVER, function path: delivery resumed {took:?} after the switch");
+    assert!(
+        took <= RESUME_BOUND,
+        "FCALL delivery resumed {took:?} after the switch to {new_master} (bound {RESUME_BOUND:?})\n{}",
+        server.log()
+    );
+    deployment.settle();
 }
