@@ -209,3 +209,44 @@ fn bad_calls_of_the_function_are_refused_and_publish_nothing() {
     assert!(call(&["0", "ev", "{}"]).contains("1 key"));
     client.expect_no_message(QUIET_PERIOD);
 }
+
+#[test]
+fn a_lost_sharded_connection_subscribes_again_and_delivery_resumes() {
+    let redis = RedisServer::start();
+    let server = quiet_server(&redis);
+    let mut client = joined(&server, "room:lost");
+    wait_for_shard_subscribers(&redis, "room:lost", 1);
+    let mut conn = redis.connection();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut conn)
+        .expect("CLIENT LIST");
+    let id = clients
+        .lines()
+        .find(|l| l.contains("name=channel-sharded-subscriber"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("the sharded subscriber is named in CLIENT LIST:\n{clients}"))
+        .to_owned();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query(&mut conn)
+        .expect("CLIENT KILL ID");
+    // Back on a new connection (not the killed one) with the topic subscribed again.
+    wait_until(Duration::from_secs(5), "a new sharded connection", || {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut conn)
+            .unwrap_or_default();
+        list.lines().any(|l| {
+            l.contains("name=channel-sharded-subscriber") && !l.contains(&format!("id={id} "))
+        })
+    });
+    wait_for_shard_subscribers(&redis, "room:lost", 1);
+    fcall(&redis, "room:lost", "back", b"{}");
+    expect_text(&mut client, &broadcast_text("room:lost", "back", "{}"));
+    wait_until(Duration::from_secs(5), "/healthz is 200", || {
+        http_request(server.addr(), "GET", "/healthz", &[], b"").status == 200
+    });
+}

@@ -122,6 +122,7 @@ pub fn start(
         connector: sharded_connector,
         shards: shards.clone(),
         stats: Arc::clone(&reader_stats),
+        status: Arc::clone(&status),
         changes: sharded_rx,
         master_switched: switched_rx,
     }

@@ -34,6 +34,7 @@ use super::deployment::Connector;
 use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
 use super::reader::ReaderStats;
+use super::status::RedisStatus;
 use crate::inbox::{InterestChange, ShardMessage, Shards};
 use crate::protocol::Broadcast;
 
@@ -43,8 +44,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_AFTER: Duration = Duration::from_secs(3);
 /// A PING not answered within this long means the connection is dead.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// The connection's name in `CLIENT LIST`.
+pub const CLIENT_NAME: &str = "channel-sharded-subscriber";
 /// Topics per `SSUBSCRIBE` / `SUNSUBSCRIBE` command when many change at once.
 const BATCH: usize = 256;
+
+/// Why no connection could be made.
+enum ConnectFailure {
+    /// The deployment's address kind is not one this build subscribes over.
+    Unsupported(&'static str),
+    /// Redis or the network failed: try again.
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for ConnectFailure {
+    fn from(err: redis::RedisError) -> Self {
+        ConnectFailure::Redis(err)
+    }
+}
 
 /// What the read thread tells the control thread.
 enum ReadEvent {
@@ -59,6 +76,8 @@ pub struct ShardedSubscriber {
     pub(super) connector: Connector,
     pub(super) shards: Shards,
     pub(super) stats: Arc<ReaderStats>,
+    /// Where `/healthz` reads whether this connection is up.
+    pub(super) status: Arc<RedisStatus>,
     /// Interest changes from the shards (a copy of what the reader gets).
     pub(super) changes: Receiver<InterestChange>,
     /// A tick each time the sentinels switch the master (never in single mode).
@@ -82,10 +101,22 @@ impl ShardedSubscriber {
             match self.connect() {
                 Ok(socket) => {
                     backoff.reset();
+                    self.status.set_sharded_up(true);
                     let reason = self.serve_connection(socket, &mut interest);
+                    self.status.set_sharded_up(false);
                     warn!(%reason, "redis sharded subscriber lost; reconnecting");
                 }
-                Err(err) => debug!(%err, "redis sharded subscriber cannot connect yet"),
+                Err(ConnectFailure::Unsupported(err)) => {
+                    // TLS or a unix socket: the function's messages cannot be received by this
+                    // build; the classic path works, so this part does not hold /healthz down.
+                    warn!(%err, "messages published with the function will not be received");
+                    self.status.set_sharded_up(true);
+                    while self.changes.recv().is_ok() {}
+                    return;
+                }
+                Err(ConnectFailure::Redis(err)) => {
+                    debug!(%err, "redis sharded subscriber cannot connect yet")
+                }
             }
             let until = Instant::now() + backoff.next_wait();
             // Keep the table current while waiting, so that it is right on reconnect.
@@ -98,16 +129,24 @@ impl ShardedSubscriber {
     }
 
     /// A plain TCP connection to the current master, authenticated as the deployment says.
-    fn connect(&self) -> redis::RedisResult<TcpStream> {
+    fn connect(&self) -> Result<TcpStream, ConnectFailure> {
         let client = self.connector.master_client()?;
         let info = client.get_connection_info();
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "sharded subscriptions need a plain TCP connection (not TLS or unix)",
-            )));
+            return Err(ConnectFailure::Unsupported(
+                "sharded subscriptions need a plain TCP connection (not TLS or a unix socket)",
+            ));
         };
-        let address = (host.as_str(), *port)
+        Ok(self.connect_tcp(host, *port, info)?)
+    }
+
+    fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        info: &redis::ConnectionInfo,
+    ) -> redis::RedisResult<TcpStream> {
+        let address = (host, port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other("the master's address does not resolve"))?;
@@ -132,6 +171,13 @@ impl ShardedSubscriber {
                 )));
             }
         }
+        // Named for operators (`CLIENT LIST`); the read thread reads the `+OK`.
+        socket.write_all(
+            &redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(CLIENT_NAME)
+                .get_packed_command(),
+        )?;
         // The read thread waits without a deadline; liveness is the control thread's PING.
         socket.set_read_timeout(None)?;
         Ok(socket)
