@@ -439,3 +439,78 @@ fn the_function_publishes_under_sentinel_and_follows_a_failover_within_3s() {
     );
     deployment.settle();
 }
+
+/// `channel_redis_messages_received_total` of `server`.
+fn received(server: &ChannelServer) -> f64 {
+    let text = http_request(server.addr(), "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("channel_redis_messages_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no received counter in /metrics:\n{text}"))
+}
+
+/// Connections holding `SSUBSCRIBE` to `topic`'s sharded channel on the current master.
+fn shard_subscribers(deployment: &SentinelDeployment, topic: &str) -> i64 {
+    let client = redis::Client::open(deployment.master_url()).expect("a URL we built");
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("the master answers");
+    let (_, count): (String, i64) = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(format!("channel:to:{{{topic}}}"))
+        .query(&mut conn)
+        .expect("PUBSUB SHARDNUMSUB");
+    count
+}
+
+#[test]
+fn under_sentinel_only_the_process_with_a_subscriber_receives_and_the_last_leave_unsubscribes() {
+    let deployment = SentinelDeployment::shared();
+    let quiet = || {
+        let args = deployment.serve_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Presence off: its diffs would move every process's received counter.
+        ChannelServer::start_with_redis_args(
+            &args,
+            ServerOptions::default().config("[channel]\npresence_enabled = false\n"),
+        )
+    };
+    let (serving, idle) = (quiet(), quiet());
+    let topic = "room:sentinel-interest";
+    let mut client = TestSocket::connect(&serving.ws_url("2.0.0"));
+    client.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "bob", 3600));
+    wait_until(Duration::from_secs(5), "the process subscribed", || {
+        shard_subscribers(&deployment, topic) == 1
+    });
+    let (serving_before, idle_before) = (received(&serving), received(&idle));
+    let client_of_master = redis::Client::open(deployment.master_url()).expect("a URL we built");
+    let mut conn = client_of_master
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("the master answers");
+    for n in 0..5 {
+        let _: redis::Value = redis::cmd("FCALL")
+            .arg("channel_publish")
+            .arg(1)
+            .arg(topic)
+            .arg("n")
+            .arg(json!({ "n": n }).to_string())
+            .query(&mut conn)
+            .expect("FCALL on the master");
+    }
+    for n in 0..5 {
+        assert_eq!(
+            client.recv_json(),
+            json!([null, null, topic, "n", { "n": n }])
+        );
+    }
+    assert_eq!(received(&serving) - serving_before, 5.0);
+    assert_eq!(
+        received(&idle) - idle_before,
+        0.0,
+        "the idle process got them"
+    );
+    client.leave(topic);
+    wait_until(Duration::from_secs(5), "the process unsubscribed", || {
+        shard_subscribers(&deployment, topic) == 0
+    });
+}
