@@ -10,7 +10,7 @@
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
 pub(crate) mod deployment;
-pub mod function;
+pub(crate) mod function;
 pub(crate) mod interest;
 pub mod naming;
 pub(crate) mod publisher;
