@@ -101,16 +101,16 @@ impl ShardedSubscriber {
             match self.connect() {
                 Ok(socket) => {
                     backoff.reset();
-                    self.status.set_sharded_up(true);
+                    self.set_up(true);
                     let reason = self.serve_connection(socket, &mut interest);
-                    self.status.set_sharded_up(false);
+                    self.set_up(false);
                     warn!(%reason, "redis sharded subscriber lost; reconnecting");
                 }
                 Err(ConnectFailure::Unsupported(err)) => {
                     // TLS or a unix socket: the function's messages cannot be received by this
                     // build; the classic path works, so this part does not hold /healthz down.
                     warn!(%err, "messages published with the function will not be received");
-                    self.status.set_sharded_up(true);
+                    self.set_up(true);
                     while self.changes.recv().is_ok() {}
                     return;
                 }
@@ -126,6 +126,13 @@ impl ShardedSubscriber {
                 }
             }
         }
+    }
+
+    /// Publishes this connection's state for `/healthz` and tells the shards, whose admin
+    /// members follow the Redis state (like the reader and the publisher do).
+    fn set_up(&self, up: bool) {
+        self.status.set_sharded_up(up);
+        self.shards.send_all(|| ShardMessage::RedisStateChanged);
     }
 
     /// A plain TCP connection to the current master, authenticated as the deployment says.
