@@ -3,9 +3,11 @@
 //! of increasing precedence.
 //!
 //! What this module owns:
-//! - the list of keys ([`KEYS`]), their defaults, their accepted forms and their environment
-//!   variable names: one table drives the file, the environment and the flags alike, so a key
-//!   can never be accepted in one place and unknown in another;
+//! - the list of keys ([`KEYS`]): for each, how it is read, how `check-config` shows it, its
+//!   accepted form and its environment variable: one table drives the file, the environment,
+//!   the flags and the description alike, so a key can never be accepted in one place and
+//!   unknown (or unshown) in another. The struct fields and `Default` hold the values;
+//!   `every_key_is_described_once_and_reads_back_as_itself` pins the table to them;
 //! - compatibility with an unmodified Tangram `tangram.toml`: the `[channel]` table holds both
 //!   Tangram's keys and ours, Redis comes from `[core] redis_url` (overridden by
 //!   `[channel] redis_url`), every other table is ignored;
@@ -17,6 +19,8 @@
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::access::{OriginPattern, TokenMint, TopicPattern};
 
 /// A configuration value that must never appear in logs or in `check-config` output.
 ///
@@ -76,8 +80,13 @@ pub struct Limits {
     pub max_channels_per_socket: usize,
     /// A socket that sends nothing (not even a heartbeat) for this long is closed.
     pub idle_timeout_secs: u64,
-    /// Bytes queued for one connection before it is closed with 1013 "slow consumer".
+    /// Hard cap on the bytes pending for one connection (queued or being written); past it
+    /// the connection is closed with 1013 "slow consumer" at once. Broadcast frames are shared
+    /// between receivers, so this counts bytes the connection refers to, not bytes it owns.
     pub outbound_queue_bytes: usize,
+    /// A connection whose oldest unwritten frame has waited this long (milliseconds) while
+    /// the socket takes nothing is a slow consumer and is closed with 1013.
+    pub slow_consumer_lag_ms: u64,
     /// Time allowed from TCP accept to a completed WebSocket upgrade.
     pub handshake_timeout_secs: u64,
     /// Largest HTTP request head (request line and headers); larger is refused with 431.
@@ -92,7 +101,11 @@ impl Default for Limits {
             max_frame_bytes: 65_536,
             max_channels_per_socket: 100,
             idle_timeout_secs: 60,
-            outbound_queue_bytes: 1_048_576,
+            // A burst of 2,000 frames of 1 KB pending for every subscriber of a topic is ~2 MiB
+            // each and costs one shared copy; 16 MiB leaves room for bursts eight times that
+            // (docs/reliability.md, "How memory is bounded").
+            outbound_queue_bytes: 16 << 20,
+            slow_consumer_lag_ms: 5_000,
             handshake_timeout_secs: 10,
             http_head_bytes: 8_192,
             max_token_body_bytes: 4_096,
@@ -104,6 +117,11 @@ impl Limits {
     /// [`Limits::idle_timeout_secs`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// [`Limits::slow_consumer_lag_ms`] as a duration.
+    pub fn slow_consumer_lag(&self) -> Duration {
+        Duration::from_millis(self.slow_consumer_lag_ms)
     }
 
     /// [`Limits::handshake_timeout_secs`] as a duration.
@@ -132,9 +150,10 @@ pub struct Config {
     pub redis_sentinel_master: Option<String>,
     /// Cluster mode: seed nodes (`redis://host:port` each, normalised).
     pub redis_cluster: Vec<String>,
-    /// Where each deployment key was set, for the error when two modes are given. `[core]
-    /// redis_url` is not recorded: every tangram.toml has it, so it never clashes.
-    deployment_origins: Vec<(&'static str, String)>,
+    /// Where each deployment key was set, for the error when two modes are given (public so
+    /// that `Config { .., ..Config::default() }` works outside this module; its contents are
+    /// this module's).
+    pub deployment_origins: DeploymentOrigins,
     /// HS256 key for channel tokens (Tangram key). `None`: the binary generates a random one.
     pub jwt_secret: Option<Secret>,
     /// Lifetime of minted tokens, in seconds (Tangram key; Tangram's default is 10 years).
@@ -145,6 +164,16 @@ pub struct Config {
     pub shards: usize,
     /// Bearer key required to mint `admin` tokens over HTTP. `None`: never over HTTP.
     pub admin_key: Option<Secret>,
+    /// Pages (`Origin`s) whose WebSocket upgrades are accepted; `*` (the default) admits all.
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Whether an upgrade without an `Origin` header (a non-browser client) is accepted.
+    pub allow_missing_origin: bool,
+    /// Who may mint tokens over `POST /token`.
+    pub token_mint: TokenMint,
+    /// Bearer key that mints non-admin tokens when `token_mint = "key"`.
+    pub mint_key: Option<Secret>,
+    /// Topics anyone may mint for when `token_mint = "key"`.
+    pub mint_open_topics: Vec<TopicPattern>,
     /// Connection and request limits.
     pub limits: Limits,
     /// Capacity, in messages, of each shard's inbox from the Redis core.
@@ -157,7 +186,10 @@ pub struct Config {
     pub datetime_interval_ms: u64,
     /// Period of the `admin` channel's `stats` push, in seconds; 0 disables it.
     pub admin_stats_interval_secs: u64,
-    /// Presences of a process that stopped refreshing them are removed after this long.
+    /// Presences of a process that stopped refreshing them are removed after this long (the
+    /// refresh runs every third of it); with the default, a killed process's members leave
+    /// within 10 s in the worst case (docs/presence.md, "How fast a dead process's members
+    /// leave").
     pub presence_ttl_secs: u64,
     /// Presence on every topic (`presence_state` / `presence_diff`); `false` turns it off for
     /// broadcast-only deployments (joins then cost no Redis round trip).
@@ -189,19 +221,24 @@ impl Default for Config {
             redis_sentinels: Vec::new(),
             redis_sentinel_master: None,
             redis_cluster: Vec::new(),
-            deployment_origins: Vec::new(),
+            deployment_origins: DeploymentOrigins::default(),
             jwt_secret: None,
             jwt_expiration_secs: DEFAULT_JWT_EXPIRATION_SECS,
             id_length: DEFAULT_ID_LENGTH,
             shards: 0,
             admin_key: None,
+            allowed_origins: vec![OriginPattern::parse("*").expect("`*` is a valid pattern")],
+            allow_missing_origin: true,
+            token_mint: TokenMint::Open,
+            mint_key: None,
+            mint_open_topics: Vec::new(),
             limits: Limits::default(),
             shard_inbox_capacity: 65_536,
             shard_inbox_bytes: 32 << 20,
             publisher_queue_capacity: 65_536,
             datetime_interval_ms: 1_000,
             admin_stats_interval_secs: 5,
-            presence_ttl_secs: 30,
+            presence_ttl_secs: 6,
             presence_enabled: true,
             presence_batch_ms: 100,
         }
@@ -268,6 +305,9 @@ pub enum ConfigError {
         expected: &'static str,
         got: String,
     },
+    /// Keys that are each valid but do not make sense together.
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 /// A value before it is interpreted: typed when it comes from TOML, text from env and flags.
@@ -290,6 +330,24 @@ impl Raw<'_> {
         match self {
             Raw::Toml(toml::Value::Integer(i)) => Some(i128::from(*i)),
             Raw::Text(s) => s.trim().parse().ok(),
+            Raw::Toml(_) => None,
+        }
+    }
+
+    /// A TOML array of strings, or comma-separated text (the environment's form of a list).
+    fn list(&self) -> Option<Vec<String>> {
+        match self {
+            Raw::Toml(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Raw::Text(s) => Some(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             Raw::Toml(_) => None,
         }
     }
@@ -401,6 +459,9 @@ pub struct Key {
     pub expected: &'static str,
     /// Values of this key are masked in errors and in [`Config::describe`].
     pub secret: bool,
+    /// The key's effective value as TOML (secrets masked; `# …` when unset), for
+    /// [`Config::describe`].
+    show: fn(&Config) -> String,
     apply: fn(&mut Config, Raw<'_>) -> Option<()>,
 }
 
@@ -419,6 +480,7 @@ pub static KEYS: &[Key] = &[
         name: "host",
         expected: "an address or host name to listen on, e.g. \"0.0.0.0\"",
         secret: false,
+        show: |c| shown_quoted(&c.host),
         apply: |c, r| {
             c.host = non_empty(r)?;
             Some(())
@@ -428,6 +490,7 @@ pub static KEYS: &[Key] = &[
         name: "port",
         expected: "an integer between 0 and 65535",
         secret: false,
+        show: |c| c.port.to_string(),
         apply: |c, r| {
             c.port = int_in(r, 0, 65_535)?;
             Some(())
@@ -437,6 +500,11 @@ pub static KEYS: &[Key] = &[
         name: "public_url",
         expected: "an http://, https://, ws:// or wss:// URL",
         secret: false,
+        show: |c| {
+            c.public_url
+                .as_deref()
+                .map_or("# not set".to_string(), shown_quoted)
+        },
         apply: |c, r| {
             c.public_url = Some(url_with_scheme(r, &["http", "https", "ws", "wss"])?);
             Some(())
@@ -446,6 +514,7 @@ pub static KEYS: &[Key] = &[
         name: "redis_url",
         expected: "a redis://, rediss:// or unix:// URL",
         secret: false,
+        show: |c| shown_quoted(&c.redis_url_redacted()),
         apply: |c, r| {
             c.redis_url = url_with_scheme(r, &["redis", "rediss", "unix", "redis+unix"])?;
             Some(())
@@ -457,6 +526,7 @@ pub static KEYS: &[Key] = &[
             "a list of sentinels, each \"host:port\" or \"redis://[user:password@]host:port\" \
                    (comma-separated in the environment and on the command line)",
         secret: false,
+        show: |c| shown_nodes(&c.redis_sentinels),
         apply: |c, r| {
             c.redis_sentinels = node_list(r)?;
             Some(())
@@ -466,6 +536,11 @@ pub static KEYS: &[Key] = &[
         name: "redis_sentinel_master",
         expected: "the name of the master the sentinels watch (letters, digits, `-`, `_`, `.`)",
         secret: false,
+        show: |c| {
+            c.redis_sentinel_master
+                .as_deref()
+                .map_or("# not set".to_string(), shown_quoted)
+        },
         apply: |c, r| {
             c.redis_sentinel_master = Some(master_name(r)?);
             Some(())
@@ -477,6 +552,7 @@ pub static KEYS: &[Key] = &[
                    \"redis://[user:password@]host:port\" (comma-separated in the environment and \
                    on the command line)",
         secret: false,
+        show: |c| shown_nodes(&c.redis_cluster),
         apply: |c, r| {
             c.redis_cluster = node_list(r)?;
             Some(())
@@ -486,6 +562,7 @@ pub static KEYS: &[Key] = &[
         name: "jwt_secret",
         expected: "a non-empty string",
         secret: true,
+        show: |c| shown_secret(&c.jwt_secret),
         apply: |c, r| {
             let s = r.text()?;
             if s.is_empty() {
@@ -499,6 +576,7 @@ pub static KEYS: &[Key] = &[
         name: "jwt_expiration_secs",
         expected: "a number of seconds between 1 and 4294967295",
         secret: false,
+        show: |c| c.jwt_expiration_secs.to_string(),
         apply: |c, r| {
             c.jwt_expiration_secs = int_in(r, 1, U32_MAX)?;
             Some(())
@@ -508,6 +586,7 @@ pub static KEYS: &[Key] = &[
         name: "id_length",
         expected: "an integer between 1 and 128",
         secret: false,
+        show: |c| c.id_length.to_string(),
         apply: |c, r| {
             c.id_length = int_in(r, 1, 128)?;
             Some(())
@@ -517,6 +596,7 @@ pub static KEYS: &[Key] = &[
         name: "shards",
         expected: "an integer between 0 (one per core) and 1024",
         secret: false,
+        show: |c| format!("{}  # effective: {}", c.shards, c.effective_shards()),
         apply: |c, r| {
             c.shards = int_in(r, 0, 1024)?;
             Some(())
@@ -526,6 +606,7 @@ pub static KEYS: &[Key] = &[
         name: "admin_key",
         expected: "a string of at least 16 characters",
         secret: true,
+        show: |c| shown_secret(&c.admin_key),
         apply: |c, r| {
             let s = r.text()?;
             if s.chars().count() < 16 {
@@ -536,9 +617,73 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "allowed_origins",
+        expected:
+            "a list of origins (\"https://app.example.com\", \"*.example.com\", \"*\" for any)",
+        secret: false,
+        show: |c| shown_list(&c.allowed_origins),
+        apply: |c, r| {
+            c.allowed_origins = r
+                .list()?
+                .iter()
+                .map(|p| OriginPattern::parse(p))
+                .collect::<Option<_>>()?;
+            Some(())
+        },
+    },
+    Key {
+        name: "allow_missing_origin",
+        expected: "true or false",
+        secret: false,
+        show: |c| c.allow_missing_origin.to_string(),
+        apply: |c, r| {
+            c.allow_missing_origin = r.boolean()?;
+            Some(())
+        },
+    },
+    Key {
+        name: "token_mint",
+        expected: "\"open\", \"key\" or \"off\"",
+        secret: false,
+        show: |c| shown_quoted(c.token_mint.as_str()),
+        apply: |c, r| {
+            c.token_mint = TokenMint::parse(r.text()?)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "mint_key",
+        expected: "a string of at least 16 characters",
+        secret: true,
+        show: |c| shown_secret(&c.mint_key),
+        apply: |c, r| {
+            let s = r.text()?;
+            if s.chars().count() < 16 {
+                return None;
+            }
+            c.mint_key = Some(Secret::new(s));
+            Some(())
+        },
+    },
+    Key {
+        name: "mint_open_topics",
+        expected: "a list of topics, each exact or a prefix ending in `*` (\"public:*\")",
+        secret: false,
+        show: |c| shown_list(&c.mint_open_topics),
+        apply: |c, r| {
+            c.mint_open_topics = r
+                .list()?
+                .iter()
+                .map(|p| TopicPattern::parse(p))
+                .collect::<Option<_>>()?;
+            Some(())
+        },
+    },
+    Key {
         name: "max_frame_bytes",
         expected: "a number of bytes between 1024 and 67108864",
         secret: false,
+        show: |c| c.limits.max_frame_bytes.to_string(),
         apply: |c, r| {
             c.limits.max_frame_bytes = int_in(r, 1024, 64 << 20)?;
             Some(())
@@ -548,6 +693,7 @@ pub static KEYS: &[Key] = &[
         name: "max_channels_per_socket",
         expected: "an integer between 1 and 100000",
         secret: false,
+        show: |c| c.limits.max_channels_per_socket.to_string(),
         apply: |c, r| {
             c.limits.max_channels_per_socket = int_in(r, 1, 100_000)?;
             Some(())
@@ -557,6 +703,7 @@ pub static KEYS: &[Key] = &[
         name: "idle_timeout_secs",
         expected: "a number of seconds between 1 and 86400",
         secret: false,
+        show: |c| c.limits.idle_timeout_secs.to_string(),
         apply: |c, r| {
             c.limits.idle_timeout_secs = int_in(r, 1, 86_400)?;
             Some(())
@@ -566,8 +713,19 @@ pub static KEYS: &[Key] = &[
         name: "outbound_queue_bytes",
         expected: "a number of bytes between 1024 and 1073741824",
         secret: false,
+        show: |c| c.limits.outbound_queue_bytes.to_string(),
         apply: |c, r| {
             c.limits.outbound_queue_bytes = int_in(r, 1024, 1 << 30)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "slow_consumer_lag_ms",
+        expected: "a number of milliseconds between 100 and 600000",
+        secret: false,
+        show: |c| c.limits.slow_consumer_lag_ms.to_string(),
+        apply: |c, r| {
+            c.limits.slow_consumer_lag_ms = int_in(r, 100, 600_000)?;
             Some(())
         },
     },
@@ -575,6 +733,7 @@ pub static KEYS: &[Key] = &[
         name: "handshake_timeout_secs",
         expected: "a number of seconds between 1 and 3600",
         secret: false,
+        show: |c| c.limits.handshake_timeout_secs.to_string(),
         apply: |c, r| {
             c.limits.handshake_timeout_secs = int_in(r, 1, 3600)?;
             Some(())
@@ -584,6 +743,7 @@ pub static KEYS: &[Key] = &[
         name: "http_head_bytes",
         expected: "a number of bytes between 1024 and 1048576",
         secret: false,
+        show: |c| c.limits.http_head_bytes.to_string(),
         apply: |c, r| {
             c.limits.http_head_bytes = int_in(r, 1024, 1 << 20)?;
             Some(())
@@ -593,6 +753,7 @@ pub static KEYS: &[Key] = &[
         name: "max_token_body_bytes",
         expected: "a number of bytes between 64 and 1048576",
         secret: false,
+        show: |c| c.limits.max_token_body_bytes.to_string(),
         apply: |c, r| {
             c.limits.max_token_body_bytes = int_in(r, 64, 1 << 20)?;
             Some(())
@@ -602,6 +763,7 @@ pub static KEYS: &[Key] = &[
         name: "shard_inbox_capacity",
         expected: "a number of messages between 16 and 16777216",
         secret: false,
+        show: |c| c.shard_inbox_capacity.to_string(),
         apply: |c, r| {
             c.shard_inbox_capacity = int_in(r, 16, 1 << 24)?;
             Some(())
@@ -611,6 +773,7 @@ pub static KEYS: &[Key] = &[
         name: "shard_inbox_bytes",
         expected: "a number of bytes between 65536 and 17179869184",
         secret: false,
+        show: |c| c.shard_inbox_bytes.to_string(),
         apply: |c, r| {
             c.shard_inbox_bytes = int_in(r, 1 << 16, 1 << 34)?;
             Some(())
@@ -620,6 +783,7 @@ pub static KEYS: &[Key] = &[
         name: "publisher_queue_capacity",
         expected: "a number of messages between 16 and 16777216",
         secret: false,
+        show: |c| c.publisher_queue_capacity.to_string(),
         apply: |c, r| {
             c.publisher_queue_capacity = int_in(r, 16, 1 << 24)?;
             Some(())
@@ -629,6 +793,7 @@ pub static KEYS: &[Key] = &[
         name: "datetime_interval_ms",
         expected: "a number of milliseconds between 0 (disabled) and 86400000",
         secret: false,
+        show: |c| c.datetime_interval_ms.to_string(),
         apply: |c, r| {
             c.datetime_interval_ms = int_in(r, 0, 86_400_000)?;
             Some(())
@@ -638,6 +803,7 @@ pub static KEYS: &[Key] = &[
         name: "admin_stats_interval_secs",
         expected: "a number of seconds between 0 (disabled) and 86400",
         secret: false,
+        show: |c| c.admin_stats_interval_secs.to_string(),
         apply: |c, r| {
             c.admin_stats_interval_secs = int_in(r, 0, 86_400)?;
             Some(())
@@ -647,6 +813,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_ttl_secs",
         expected: "a number of seconds between 1 and 86400",
         secret: false,
+        show: |c| c.presence_ttl_secs.to_string(),
         apply: |c, r| {
             c.presence_ttl_secs = int_in(r, 1, 86_400)?;
             Some(())
@@ -656,6 +823,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_enabled",
         expected: "true or false",
         secret: false,
+        show: |c| c.presence_enabled.to_string(),
         apply: |c, r| {
             c.presence_enabled = r.boolean()?;
             Some(())
@@ -665,6 +833,7 @@ pub static KEYS: &[Key] = &[
         name: "presence_batch_ms",
         expected: "a number of milliseconds between 0 and 10000",
         secret: false,
+        show: |c| c.presence_batch_ms.to_string(),
         apply: |c, r| {
             c.presence_batch_ms = int_in(r, 0, 10_000)?;
             Some(())
@@ -684,6 +853,39 @@ const DEPLOYMENT_KEYS: [&str; 4] = [
     "redis_cluster",
 ];
 
+/// A string as a TOML value.
+fn shown_quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A list as a TOML array of strings.
+fn shown_list<T: fmt::Display>(items: &[T]) -> String {
+    toml::Value::Array(
+        items
+            .iter()
+            .map(|i| toml::Value::String(i.to_string()))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// Redis node addresses as a TOML array, passwords masked; `# not set` when empty.
+fn shown_nodes(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        return "# not set".to_string();
+    }
+    let masked: Vec<String> = nodes.iter().map(|n| redact_url_password(n)).collect();
+    shown_list(&masked)
+}
+
+/// A secret, masked; `# not set` when absent.
+fn shown_secret(s: &Option<Secret>) -> String {
+    match s {
+        Some(_) => "\"<redacted>\"".to_string(),
+        None => "# not set".to_string(),
+    }
+}
+
 fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), ConfigError> {
     (key.apply)(cfg, raw).ok_or_else(|| ConfigError::InvalidValue {
         key: key.name.to_string(),
@@ -699,8 +901,8 @@ fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), 
         },
     })?;
     if let Some(name) = DEPLOYMENT_KEYS.iter().find(|n| **n == key.name) {
-        cfg.deployment_origins.retain(|(n, _)| n != name);
-        cfg.deployment_origins.push((name, origin.to_string()));
+        cfg.deployment_origins.0.retain(|(n, _)| n != name);
+        cfg.deployment_origins.0.push((name, origin.to_string()));
     }
     Ok(())
 }
@@ -755,6 +957,11 @@ fn hint_for(unknown: &str) -> String {
         .map(|(_, name)| format!(" (did you mean `{name}`?)"))
         .unwrap_or_default()
 }
+
+/// Where each Redis deployment key was set. `[core] redis_url` is not recorded: every
+/// tangram.toml has it, so it never clashes.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentOrigins(Vec<(&'static str, String)>);
 
 /// The three ways to reach Redis (docs/operations.md, "Redis deployments"): exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -865,6 +1072,7 @@ impl Config {
             }
         }
         cfg.apply_overrides(overrides)?;
+        cfg.check_consistency()?;
         cfg.check_deployment()?;
         Ok(cfg)
     }
@@ -874,6 +1082,7 @@ impl Config {
     fn check_deployment(&self) -> Result<(), ConfigError> {
         let origin = |name: &str| {
             self.deployment_origins
+                .0
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, o)| o.clone())
@@ -883,7 +1092,7 @@ impl Config {
             "redis_cluster" => 2,
             _ => 1,
         };
-        let given = &self.deployment_origins;
+        let given = &self.deployment_origins.0;
         if let Some((first, first_origin)) = given.first() {
             if let Some((second, second_origin)) =
                 given.iter().find(|(n, _)| mode_of(n) != mode_of(first))
@@ -907,6 +1116,18 @@ impl Config {
                     missing,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Rules between keys, checked once every source has been applied.
+    fn check_consistency(&self) -> Result<(), ConfigError> {
+        if self.token_mint == TokenMint::Key && self.mint_key.is_none() {
+            return Err(ConfigError::Inconsistent(
+                "token_mint = \"key\" needs `mint_key` (at least 16 characters): the key callers \
+                 present as `Authorization: Bearer <mint_key>`"
+                    .to_string(),
+            ));
         }
         Ok(())
     }
@@ -951,7 +1172,7 @@ impl Config {
             if let (Some(v), Some(k)) = (core.get("redis_url"), key("redis_url")) {
                 apply(self, k, Raw::Toml(v), &format!("[core] of {origin}"))?;
                 // Tangram's own setting: never a clash with a Sentinel or Cluster choice.
-                self.deployment_origins.retain(|(n, _)| *n != "redis_url");
+                self.deployment_origins.0.retain(|(n, _)| *n != "redis_url");
             }
         }
         if let Some(channel) = table("channel")? {
@@ -1057,6 +1278,32 @@ impl Config {
         (self.presence_batch_ms > 0).then(|| Duration::from_millis(self.presence_batch_ms))
     }
 
+    /// The warning `serve` logs once at start when it listens beyond this host with both access
+    /// controls open (every page may connect and anyone may mint); `None` otherwise.
+    pub fn open_access_warning(&self) -> Option<String> {
+        let any_origin = self.allowed_origins.iter().any(OriginPattern::is_any);
+        if !any_origin || self.token_mint != TokenMint::Open || self.listens_on_loopback_only() {
+            return None;
+        }
+        Some(format!(
+            "listening on {} with allowed_origins = [\"*\"] and token_mint = \"open\": any web \
+             page can connect and anyone can mint a token for any non-admin topic. Set \
+             allowed_origins and token_mint (docs/configuration.md, \"Access control\") unless \
+             every topic is meant to be public",
+            self.listen_addr()
+        ))
+    }
+
+    /// True when `host` is a loopback address (or `localhost`): nothing off this machine can
+    /// connect.
+    fn listens_on_loopback_only(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
     /// Lifetime of presences a dead process left behind.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl_secs)
@@ -1065,86 +1312,7 @@ impl Config {
     /// The effective configuration as a `[channel]` TOML table, secrets masked: what
     /// `channel check-config` prints, and what the server logs at start-up.
     pub fn describe(&self) -> String {
-        fn quoted(s: &str) -> String {
-            toml::Value::String(s.to_string()).to_string()
-        }
-        fn secret(s: &Option<Secret>) -> String {
-            match s {
-                Some(_) => "\"<redacted>\"".to_string(),
-                None => "# not set".to_string(),
-            }
-        }
-        fn node_array(nodes: &[String]) -> String {
-            if nodes.is_empty() {
-                return "# not set".to_string();
-            }
-            let quoted: Vec<String> = nodes
-                .iter()
-                .map(|n| quoted(&redact_url_password(n)))
-                .collect();
-            format!("[{}]", quoted.join(", "))
-        }
-        let l = &self.limits;
-        let lines: Vec<(&str, String)> = vec![
-            ("host", quoted(&self.host)),
-            ("port", self.port.to_string()),
-            (
-                "public_url",
-                self.public_url
-                    .as_deref()
-                    .map_or("# not set".to_string(), quoted),
-            ),
-            ("redis_url", quoted(&self.redis_url_redacted())),
-            ("redis_sentinels", node_array(&self.redis_sentinels)),
-            (
-                "redis_sentinel_master",
-                self.redis_sentinel_master
-                    .as_deref()
-                    .map_or("# not set".to_string(), quoted),
-            ),
-            ("redis_cluster", node_array(&self.redis_cluster)),
-            ("jwt_secret", secret(&self.jwt_secret)),
-            ("jwt_expiration_secs", self.jwt_expiration_secs.to_string()),
-            ("id_length", self.id_length.to_string()),
-            (
-                "shards",
-                format!("{}  # effective: {}", self.shards, self.effective_shards()),
-            ),
-            ("admin_key", secret(&self.admin_key)),
-            ("max_frame_bytes", l.max_frame_bytes.to_string()),
-            (
-                "max_channels_per_socket",
-                l.max_channels_per_socket.to_string(),
-            ),
-            ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
-            ("outbound_queue_bytes", l.outbound_queue_bytes.to_string()),
-            (
-                "handshake_timeout_secs",
-                l.handshake_timeout_secs.to_string(),
-            ),
-            ("http_head_bytes", l.http_head_bytes.to_string()),
-            ("max_token_body_bytes", l.max_token_body_bytes.to_string()),
-            (
-                "shard_inbox_capacity",
-                self.shard_inbox_capacity.to_string(),
-            ),
-            ("shard_inbox_bytes", self.shard_inbox_bytes.to_string()),
-            (
-                "publisher_queue_capacity",
-                self.publisher_queue_capacity.to_string(),
-            ),
-            (
-                "datetime_interval_ms",
-                self.datetime_interval_ms.to_string(),
-            ),
-            (
-                "admin_stats_interval_secs",
-                self.admin_stats_interval_secs.to_string(),
-            ),
-            ("presence_ttl_secs", self.presence_ttl_secs.to_string()),
-            ("presence_enabled", self.presence_enabled.to_string()),
-            ("presence_batch_ms", self.presence_batch_ms.to_string()),
-        ];
+        let lines = KEYS.iter().map(|key| (key.name, (key.show)(self)));
         let mut out = format!(
             "# redis deployment: {}\n[channel]\n",
             self.redis_deployment().describe()
@@ -1319,8 +1487,11 @@ mod tests {
                 "redis_url" => "redis://x",
                 "redis_sentinels" | "redis_cluster" => "redis://h:7000",
                 "redis_sentinel_master" => "mymaster",
-
-                "jwt_secret" | "admin_key" => "0123456789abcdef0",
+                "jwt_secret" | "admin_key" | "mint_key" => "0123456789abcdef0",
+                "allowed_origins" => "https://x.example.com",
+                "allow_missing_origin" => "false",
+                "token_mint" => "off",
+                "mint_open_topics" => "public:*",
                 "id_length" | "shards" => "100",
                 "presence_enabled" => "false",
                 "shard_inbox_bytes" => "1048576",
@@ -1386,6 +1557,38 @@ mod tests {
         // The description is itself a valid configuration file.
         let round: toml::Table = text.parse().expect("describe is TOML");
         assert!(round.contains_key("channel"));
+    }
+
+    #[test]
+    fn every_key_is_described_once_and_reads_back_as_itself() {
+        // Not the defaults, so that a key whose `show` printed another key's value (or the
+        // default) would read back differently.
+        let text = "[channel]\nport = 4000\nid_length = 9\nshards = 3\nidle_timeout_secs = 61\n\
+                    presence_batch_ms = 7\nallowed_origins = [\"https://a.example\"]\n\
+                    slow_consumer_lag_ms = 1234\npresence_enabled = false\n";
+        let c = load(text).expect("a valid configuration");
+        let described = c.describe();
+        for key in KEYS {
+            let lines = described
+                .lines()
+                .filter(|l| {
+                    l.trim_start_matches("# ")
+                        .split(" = ")
+                        .next()
+                        .is_some_and(|name| name == key.name)
+                })
+                .count();
+            assert_eq!(lines, 1, "`{}` in:\n{described}", key.name);
+        }
+        for set in text.lines().skip(1) {
+            let found = described
+                .lines()
+                .any(|l| l.split("  #").next() == Some(set));
+            assert!(found, "`{set}` in:\n{described}");
+        }
+        let again = load(&described).expect("describe reads back");
+        assert_eq!(again.limits, c.limits);
+        assert_eq!(again.describe(), described);
     }
 
     #[test]
@@ -1554,6 +1757,121 @@ mod tests {
         assert!(!s.matches(b"abcdefg"));
         assert!(!s.matches(b""));
         assert!(!Secret::new("").matches(b"x"));
+    }
+
+    #[test]
+    fn access_controls_default_to_open() {
+        let c = Config::default();
+        assert_eq!(c.allowed_origins.len(), 1);
+        assert!(c.allowed_origins[0].is_any());
+        assert!(c.allow_missing_origin);
+        assert_eq!(c.token_mint, TokenMint::Open);
+        assert!(c.mint_key.is_none() && c.mint_open_topics.is_empty());
+        let tangram = load(TANGRAM).expect("Tangram file");
+        assert_eq!(tangram.token_mint, TokenMint::Open);
+        assert!(tangram.allowed_origins[0].is_any());
+    }
+
+    #[test]
+    fn access_controls_load_from_file_and_env() {
+        let c = load(
+            "[channel]\nallowed_origins = [\"https://app.example.com\", \"*.example.org\"]\n\
+             allow_missing_origin = false\ntoken_mint = \"key\"\n\
+             mint_key = \"mint-key-0123456789\"\nmint_open_topics = [\"system\", \"public:*\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(c.allowed_origins[1].matches("https://a.example.org"));
+        assert!(!c.allow_missing_origin);
+        assert_eq!(c.token_mint, TokenMint::Key);
+        assert!(c.mint_open_topics[1].matches("public:news"));
+        let text = c.describe();
+        assert!(
+            text.contains("allowed_origins = [\"https://app.example.com\", \"*.example.org\"]"),
+            "{text}"
+        );
+        assert!(text.contains("mint_key = \"<redacted>\""), "{text}");
+        assert!(!text.contains("mint-key-0123456789"), "{text}");
+        assert!(!format!("{c:?}").contains("mint-key-0123456789"));
+
+        let env: HashMap<&str, &str> = [
+            (
+                "CHANNEL_ALLOWED_ORIGINS",
+                " https://a.example.com , *.b.example.com",
+            ),
+            ("CHANNEL_TOKEN_MINT", "off"),
+        ]
+        .into_iter()
+        .collect();
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let c = Config::load(None, &lookup, &Overrides::default()).expect("valid");
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(c.allowed_origins[1].matches("https://x.b.example.com"));
+        assert_eq!(c.token_mint, TokenMint::Off);
+    }
+
+    #[test]
+    fn bad_access_values_name_their_key() {
+        for (text, key) in [
+            (
+                "allowed_origins = \"https://a.example.com\"",
+                "allowed_origins",
+            ),
+            ("allowed_origins = [\"https://a.*.com\"]", "allowed_origins"),
+            ("allowed_origins = [5]", "allowed_origins"),
+            ("token_mint = \"closed\"", "token_mint"),
+            ("mint_open_topics = [\"a*b\"]", "mint_open_topics"),
+        ] {
+            let err = load(&format!("[channel]\n{text}\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+        let err = load("[channel]\nmint_key = \"short\"\n")
+            .expect_err("short key")
+            .to_string();
+        assert!(
+            err.contains("`mint_key`") && !err.contains("short\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_mode_without_mint_key_is_refused() {
+        let err = load("[channel]\ntoken_mint = \"key\"\n")
+            .expect_err("no mint_key")
+            .to_string();
+        assert!(err.contains("mint_key"), "{err}");
+    }
+
+    #[test]
+    fn open_access_is_warned_about_only_off_loopback() {
+        let open_on = |host: &str| Config {
+            host: host.to_string(),
+            ..Config::default()
+        };
+        for host in ["0.0.0.0", "::", "192.0.2.7", "channel.example.com"] {
+            let warning = open_access_warning_of(&open_on(host));
+            assert!(warning.contains("token_mint"), "{host}: {warning}");
+        }
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"] {
+            assert_eq!(open_on(host).open_access_warning(), None, "{host}");
+        }
+        let origins_closed = Config {
+            allowed_origins: vec![OriginPattern::parse("https://a.example.com").expect("valid")],
+            ..open_on("0.0.0.0")
+        };
+        assert_eq!(origins_closed.open_access_warning(), None);
+        let mint_off = Config {
+            token_mint: TokenMint::Off,
+            ..open_on("0.0.0.0")
+        };
+        assert_eq!(mint_off.open_access_warning(), None);
+    }
+
+    fn open_access_warning_of(c: &Config) -> String {
+        c.open_access_warning()
+            .unwrap_or_else(|| panic!("{} must be warned about", c.host))
     }
 
     #[test]

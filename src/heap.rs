@@ -68,6 +68,19 @@ pub fn option_isize(name: &CStr) -> Option<isize> {
     unsafe { read_ctl::<isize>(name) }
 }
 
+/// Bytes the calling thread has allocated since it started (jemalloc's `thread.allocated`):
+/// what a test reads to see what a piece of code allocates.
+pub fn thread_allocated_bytes() -> Option<u64> {
+    // SAFETY: `thread.allocated` is a `uint64_t`.
+    unsafe { read_ctl::<u64>(c"thread.allocated") }
+}
+
+/// Bytes the calling thread has freed since it started (jemalloc's `thread.deallocated`).
+pub fn thread_deallocated_bytes() -> Option<u64> {
+    // SAFETY: `thread.deallocated` is a `uint64_t`.
+    unsafe { read_ctl::<u64>(c"thread.deallocated") }
+}
+
 /// Reads a jemalloc control; None if jemalloc does not know it or its size is not `T`'s.
 ///
 /// # Safety

@@ -8,25 +8,29 @@
 //! - `admin`, `system`: the predefined channels' features (pure functions and their tickers).
 //! - [`broker`]   everything that talks to Redis: subscriber, publisher, presence store, admin
 //!   queries, reconnects.
-//! - `presence`   the presence model and this process's copy of it (no Redis, no shard).
+//! - [`presence`] the presence model and this process's copy of it (no Redis, no shard).
 //! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
 //! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
-//!   [`config`], `metrics`, [`heap`] (the allocator).
+//!   [`access`] (who may connect and who may mint),
+//!   [`config`], `metrics`, [`heap`] (the allocator), `bounded_queue` (the queues between
+//!   threads whose memory grows with use).
 //!
 //! Only what the binary, the integration tests, the benches and the fuzz targets use is `pub`;
 //! everything else is `pub(crate)`, so that rustc reports code nothing uses.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub(crate) mod admin;
 pub mod auth;
+pub(crate) mod bounded_queue;
 pub mod broker;
 pub mod config;
 pub mod heap;
 pub mod http;
 pub(crate) mod inbox;
 pub(crate) mod metrics;
-pub(crate) mod presence;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -142,6 +142,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.jwt_secret = Some(random_secret());
     }
+    if let Some(warning) = config.open_access_warning() {
+        warn!("{warning}");
+    }
     info!(
         listen = %config.listen_addr(),
         shards = config.effective_shards(),
@@ -188,6 +191,9 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             "channel: warning: no jwt_secret: `serve` would generate a random one and tokens \
              would not survive a restart"
         );
+    }
+    if let Some(warning) = config.open_access_warning() {
+        eprintln!("channel: warning: {warning}");
     }
     Ok(())
 }

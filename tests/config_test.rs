@@ -200,6 +200,58 @@ fn token_without_secret_fails_with_advice() {
 }
 
 #[test]
+fn check_config_warns_when_listening_beyond_loopback_with_access_open() {
+    // Tangram's example listens on 0.0.0.0 and sets neither control.
+    let out = channel(&["check-config", "--config", TANGRAM]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning") && err.contains("allowed_origins") && err.contains("token_mint"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("token_mint = \"open\"").count(),
+        1,
+        "one warning: {err}"
+    );
+    let text = stdout(&out);
+    assert!(text.contains("allowed_origins = [\"*\"]"), "{text}");
+    assert!(text.contains("token_mint = \"open\""), "{text}");
+
+    // Either control closed: no warning.
+    for closed in [
+        "allowed_origins = [\"https://app.example.com\"]",
+        "token_mint = \"off\"",
+    ] {
+        let file = TempFile::new(
+            "closed",
+            &format!("[channel]\nhost = \"0.0.0.0\"\njwt_secret = \"s\"\n{closed}\n"),
+        );
+        let out = channel(&["check-config", "--config", file.path()]);
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("token_mint"),
+            "{closed}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn check_config_masks_the_mint_key() {
+    let file = TempFile::new(
+        "mintkey",
+        "[channel]\njwt_secret = \"s\"\ntoken_mint = \"key\"\nmint_key = \"mint-key-0123456789abcdef\"\n",
+    );
+    let out = channel(&["check-config", "--config", file.path()]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("mint_key = \"<redacted>\""), "{text}");
+    assert!(!text.contains("mint-key-0123456789abcdef"), "{text}");
+    assert!(!stderr(&out).contains("mint-key-0123456789abcdef"));
+}
+
+#[test]
 fn check_config_prints_the_redis_deployment_mode() {
     let out = channel(&["check-config", "--config", TANGRAM]);
     assert!(

@@ -27,6 +27,7 @@ const SERIES: &[&str] = &[
     "channel_joined_channels",
     "channel_joins_total",
     "channel_join_refusals_total",
+    "channel_origin_refusals_total",
     "channel_messages_received_total",
     "channel_received_bytes_total",
     "channel_pushes_published_total",

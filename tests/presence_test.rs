@@ -1,6 +1,7 @@
 //! Presence across shards and processes (docs/presence.md, issue 4): `presence_state` after
 //! every join, `presence_diff` to every member everywhere, one key with several metas, and
-//! the members of a killed process leaving within the TTL.
+//! the members of a killed process leaving within the TTL (issue 11: within 10 s by default,
+//! worst case).
 
 mod common;
 
@@ -213,6 +214,132 @@ fn killed_process_members_leave_within_the_ttl() {
     let (_late, state) = join(&a, "gina", "1");
     assert!(state.get("bob").is_none(), "no ghost: {state}");
     assert!(state.get("alice").is_some());
+}
+
+/// The default `presence_ttl_secs` (issue 11: a killed process's members leave within 10 s).
+const DEFAULT_TTL: Duration = Duration::from_secs(6);
+/// Issue 11's bound for a killed process's members to leave, worst case.
+const DEAD_MEMBERS_GONE: Duration = Duration::from_secs(10);
+
+/// The presence node (process identity) of a member, from its meta's `phx_ref`
+/// (`<node>.<shard>.<conn>.<n>`).
+fn node_of(metas: &Value) -> String {
+    let phx_ref = metas["metas"][0]["phx_ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a meta has a phx_ref: {metas}"));
+    phx_ref.split('.').next().unwrap_or_default().to_owned()
+}
+
+/// Whether a `MONITOR` line is the liveness refresh of `node`: the upkeep script's `ZADD` of
+/// its score (a positive one: a clean stop writes 0).
+fn is_refresh_of(line: &str, node: &str) -> bool {
+    line.contains(r#""ZADD" "presence:nodes""#)
+        && line.ends_with(&format!(r#""{node}""#))
+        && !line.contains(r#""presence:nodes" "0""#)
+}
+
+#[test]
+fn killed_right_after_its_refresh_its_members_leave_within_10_s_by_default() {
+    // The worst moment to die: right after the liveness refresh, so that the score lasts a
+    // whole TTL. Default configuration on both processes.
+    let redis = RedisServer::start();
+    let a = ChannelServer::start(&redis, ServerOptions::default());
+    let mut b = ChannelServer::start(&redis, ServerOptions::default());
+    let (mut alice, _) = join(&a, "alice", "1");
+    let (_bob, _) = join(&b, "bob", "1");
+    let joined = diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
+    let b_node = node_of(&joined["joins"]["bob"]);
+    let mut monitor = redis.monitor();
+    let (refresh, refreshed_at) =
+        monitor.next_where(DEFAULT_TTL, |line| is_refresh_of(line, &b_node));
+    let killed_at = Instant::now();
+    b.kill();
+    drop(monitor);
+    let diff = diff_where(
+        &mut alice,
+        DEAD_MEMBERS_GONE + Duration::from_secs(5),
+        |d| d["leaves"].get("bob").is_some(),
+    );
+    let took = killed_at.elapsed();
+    let since_refresh = refreshed_at.elapsed();
+    eprintln!(
+        "bob's leave reached alice {took:?} after the kill, {since_refresh:?} after B's refresh \
+         ({:?} from the refresh to the kill; refresh: {refresh})",
+        killed_at - refreshed_at
+    );
+    assert_eq!(
+        diff["leaves"]["bob"]["metas"].as_array().map(Vec::len),
+        Some(1),
+        "{diff}"
+    );
+    assert!(
+        took <= DEAD_MEMBERS_GONE,
+        "a killed process's member left {took:?} after the kill (bound {DEAD_MEMBERS_GONE:?})"
+    );
+    // The survivor reaps at the moment the score passes (its upkeep said when), not at its
+    // next refresh, which may be a refresh period (2 s) later: whatever the phase of the two
+    // processes' refreshes, the member leaves about a TTL after the kill.
+    assert!(
+        took <= DEFAULT_TTL + Duration::from_millis(1500),
+        "the member left {took:?} after the kill: later than the TTL ({DEFAULT_TTL:?}) allows"
+    );
+    // The kill did come right after a refresh (this is the worst case, not a lucky one): the
+    // member cannot leave before its score, written by that refresh, has lasted the TTL.
+    assert!(
+        since_refresh + Duration::from_millis(100) >= DEFAULT_TTL,
+        "the leave came {since_refresh:?} after the refresh, before the TTL: not the case tested"
+    );
+    // Gone from Redis and from the state of a newcomer on the surviving process.
+    let mut conn = redis.connection();
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("presence:nodes")
+        .arg(&b_node)
+        .query(&mut conn)
+        .expect("ZSCORE on the test Redis");
+    assert_eq!(score, None, "the dead process is forgotten");
+    let (_late, state) = join(&a, "gina", "1");
+    assert!(state.get("bob").is_none(), "no ghost: {state}");
+    assert!(state.get("alice").is_some(), "{state}");
+}
+
+#[test]
+fn a_live_process_taken_for_dead_registers_its_members_again() {
+    // Another process reaped B while B lived (B could not refresh for a TTL, say its Redis
+    // stalled): B's next refresh finds B unlisted and registers its members again.
+    let redis = RedisServer::start();
+    let a = ChannelServer::start(&redis, ServerOptions::default());
+    let b = ChannelServer::start(&redis, ServerOptions::default());
+    let (mut alice, _) = join(&a, "alice", "1");
+    let (mut bob, _) = join(&b, "bob", "1");
+    let joined = diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
+    let b_node = node_of(&joined["joins"]["bob"]);
+    // What a survivor's reaper does to a process whose score passed: the upkeep script, run
+    // for B as a clean stop would (score 0, then reaped), atomically.
+    let mut conn = redis.connection();
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg(channel::presence::scripts::UPKEEP)
+        .arg(0)
+        .arg(&b_node)
+        .arg("stop")
+        .query(&mut conn)
+        .expect("the upkeep script runs");
+    diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["leaves"].get("bob").is_some()
+    });
+    // B's next refresh (every TTL / 3) brings bob back: a join diff, and a fresh state for bob.
+    diff_where(&mut alice, DEFAULT_TTL, |d| d["joins"].get("bob").is_some());
+    let state = next_event(&mut bob, "presence_state");
+    assert_eq!(metas(&state[4], "bob").len(), 1, "{state}");
+    let (_late, state) = join(&a, "gina", "1");
+    assert_eq!(
+        metas(&state, "bob").len(),
+        1,
+        "bob is listed again: {state}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `loadtest`: drives any server of the Phoenix Channels + Redis surface (`channel`, Tangram) with
 //! the scenarios of `loadtest/scenarios/`, and compares the summaries it writes.
 
+mod burst;
 mod ceiling;
 mod client;
 mod conn;
@@ -13,6 +14,8 @@ mod slow;
 mod soak;
 mod stamp;
 mod stats;
+mod step_search;
+mod timeline;
 mod token;
 mod ws;
 
@@ -144,6 +147,17 @@ fn main() -> Result<()> {
                 slow_clients,
                 no_step,
             });
+            if sc.kind == scenario::Kind::Burst {
+                let summary = burst::run(burst::BurstArgs {
+                    scenario: sc,
+                    url,
+                    redis,
+                    out,
+                    server_pid,
+                })?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             if sc.kind == scenario::Kind::Soak {
                 // One process, one load thread: a soak is about time, not throughput.
                 let summary = soak::run(soak::SoakArgs {

@@ -66,6 +66,13 @@ pub struct Window {
     pub redis_cpu_us_per_delivery: Option<f64>,
     /// Whether this window met the step thresholds (always true without stepping when nothing was lost).
     pub sustainable: bool,
+    /// 1, or 2 when this window measured again a step whose first window failed (see `step_retries`).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Everything a run measured. Absent figures are `null`.
@@ -90,6 +97,10 @@ pub struct Summary {
     /// Stepped runs: every step, and the highest rate that met the thresholds.
     pub steps: Vec<Window>,
     pub highest_sustainable_rate: Option<f64>,
+    /// Stepped runs: the steps whose first window failed and that were measured once more before
+    /// the walk would stop, with the second window's outcome (both windows are in `steps`).
+    #[serde(default)]
+    pub step_retries: Vec<crate::step_search::StepRetry>,
     /// Idle: the server's RSS before connecting and with every client joined (the higher of
     /// the samples after the settle and at the end of the hold).
     pub server_rss_before_bytes: Option<u64>,

@@ -10,6 +10,7 @@ use crate::scenario::{Kind, Scenario};
 use crate::slow::SlowGroup;
 use crate::stamp::now_us;
 use crate::stats::{self, process_cpu_us, process_rss_bytes, ThreadStats};
+use crate::step_search::{StepSearch, Verdict};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -414,6 +415,7 @@ impl Coordinator {
             redis_cpu_percent: pct(p0.redis_cpu, p1.redis_cpu),
             redis_cpu_us_per_delivery: per(p0.redis_cpu, p1.redis_cpu),
             sustainable,
+            attempt: 1,
         };
         eprintln!(
             "window rate={rate}/s: sent={} expected={} delivered={} lost={} ({:.0} deliveries/s) p50={:.2}ms p99={:.2}ms max={:.2}ms srv_cpu/deliv={} load_cpu/deliv={} {}",
@@ -602,6 +604,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 plot.push(("join latency".into(), join_hist.clone()));
             }
             Kind::Soak => bail!("soak scenarios are run by soak::run"),
+            Kind::Burst => bail!("burst scenarios are run by burst::run"),
             Kind::Idle => {
                 let settle_until = now_us() + (sc.settle * 1e6) as u64;
                 co.wait_until(settle_until, "settle");
@@ -628,31 +631,47 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 plot.push(("join latency".into(), join_hist.clone()));
             }
             Kind::Fanout | Kind::Topics | Kind::Upstream => {
-                let steps: Vec<(f64, f64)> = match &sc.step {
-                    Some(st) => st
-                        .rate_list()
-                        .into_iter()
-                        .map(|r| (r, st.duration))
-                        .collect(),
-                    None => vec![(sc.rate, sc.duration)],
+                // Without [step]: one window, never retried.
+                let (mut search, dur) = match &sc.step {
+                    Some(st) => (
+                        StepSearch::new(st.rate_list(), st.stop_on_failure),
+                        st.duration,
+                    ),
+                    None => (StepSearch::new(vec![sc.rate], false), sc.duration),
                 };
                 let mut best: Option<(usize, Histogram<u64>)> = None;
                 let mut first_hist = None;
-                for (rate, dur) in steps {
-                    let (w, h) = co.window(rate, dur)?;
+                while let Some((rate, attempt)) = search.next() {
+                    let (mut w, h) = co.window(rate, dur)?;
+                    w.attempt = attempt;
                     let ok = w.sustainable;
                     if first_hist.is_none() {
                         first_hist = Some(h.clone());
                     }
                     plot.push((
-                        format!("{rate}/s{}", if ok { "" } else { " (not sustained)" }),
+                        format!(
+                            "{rate}/s{}{}",
+                            if attempt > 1 { " retry" } else { "" },
+                            if ok { "" } else { " (not sustained)" }
+                        ),
                         h.clone(),
                     ));
                     summary.steps.push(w);
                     if ok {
                         best = Some((summary.steps.len() - 1, h));
-                    } else if sc.step.as_ref().is_some_and(|s| s.stop_on_failure) {
-                        break;
+                    }
+                    match search.record(ok) {
+                        Verdict::Retry => eprintln!(
+                            "step {rate}/s not sustained: measuring it once more before stopping"
+                        ),
+                        Verdict::Sustained if attempt > 1 => {
+                            eprintln!("step {rate}/s sustained on retry: going on")
+                        }
+                        Verdict::Stop => {
+                            eprintln!("step {rate}/s not sustained twice: stopping");
+                            break;
+                        }
+                        Verdict::Sustained | Verdict::NotSustained => {}
                     }
                     let t = co.fleet.totals();
                     if t.joined == t.dropped {
@@ -673,6 +692,15 @@ pub fn run(args: RunArgs) -> Result<Summary> {
                 }
                 if sc.step.is_none() {
                     summary.steps.clear();
+                } else {
+                    eprintln!(
+                        "step search: highest sustainable rate {}; {}",
+                        summary
+                            .highest_sustainable_rate
+                            .map_or("none".into(), |r| format!("{r}/s")),
+                        search.describe_retries()
+                    );
+                    summary.step_retries = search.retries().to_vec();
                 }
             }
         }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The six kinds of load the tool knows.
+/// The seven kinds of load the tool knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -23,6 +23,8 @@ pub enum Kind {
     Idle,
     /// Churn, fan-out, pushes, slow clients and Redis restarts for `duration` (see `soak.rs`).
     Soak,
+    /// Pipelined bursts to one topic with reading clients and a few non-readers (`burst.rs`).
+    Burst,
 }
 
 impl Kind {
@@ -142,6 +144,9 @@ pub struct Scenario {
     /// Soak settings (kind = "soak" only).
     #[serde(default)]
     pub soak: Option<crate::soak::SoakParams>,
+    /// Burst settings (kind = "burst" only).
+    #[serde(default)]
+    pub burst: Option<crate::burst::BurstParams>,
 }
 
 fn d_clients() -> usize {
@@ -335,6 +340,9 @@ impl Scenario {
         }
         if self.soak.is_some() && self.kind != Kind::Soak {
             bail!("[soak] applies to kind = \"soak\" only");
+        }
+        if self.burst.is_some() && self.kind != Kind::Burst {
+            bail!("[burst] applies to kind = \"burst\" only");
         }
         if let Some(step) = &self.step {
             if !needs_rate {

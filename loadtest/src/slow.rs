@@ -49,7 +49,12 @@ pub async fn join(
     seed: u64,
     join_timeout: Duration,
 ) -> Result<Ws> {
-    let mut conn = Ws::open(addr, host, ws_path, seed, true).await?;
+    let conn = Ws::open(addr, host, ws_path, seed, true).await?;
+    join_on(conn, topic, token, join_timeout).await
+}
+
+/// Joins `topic` with `token` on an open socket and waits up to `join_timeout` for the `ok`.
+pub async fn join_on(mut conn: Ws, topic: &str, token: &str, join_timeout: Duration) -> Result<Ws> {
     let join =
         serde_json::to_string(&serde_json::json!(["1", "1", topic, "phx_join", {"token": token}]))?;
     conn.send(ws::OP_TEXT, join.as_bytes()).await?;

@@ -352,6 +352,9 @@ pub struct DownTally {
     pub missing_near_restart: u64,
     /// Missing elsewhere: at-most-once allows it only around restarts, so this should be 0.
     pub missing_elsewhere: u64,
+    /// For each of the first 20 missing elsewhere: ms from its publish to the end of the join
+    /// that missed it (small values point at delivery late past a leave, not at a loss).
+    pub missing_elsewhere_before_leave_ms: Vec<f64>,
     /// Received stamps that are not among the confirmed publishes (reply lost in a restart).
     pub delivered_unconfirmed: u64,
     pub duplicates: u64,
@@ -395,6 +398,10 @@ pub fn downstream_tally(
                     t.missing_near_restart += 1;
                 } else {
                     t.missing_elsewhere += 1;
+                    if t.missing_elsewhere_before_leave_ms.len() < 20 {
+                        let ms = s.to_us.saturating_sub(p) as f64 / 1e3;
+                        t.missing_elsewhere_before_leave_ms.push(ms);
+                    }
                 }
             }
         }
@@ -1416,6 +1423,17 @@ pub fn run(args: SoakArgs) -> Result<serde_json::Value> {
         args.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
+    if !rss.is_empty() {
+        let title = format!("server RSS during the soak ({} s)", sh.sc.duration);
+        std::fs::write(
+            args.out.join("rss.svg"),
+            crate::timeline::svg(&title, "RSS (MiB)", &rss),
+        )?;
+        std::fs::write(
+            args.out.join("rss.csv"),
+            crate::timeline::csv("rss_mib", &rss),
+        )?;
+    }
     if pushes.lost_acked > 0 {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         bail!(

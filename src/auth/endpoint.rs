@@ -1,11 +1,13 @@
-//! `POST /token` as a pure function from the request to the response (docs/protocol.md, "Tokens").
+//! `POST /token` as a pure function from the request to the response (docs/protocol.md,
+//! "Tokens"), with who may mint what (`token_mint`, `mint_key`, `mint_open_topics`, `admin_key`).
 //! The caller reads at most `max_token_body_bytes` of body (413 beyond, see
 //! [`crate::http::payload_too_large`]) and writes what this returns.
 
 use serde::{Deserialize, Serialize};
 
 use super::{random_id, TokenAuthority, ADMIN_CHANNEL};
-use crate::config::Secret;
+use crate::access::TokenMint;
+use crate::config::Config;
 use crate::http::{error_response, HttpResponse};
 
 /// Longest topic a token may name: binary frames carry the topic with a one-byte length.
@@ -43,21 +45,31 @@ fn bearer(authorization: Option<&str>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
-/// Answers `POST /token`: mints a token for `{"channel", "id"?}`.
+/// Answers `POST /token`: mints a token for `{"channel", "id"?}`, by `config`'s rules.
 ///
+/// - 403 for everything when `token_mint = "off"`, saying so;
 /// - 400 for a body that is not a JSON object, a missing/empty/non-string channel, or a bad id;
 /// - 403 for the `admin` channel unless `authorization` is `Bearer <admin_key>` (compared in
-///   constant time); with no admin key configured, admin tokens are never minted over HTTP;
+///   constant time), whatever `token_mint` says; with no admin key configured, admin tokens
+///   are never minted over HTTP;
+/// - with `token_mint = "key"`, 401 for any other channel that matches no `mint_open_topics`
+///   unless `authorization` is `Bearer <mint_key>`;
 /// - 200 `{"id","channel","token"}` otherwise.
 ///
 /// Every answer carries the CORS headers, so browsers on another origin can read it.
 pub fn handle_token_request(
     authority: &TokenAuthority,
-    admin_key: Option<&Secret>,
+    config: &Config,
     authorization: Option<&str>,
     body: &[u8],
-    id_length: usize,
 ) -> HttpResponse {
+    if config.token_mint == TokenMint::Off {
+        return error(
+            403,
+            "token minting is off on this server (token_mint = \"off\"): tokens come from the \
+             application's backend or `channel token`",
+        );
+    }
     let request: TokenRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return error(400, &format!("{BODY_SHAPE}: {e}")),
@@ -70,26 +82,42 @@ pub fn handle_token_request(
         _ => return error(400, "missing or empty \"channel\""),
     };
     let id = match request.id {
-        None => random_id(id_length),
+        None => random_id(config.id_length),
         Some(id) if id.is_empty() => return error(400, "\"id\" must not be empty when given"),
         Some(id) if id.len() > MAX_ID_LEN => {
             return error(400, &format!("\"id\" longer than {MAX_ID_LEN} bytes"))
         }
         Some(id) => id,
     };
+    let presented = bearer(authorization).unwrap_or("");
     if channel == ADMIN_CHANNEL {
-        let Some(admin_key) = admin_key else {
+        let Some(admin_key) = &config.admin_key else {
             return error(
                 403,
                 "admin tokens are not minted over HTTP on this server (no admin_key configured)",
             );
         };
-        let presented = bearer(authorization).unwrap_or("");
         if !admin_key.matches(presented.as_bytes()) {
             return error(
                 403,
                 "admin tokens require `Authorization: Bearer <admin_key>`",
             );
+        }
+    } else if config.token_mint == TokenMint::Key
+        && !config.mint_open_topics.iter().any(|p| p.matches(&channel))
+    {
+        // Config refuses `key` without a mint key; a missing one here matches nothing.
+        let allowed = config
+            .mint_key
+            .as_ref()
+            .is_some_and(|key| key.matches(presented.as_bytes()));
+        if !allowed {
+            return error(
+                401,
+                "minting a token for this channel requires `Authorization: Bearer <mint_key>` \
+                 (token_mint = \"key\")",
+            )
+            .with_header("WWW-Authenticate", "Bearer");
         }
     }
     match authority.mint(&channel, &id) {
@@ -107,6 +135,7 @@ pub fn handle_token_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     const ADMIN_KEY: &str = "0123456789abcdef-admin";
 
@@ -115,14 +144,108 @@ mod tests {
     }
 
     fn call(admin_key: Option<&str>, authorization: Option<&str>, body: &str) -> HttpResponse {
-        let key = admin_key.map(Secret::new);
-        handle_token_request(
-            &authority(),
-            key.as_ref(),
-            authorization,
-            body.as_bytes(),
-            8,
-        )
+        let config = Config {
+            admin_key: admin_key.map(Secret::new),
+            ..Config::default()
+        };
+        handle_token_request(&authority(), &config, authorization, body.as_bytes())
+    }
+
+    const MINT_KEY: &str = "0123456789abcdef-mint";
+
+    /// `token_mint = "key"` with [`MINT_KEY`], [`ADMIN_KEY`] and `system`, `public:*` open.
+    fn key_mode() -> Config {
+        Config {
+            token_mint: TokenMint::Key,
+            mint_key: Some(Secret::new(MINT_KEY)),
+            admin_key: Some(Secret::new(ADMIN_KEY)),
+            mint_open_topics: ["system", "public:*"]
+                .iter()
+                .map(|p| crate::access::TopicPattern::parse(p).expect("valid pattern"))
+                .collect(),
+            ..Config::default()
+        }
+    }
+
+    fn call_with(config: &Config, authorization: Option<&str>, body: &str) -> HttpResponse {
+        handle_token_request(&authority(), config, authorization, body.as_bytes())
+    }
+
+    #[test]
+    fn key_mode_needs_the_mint_key_outside_open_topics() {
+        let c = key_mode();
+        let body = r#"{"channel":"room:1","id":"alice"}"#;
+        for auth in [None, Some("Bearer wrong-key-0123456789"), Some(MINT_KEY)] {
+            let r = call_with(&c, auth, body);
+            assert_eq!(r.status, 401, "{auth:?}");
+            assert!(r.has_header("WWW-Authenticate"));
+            assert!(String::from_utf8_lossy(&r.body).contains("mint_key"));
+        }
+        let ok = call_with(&c, Some(&format!("Bearer {MINT_KEY}")), body);
+        assert_eq!(ok_body(&ok).channel, "room:1");
+        // The admin key is not a mint key: each key does one thing.
+        assert_eq!(
+            call_with(&c, Some(&format!("Bearer {ADMIN_KEY}")), body).status,
+            401
+        );
+    }
+
+    #[test]
+    fn key_mode_mints_open_topics_for_anyone() {
+        let c = key_mode();
+        for channel in ["system", "public:news", "public:"] {
+            let r = call_with(&c, None, &format!(r#"{{"channel":"{channel}"}}"#));
+            assert_eq!(ok_body(&r).channel, channel);
+        }
+        for channel in ["systems", "public", "room:public:x"] {
+            let r = call_with(&c, None, &format!(r#"{{"channel":"{channel}"}}"#));
+            assert_eq!(r.status, 401, "{channel}");
+        }
+    }
+
+    #[test]
+    fn admin_keeps_its_own_key_in_key_mode() {
+        let mut c = key_mode();
+        c.mint_open_topics = vec![crate::access::TopicPattern::parse("*").expect("valid")];
+        let body = r#"{"channel":"admin"}"#;
+        assert_eq!(
+            call_with(&c, None, body).status,
+            403,
+            "`*` never opens admin"
+        );
+        assert_eq!(
+            call_with(&c, Some(&format!("Bearer {MINT_KEY}")), body).status,
+            403,
+            "the mint key does not open admin"
+        );
+        let ok = call_with(&c, Some(&format!("Bearer {ADMIN_KEY}")), body);
+        assert_eq!(ok_body(&ok).channel, "admin");
+    }
+
+    #[test]
+    fn off_mode_mints_nothing_and_says_so() {
+        let c = Config {
+            token_mint: TokenMint::Off,
+            ..key_mode()
+        };
+        for (auth, body) in [
+            (None, r#"{"channel":"system"}"#),
+            (
+                Some(format!("Bearer {MINT_KEY}")),
+                r#"{"channel":"room:1"}"#,
+            ),
+            (
+                Some(format!("Bearer {ADMIN_KEY}")),
+                r#"{"channel":"admin"}"#,
+            ),
+            (None, "not even json"),
+        ] {
+            let r = call_with(&c, auth.as_deref(), body);
+            assert_eq!(r.status, 403, "{body}");
+            let text = String::from_utf8_lossy(&r.body);
+            assert!(text.contains("minting is off"), "{text}");
+            assert!(r.has_header("Access-Control-Allow-Origin"));
+        }
     }
 
     fn ok_body(r: &HttpResponse) -> TokenResponse {

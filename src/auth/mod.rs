@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::distributions::Alphanumeric;
-use rand::{Rng, RngCore};
+use rand::distr::Alphanumeric;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
@@ -27,21 +27,41 @@ use crate::config::Secret;
 /// The channel whose tokens only an operator may mint (docs/protocol.md, "Tokens" and "Presence and the built-in channels").
 pub const ADMIN_CHANNEL: &str = "admin";
 
-/// Clock skew tolerated on `exp`, in seconds: enough for two hosts with NTP, short enough that
+/// Clock skew tolerated on `exp` and `nbf`, in seconds: enough for two hosts with NTP, short enough that
 /// an expired token is dead for practical purposes.
 pub const EXP_LEEWAY_SECS: u64 = 5;
 
 /// What a token says. `id` is the client's identity (the presence key); `channel` is the only
 /// topic the token opens.
+///
+/// The time claims are typed here, not left to the JWT library: each must be a JSON integer
+/// from 0 to 2^64-1 where it appears, so a string, a float, a negative number or `null` makes
+/// the token malformed (refused `unauthorized`) instead of "absent" (CVE-2026-25537 was a
+/// library treating a mistyped `nbf`/`exp` as absent). docs/protocol.md "Tokens" has the rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub id: String,
     pub channel: String,
-    /// Issued at, Unix seconds. Tokens without it are accepted (it is informative).
-    #[serde(default)]
+    /// Issued at, Unix seconds. Required: every token we mint carries it, so a token without
+    /// it was not made by us or by `channel token`. Not compared with the clock (a backend
+    /// minting on a host whose clock runs ahead must not see its fresh tokens refused).
     pub iat: u64,
-    /// Expiry, Unix seconds. Required.
+    /// Expiry, Unix seconds. Required; checked with [`EXP_LEEWAY_SECS`] of leeway.
     pub exp: u64,
+    /// Not before, Unix seconds. Optional (we never mint it); when present it must be an
+    /// integer and the token is refused until then (with the same leeway).
+    #[serde(
+        default,
+        deserialize_with = "present_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nbf: Option<u64>,
+}
+
+/// An optional claim that, when present, must be an integer: `"nbf": null` is as malformed as
+/// `"nbf": "soon"` (serde's plain `Option` would read `null` as absent).
+fn present_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    u64::deserialize(d).map(Some)
 }
 
 /// Why a token was refused, for the logs. Clients only ever see "unauthorized".
@@ -53,6 +73,8 @@ pub enum Reason {
     BadSignature,
     /// `exp` is in the past (beyond [`EXP_LEEWAY_SECS`]).
     Expired,
+    /// `nbf` is in the future (beyond [`EXP_LEEWAY_SECS`]).
+    NotYetValid,
     /// A valid token for another channel.
     WrongChannel { claimed: String, topic: String },
 }
@@ -63,6 +85,7 @@ impl fmt::Display for Reason {
             Reason::Malformed(why) => write!(f, "malformed token: {why}"),
             Reason::BadSignature => f.write_str("bad signature"),
             Reason::Expired => f.write_str("token expired"),
+            Reason::NotYetValid => f.write_str("token not valid yet (nbf)"),
             Reason::WrongChannel { claimed, topic } => {
                 write!(f, "token is for channel {claimed:?}, not {topic:?}")
             }
@@ -114,7 +137,8 @@ impl TokenAuthority {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = EXP_LEEWAY_SECS;
         validation.validate_exp = true;
-        validation.validate_nbf = false;
+        // A present `nbf` is honoured; `Claims` makes a mistyped one malformed.
+        validation.validate_nbf = true;
         // Our tokens carry no audience; a foreign `aud` does not make a token we signed invalid.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
@@ -135,6 +159,7 @@ impl TokenAuthority {
             channel: channel.to_string(),
             iat,
             exp: iat.saturating_add(self.expiration_secs),
+            nbf: None,
         })
     }
 
@@ -153,6 +178,7 @@ impl TokenAuthority {
             .map_err(|e| {
                 AuthError::Unauthorized(match e.kind() {
                     ErrorKind::ExpiredSignature => Reason::Expired,
+                    ErrorKind::ImmatureSignature => Reason::NotYetValid,
                     ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                         Reason::BadSignature
                     }
@@ -177,7 +203,7 @@ impl TokenAuthority {
 
 /// A random alphanumeric string of `len` characters: client ids minted by `POST /token`.
 pub fn random_id(len: usize) -> String {
-    rand::thread_rng()
+    rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)
@@ -188,7 +214,8 @@ pub fn random_id(len: usize) -> String {
 /// with it die with the process.
 pub fn random_secret() -> Secret {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // The thread RNG is a CSPRNG (ChaCha12) seeded from the OS, and it cannot fail.
+    rand::rng().fill_bytes(&mut bytes);
     Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -238,6 +265,7 @@ mod tests {
                 channel: "c".into(),
                 iat: now - 100,
                 exp: now - EXP_LEEWAY_SECS - 2,
+                nbf: None,
             })
             .expect("mint");
         assert_eq!(
@@ -250,6 +278,7 @@ mod tests {
                 channel: "c".into(),
                 iat: now - 100,
                 exp: now - 1,
+                nbf: None,
             })
             .expect("mint");
         assert!(a.verify(&within_leeway).is_ok());
@@ -273,6 +302,7 @@ mod tests {
             channel: "c".into(),
             iat: now_secs(),
             exp: now_secs() + 60,
+            nbf: None,
         };
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -321,6 +351,117 @@ mod tests {
             a.verify(&token),
             Err(AuthError::Unauthorized(Reason::Malformed(_)))
         ));
+    }
+
+    /// Signs any JSON object as claims with the test secret: the signature is valid, so only
+    /// the claims decide.
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .expect("HS256 signing of a JSON object cannot fail")
+    }
+
+    /// Valid claims with `claim` replaced by `value`, or removed when `value` is `None`.
+    fn claims_with(claim: &str, value: Option<serde_json::Value>) -> serde_json::Value {
+        let now = now_secs();
+        let mut claims =
+            serde_json::json!({"id": "a", "channel": "c", "iat": now, "exp": now + 600});
+        let object = claims.as_object_mut().expect("a JSON object");
+        match value {
+            Some(v) => object.insert(claim.to_string(), v),
+            None => object.remove(claim),
+        };
+        claims
+    }
+
+    fn refused_as_malformed(token: &str) -> bool {
+        matches!(
+            authority().verify_for_channel(token, "c"),
+            Err(AuthError::Unauthorized(Reason::Malformed(_)))
+        )
+    }
+
+    #[test]
+    fn time_claims_of_the_wrong_type_are_refused() {
+        use serde_json::json;
+        for claim in ["exp", "nbf", "iat"] {
+            // A time that would pass as an integer (`exp` ahead, `nbf` behind), so that only
+            // the type can be the reason for the refusal.
+            let time = if claim == "nbf" {
+                now_secs() - 600
+            } else {
+                now_secs() + 600
+            };
+            let control = signed(claims_with(claim, Some(json!(time))));
+            assert!(
+                authority().verify_for_channel(&control, "c").is_ok(),
+                "{claim}"
+            );
+            for (what, value) in [
+                ("a string", json!(time.to_string())),
+                ("a word", json!("never")),
+                ("a float", json!(time as f64 + 0.5)),
+                ("an integral float", json!(time as f64)),
+                ("negative", json!(-1)),
+                ("null", json!(null)),
+                ("an object", json!({"secs": time})),
+                ("a boolean", json!(true)),
+            ] {
+                let token = signed(claims_with(claim, Some(value)));
+                assert!(
+                    refused_as_malformed(&token),
+                    "{claim} as {what}: {:?}",
+                    authority().verify_for_channel(&token, "c")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absent_exp_or_iat_is_refused_and_absent_nbf_is_accepted() {
+        for claim in ["exp", "iat"] {
+            let token = signed(claims_with(claim, None));
+            assert!(
+                matches!(authority().verify(&token), Err(AuthError::Unauthorized(_))),
+                "{claim} absent"
+            );
+        }
+        // We never mint `nbf`: its absence is the normal case.
+        let token = signed(claims_with("nbf", None));
+        assert!(authority().verify_for_channel(&token, "c").is_ok());
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_and_in_the_past_accepted() {
+        let now = now_secs();
+        let later = signed(claims_with(
+            "nbf",
+            Some(serde_json::json!(now + EXP_LEEWAY_SECS + 60)),
+        ));
+        assert_eq!(
+            authority().verify(&later),
+            Err(AuthError::Unauthorized(Reason::NotYetValid))
+        );
+        let earlier = signed(claims_with("nbf", Some(serde_json::json!(now - 60))));
+        let claims = authority().verify(&earlier).expect("nbf in the past");
+        assert_eq!(claims.nbf, Some(now - 60));
+    }
+
+    #[test]
+    fn minted_tokens_carry_iat_and_exp_and_no_nbf() {
+        let token = authority().mint("c", "a").expect("mint");
+        let payload = token.split('.').nth(1).expect("three parts");
+        let json: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64url"),
+        )
+        .expect("JSON claims");
+        assert!(json["iat"].is_u64() && json["exp"].is_u64(), "{json}");
+        assert!(json.get("nbf").is_none(), "{json}");
     }
 
     #[test]

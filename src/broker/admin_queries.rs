@@ -6,7 +6,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Value};
 
+use super::commands::UpstreamCommand;
+use super::publisher::RedisPublisher;
+use crate::inbox::ShardMessage;
 use crate::presence;
+use crate::protocol::Refusal;
 
 /// The Redis channel every process listens to for control messages (`disconnect <id>`).
 pub const CONTROL_CHANNEL: &str = "channel:control";
@@ -95,4 +99,39 @@ pub fn disconnect(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<
         .arg(format!("{DISCONNECT_PREFIX}{id}"))
         .query(conn)?;
     Ok(json!({ "id": id, "disconnected": sockets.len(), "processes": processes }))
+}
+
+impl RedisPublisher {
+    /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
+    pub(super) fn answer_admin(
+        &self,
+        conn: &mut redis::Connection,
+        command: UpstreamCommand,
+    ) -> redis::RedisResult<()> {
+        let UpstreamCommand::Admin { query, ticket } = command else {
+            return Ok(());
+        };
+        let result = match &query {
+            AdminQuery::Topics => topics(conn),
+            AdminQuery::Disconnect(id) => disconnect(conn, id),
+        };
+        let shard = ticket.shard;
+        match result {
+            Ok(value) => {
+                self.send(
+                    shard,
+                    ShardMessage::AdminAnswer {
+                        ticket,
+                        answer: Ok(value),
+                    },
+                );
+                Ok(())
+            }
+            Err(err) => {
+                let answer = Err(Refusal::BackendUnavailable.to_string());
+                self.send(shard, ShardMessage::AdminAnswer { ticket, answer });
+                Err(err)
+            }
+        }
+    }
 }

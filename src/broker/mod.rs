@@ -4,15 +4,20 @@
 //! the [`reader::RedisReader`] (`PSUBSCRIBE to:*`, decode once, hand to interested shards) and
 //! the [`publisher::RedisPublisher`] (pipelined upstream `PUBLISH`). Both reconnect with
 //! backoff and publish their state in [`status::RedisStatus`]. They share the process's
-//! presence copy ([`crate::presence::replica`]): the publisher seeds it, the reader keeps it
-//! current from the diffs, and whichever brings a join's version serves its state.
+//! presence copy ([`crate::presence::replica`]): the publisher seeds it (and gives it its
+//! timed care), the reader keeps it current from the diffs, and whichever brings a join's
+//! version serves its state. The publisher also keeps this process's presence liveness
+//! ([`liveness`]).
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
+mod commands;
 pub(crate) mod deployment;
 pub(crate) mod function;
 pub(crate) mod interest;
+pub(crate) mod liveness;
 pub mod naming;
+mod presence_store;
 pub(crate) mod publisher;
 pub(crate) mod reader;
 pub(crate) mod sentinel;
@@ -25,11 +30,13 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::bounded_queue::{self, QueueSender};
 use crate::config::RedisDeployment;
 use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
+pub(crate) use commands::{PublishRequest, UpstreamCommand};
 use deployment::{Connector, DeploymentError};
-use publisher::{RedisPublisher, UpstreamCommand};
+use publisher::RedisPublisher;
 use reader::{ReaderStats, RedisReader};
 use sentinel::MasterSwitches;
 use status::RedisStatus;
@@ -42,7 +49,7 @@ pub struct BrokerHandle {
     /// Reader counters.
     pub reader_stats: Arc<ReaderStats>,
     /// The bounded upstream queue (pushes and presence changes).
-    pub publish: Sender<UpstreamCommand>,
+    pub publish: QueueSender<UpstreamCommand>,
     /// Interest changes for the reader's and the sharded subscriber's routing tables.
     pub interest: InterestSenders,
 }
@@ -65,7 +72,7 @@ impl InterestSenders {
 pub struct BrokerCore {
     publisher: JoinHandle<()>,
     stop_publisher: Arc<AtomicBool>,
-    wake_publisher: Sender<UpstreamCommand>,
+    wake_publisher: QueueSender<UpstreamCommand>,
 }
 
 impl BrokerCore {
@@ -97,7 +104,8 @@ pub fn start(
     let publisher_connector = Connector::new(deployment, Arc::clone(&switches))?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
-    let (publish_tx, publish_rx) = crossbeam_channel::bounded(publish_capacity);
+    // Bounded in messages; its memory grows with use (an idle queue holds none).
+    let (publish_tx, publish_rx) = bounded_queue::bounded(publish_capacity);
     let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();
@@ -110,9 +118,17 @@ pub fn start(
         let (switched_tx, rx) = crossbeam_channel::bounded(1);
         switched_rx = rx;
         let wake = publish_tx.clone();
-        sentinel::spawn_switch_watcher(sentinels.clone(), master.clone(), switches, move || {
+        // The master's credentials are the first sentinel's (docs/configuration.md).
+        let credentials = sentinels
+            .first()
+            .map(|s| redis::IntoConnectionInfo::into_connection_info(s.as_str()))
+            .transpose()?
+            .map(|info| info.redis_settings().clone())
+            .unwrap_or_default();
+        let watch = (sentinels.clone(), master.clone(), credentials);
+        sentinel::spawn_switch_watcher(watch.0, watch.1, watch.2, switches, move || {
             // The publisher and the sharded subscriber may sleep until their next tick: they
-            // look at the switch now (the reader looks at every read tick).
+            // look at the switch now (the reader is woken by a note on the old master).
             let _ = wake.try_send(UpstreamCommand::Wake);
             let _ = switched_tx.try_send(());
         })
@@ -153,6 +169,7 @@ pub fn start(
         presence_ttl,
         failed_leaves: Default::default(),
         replica,
+        dropped_since_trim: Default::default(),
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -6,7 +6,8 @@
 //! It reconnects with backoff when Redis goes away, and pings when the subscription has been
 //! quiet for a while so that a connection that is open but dead is noticed and replaced.
 //! It never blocks on a shard: a full shard inbox drops that message for that shard and
-//! counts it.
+//! counts it. It never wakes on a timer of its own beyond that probe: an idle subscription
+//! costs one PING every [`PROBE_AFTER`] (the presence copy's timed care is the publisher's).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::admin_queries::{CONTROL_CHANNEL, DISCONNECT_PREFIX};
 use super::backoff::Backoff;
+use super::commands::UpstreamCommand;
 use super::interest::InterestTable;
 use super::naming::{split_downstream, DOWNSTREAM_PATTERN};
-use super::publisher::{lock, UpstreamCommand};
+use super::presence_store::lock;
 use super::status::RedisStatus;
 use crate::inbox::InterestChange;
 use crate::inbox::{ShardMessage, Shards};
@@ -27,14 +29,17 @@ use crate::presence;
 use crate::presence::replica::{PresenceReplica, Served};
 use crate::protocol::Broadcast;
 
-/// How long a read waits before the reader looks at interest changes and liveness.
-const READ_TICK: Duration = Duration::from_millis(250);
-/// A subscription silent for this long is probed with a PING.
-const PROBE_AFTER: Duration = Duration::from_secs(3);
-/// Presence copies holding this many members in all, dropped, are worth a heap trim.
-const TRIM_AFTER_DROPPED_MEMBERS: usize = 1_000;
-/// A PING not answered within this long means the connection is dead.
-const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// A subscription silent for this long is probed with a PING. It is the read timeout itself:
+/// every read starts right after the previous message was handled, so a read that times out
+/// has seen exactly this much silence, and nothing else wakes the reader (a shorter polling
+/// tick would only add wake-ups to an idle process and its length to the detection bound).
+pub const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// A PING not answered within this long means the connection is dead. A dead subscription
+/// is therefore replaced at most `PROBE_AFTER + PROBE_DEADLINE` after its last message.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long the unsubscribe of a connection being given up may wait for its answer (the
+/// smallest read timeout there is: it is not waited for).
+const GIVE_UP_WAIT: Duration = Duration::from_millis(1);
 
 /// Counters the reader keeps for metrics and the admin channel.
 #[derive(Debug, Default)]
@@ -58,7 +63,7 @@ pub struct RedisReader {
     pub(super) shards: Shards,
     pub(super) interest_changes: Receiver<InterestChange>,
     /// Wakes the publisher when it should probe its own connection or fetch a snapshot.
-    pub(super) publisher_wake: crossbeam_channel::Sender<UpstreamCommand>,
+    pub(super) publisher_wake: crate::bounded_queue::QueueSender<UpstreamCommand>,
     /// This process's copy of the presence of its topics: follows the diffs.
     pub(super) replica: Arc<Mutex<PresenceReplica>>,
 }
@@ -116,10 +121,25 @@ impl RedisReader {
         ever_connected: &mut bool,
     ) -> Result<String, redis::RedisError> {
         let mut pubsub = conn.as_pubsub();
+        let outcome = self.subscribe_and_dispatch(&mut pubsub, interest, ever_connected);
+        // The connection is given up. Dropping `pubsub` sends UNSUBSCRIBE and reads until it
+        // is answered, with the read timeout in force: on a dead connection that is a full
+        // PROBE_AFTER of waiting added to every replacement (what made a longer read timeout
+        // look as if it slowed the detection down). Nothing it could answer matters now.
+        let _ = pubsub.set_read_timeout(Some(GIVE_UP_WAIT));
+        outcome
+    }
+
+    fn subscribe_and_dispatch(
+        &self,
+        pubsub: &mut redis::PubSub<'_>,
+        interest: &mut InterestTable,
+        ever_connected: &mut bool,
+    ) -> Result<String, redis::RedisError> {
         pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
         pubsub.psubscribe(&[DOWNSTREAM_PATTERN, presence::DIFF_PATTERN])?;
         pubsub.subscribe(CONTROL_CHANNEL)?;
-        pubsub.set_read_timeout(Some(READ_TICK))?;
+        pubsub.set_read_timeout(Some(PROBE_AFTER))?;
         let reconnected = *ever_connected;
         if reconnected {
             self.status.count_reconnect();
@@ -141,27 +161,13 @@ impl RedisReader {
             deployment = %self.connector.describe(),
             "redis subscriber connected"
         );
-        let mut last_heard = Instant::now();
-        let mut last_care = Instant::now();
-        let mut dropped_since_trim = 0;
         loop {
-            if last_care.elapsed() >= READ_TICK {
-                last_care = Instant::now();
-                if self.connector.master_switched() {
-                    return Ok("the sentinels switched the master".to_owned());
-                }
-                let dropped = lock(&self.replica).expire(last_care);
-                // Once a wave of dropped copies is over, give their memory back.
-                dropped_since_trim += dropped;
-                if dropped == 0 && dropped_since_trim >= TRIM_AFTER_DROPPED_MEMBERS {
-                    crate::heap::trim();
-                    dropped_since_trim = 0;
-                }
-                self.wake_publisher_for_snapshots();
-            }
             match pubsub.get_message() {
                 Ok(msg) => {
-                    last_heard = Instant::now();
+                    if self.connector.master_switched() {
+                        // Woken by the switch watcher's note on the old master (or any message).
+                        return Ok("the sentinels switched the master".to_owned());
+                    }
                     interest.apply_pending(&self.interest_changes);
                     self.dispatch(
                         msg.get_channel_name().as_bytes(),
@@ -170,12 +176,13 @@ impl RedisReader {
                     );
                 }
                 Err(err) if err.is_timeout() => {
+                    if self.connector.master_switched() {
+                        return Ok("the sentinels switched the master".to_owned());
+                    }
+                    // PROBE_AFTER of silence (the read timeout): is the connection still there?
                     interest.apply_pending(&self.interest_changes);
-                    if last_heard.elapsed() >= PROBE_AFTER {
-                        if let Err(err) = probe(&mut pubsub) {
-                            return Ok(format!("liveness probe failed: {err}"));
-                        }
-                        last_heard = Instant::now();
+                    if let Err(err) = probe(pubsub) {
+                        return Ok(format!("liveness probe failed: {err}"));
                     }
                 }
                 Err(err) => return Ok(err.to_string()),
@@ -304,7 +311,7 @@ impl RedisReader {
 fn probe(pubsub: &mut redis::PubSub<'_>) -> redis::RedisResult<()> {
     pubsub.set_read_timeout(Some(PROBE_DEADLINE))?;
     let answer = pubsub.ping::<redis::Value>();
-    pubsub.set_read_timeout(Some(READ_TICK))?;
+    pubsub.set_read_timeout(Some(PROBE_AFTER))?;
     answer.map(|_| ())
 }
 

@@ -6,7 +6,9 @@
 //! turn it into a replica; a connection that does not fail is never replaced by the reconnect
 //! loop alone. The reader and the publisher compare the count with the one they connected at
 //! ([`super::deployment::Connector::master_switched`]) and reconnect, which asks the
-//! sentinels for the new master.
+//! sentinels for the new master. The publisher and the sharded subscriber are woken through
+//! the callback; the reader sleeps in its read on the old master, so the watcher publishes a
+//! note on the control channel there, which wakes it.
 //!
 //! What it owns: the subscription to the sentinels' `+switch-master` channel, moving to the
 //! next sentinel when one fails, and a catch-up on every (re)subscription (the master's address
@@ -20,6 +22,9 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
+use redis::IntoConnectionInfo;
+
+use super::admin_queries::CONTROL_CHANNEL;
 use super::backoff::Backoff;
 
 /// The sentinels' channel that announces a new master: `<name> <old ip> <old port> <new ip>
@@ -50,21 +55,35 @@ impl MasterSwitches {
 pub fn spawn_switch_watcher(
     sentinels: Vec<String>,
     master: String,
+    credentials: redis::RedisConnectionInfo,
     switches: Arc<MasterSwitches>,
     on_switch: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("redis-sentinel-watch".into())
-        .spawn(move || watch(&sentinels, &master, &switches, &on_switch))
+        .spawn(move || watch(&sentinels, &master, &credentials, &switches, &on_switch))
         .map(|_| ())
 }
 
-fn watch(sentinels: &[String], master: &str, switches: &MasterSwitches, on_switch: &dyn Fn()) {
+fn watch(
+    sentinels: &[String],
+    master: &str,
+    credentials: &redis::RedisConnectionInfo,
+    switches: &MasterSwitches,
+    on_switch: &dyn Fn(),
+) {
     let mut known: Option<String> = None;
     let mut backoff = Backoff::default();
     loop {
         for sentinel in sentinels {
-            match listen(sentinel, master, &mut known, switches, on_switch) {
+            match listen(
+                sentinel,
+                master,
+                credentials,
+                &mut known,
+                switches,
+                on_switch,
+            ) {
                 Ok(()) => backoff.reset(),
                 Err(err) => debug!(%err, "sentinel watch: a sentinel does not answer"),
             }
@@ -77,6 +96,7 @@ fn watch(sentinels: &[String], master: &str, switches: &MasterSwitches, on_switc
 fn listen(
     sentinel: &str,
     master: &str,
+    credentials: &redis::RedisConnectionInfo,
     known: &mut Option<String>,
     switches: &MasterSwitches,
     on_switch: &dyn Fn(),
@@ -101,8 +121,13 @@ fn listen(
                 if parts.next() != Some(master) {
                     continue;
                 }
-                let new = parts.skip(2).collect::<Vec<_>>().join(":");
+                let rest: Vec<&str> = parts.collect();
+                let [old_ip, old_port, new_ip, new_port] = rest[..] else {
+                    continue;
+                };
+                let new = format!("{new_ip}:{new_port}");
                 count_switch(switches, on_switch, &new);
+                note_on_old_master(old_ip, old_port, credentials);
                 *known = Some(new);
             }
             Err(err) if err.is_timeout() => {
@@ -111,6 +136,30 @@ fn listen(
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Wakes this deployment's readers still subscribed on the old master (it stays up after a
+/// `SENTINEL FAILOVER` and its subscribers hear nothing else): a note on the control channel
+/// makes each of them look at the switch count and reconnect. Best effort: a dead old master
+/// has already ended their connections.
+fn note_on_old_master(ip: &str, port: &str, credentials: &redis::RedisConnectionInfo) {
+    let Ok(port) = port.parse::<u16>() else {
+        return;
+    };
+    let noted = redis::ConnectionAddr::Tcp(ip.to_owned(), port)
+        .into_connection_info()
+        .map(|info| info.set_redis_settings(credentials.clone()))
+        .and_then(redis::Client::open)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+        .and_then(|mut conn| {
+            redis::cmd("PUBLISH")
+                .arg(CONTROL_CHANNEL)
+                .arg("switch-master")
+                .query::<i64>(&mut conn)
+        });
+    if let Err(err) = noted {
+        debug!(%err, "could not wake the subscribers on the old master");
     }
 }
 

@@ -2,9 +2,10 @@
 //! and `admin` tickers, the server's shutdown) into one shard's executor, and the messages it
 //! carries.
 //!
-//! A bounded crossbeam queue carries the messages; an [`AtomicWaker`] wakes the shard's inbox
-//! task, which glommio turns into a cross-thread notification (eventfd), so an idle shard
-//! sleeps instead of polling. Overflow rule: `send` never blocks; when the queue is full the
+//! A [`bounded_queue`](crate::bounded_queue) carries the messages (its memory grows with use:
+//! an idle inbox holds none); an [`AtomicWaker`] wakes the shard's inbox task, which glommio
+//! turns into a cross-thread notification (eventfd), so an idle shard sleeps instead of
+//! polling. Overflow rule: `send` never blocks; when the queue is full the
 //! message is dropped, counted in `dropped`, and `send` returns false. The queue is bounded
 //! twice: in messages, and in the payload bytes of the broadcasts it holds, so that a shard
 //! that falls behind on large messages holds at most that many bytes (Redis would cut our
@@ -16,10 +17,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::task::AtomicWaker;
 
 use super::tickets::{AdminTicket, PushAck, PushOutcome};
+use crate::bounded_queue::{self, QueueReceiver, QueueSender, TrySendError};
 use crate::presence::PresenceTicket;
 use crate::protocol::Broadcast;
 
@@ -94,8 +95,8 @@ impl ShardMessage {
 /// One shard's inbox. Shared (`Arc`) between the shard and every sender.
 #[derive(Debug)]
 pub struct ShardInbox {
-    tx: Sender<ShardMessage>,
-    rx: Receiver<ShardMessage>,
+    tx: QueueSender<ShardMessage>,
+    rx: QueueReceiver<ShardMessage>,
     waker: AtomicWaker,
     dropped: AtomicU64,
     /// Payload bytes of the broadcasts waiting, and the most allowed.
@@ -106,7 +107,7 @@ pub struct ShardInbox {
 impl ShardInbox {
     /// An inbox that holds at most `capacity` messages and `max_bytes` of broadcast payloads.
     pub fn new(capacity: usize, max_bytes: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let (tx, rx) = bounded_queue::bounded(capacity);
         Self {
             tx,
             rx,
@@ -231,6 +232,42 @@ mod tests {
         );
         while inbox.try_recv().is_some() {}
         assert_eq!(inbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn control_messages_are_bounded_in_count() {
+        let inbox = ShardInbox::new(3, 1 << 20);
+        for _ in 0..3 {
+            assert!(inbox.send(ShardMessage::RedisStateChanged));
+        }
+        assert!(!inbox.send(ShardMessage::PresenceResync), "4 > 3 messages");
+        assert!(!inbox.send(downstream(10)), "a broadcast counts as one too");
+        assert_eq!(inbox.dropped(), 2);
+        assert_eq!(
+            inbox.queued_bytes(),
+            0,
+            "a refused broadcast gives its bytes back"
+        );
+        assert!(inbox.try_recv().is_some());
+        assert!(
+            inbox.send(downstream(10)),
+            "room again once the shard took one"
+        );
+        assert_eq!(inbox.queued_bytes(), 10);
+    }
+
+    #[test]
+    fn an_idle_inbox_of_the_default_size_holds_no_memory() {
+        // The default inbox is 65,536 messages; as a preallocated ring it was 6.5 MiB per
+        // shard from start-up (docs/benchmarks.md, "Start-up memory").
+        let before = crate::heap::thread_allocated_bytes().expect("jemalloc statistics");
+        let inbox = ShardInbox::new(65_536, 32 << 20);
+        let allocated = crate::heap::thread_allocated_bytes().unwrap() - before;
+        assert!(
+            allocated < 4096,
+            "an idle inbox allocated {allocated} bytes"
+        );
+        assert!(inbox.is_empty());
     }
 
     #[test]

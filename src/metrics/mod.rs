@@ -77,6 +77,9 @@ pub struct ShardMetrics {
     pub pushes_failed: IntCounter,
     /// Redis-receive → queued on every local subscriber, per downstream message.
     pub downstream_latency: Histogram,
+    /// WebSocket upgrades refused with 403 because of their `Origin` (`allowed_origins`,
+    /// `allow_missing_origin`).
+    pub origin_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -117,6 +120,12 @@ impl Metrics {
             "Client pushes the publisher answered `backend unavailable` (Redis down or stalled).",
             &["shard"],
         );
+        let origin_refused = counter(
+            "origin_refusals_total",
+            "WebSocket upgrades refused with 403 because their Origin is not in allowed_origins \
+             (or is missing and allow_missing_origin is false).",
+            &["shard"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 format!("{PREFIX}_downstream_latency_seconds"),
@@ -150,6 +159,7 @@ impl Metrics {
                     pushes_published: published.with_label_values(&label),
                     pushes_failed: failed.with_label_values(&label),
                     downstream_latency: latency.with_label_values(&label),
+                    origin_refusals: origin_refused.with_label_values(&label),
                 }
             })
             .collect();

@@ -101,7 +101,7 @@ fn read_at_scrape(scrape: &Scrape) -> Vec<MetricFamily> {
         sharded(
             MetricType::COUNTER,
             "slow_consumer_closes_total",
-            "Connections closed with 1013 because their outbound queue passed its limit.",
+            "Connections closed with 1013 as slow consumers (a frame waited slow_consumer_lag_ms, or outbound_queue_bytes was passed).",
             per_shard(|s| s.slow_consumer_closes),
         ),
         sharded(

@@ -13,9 +13,9 @@
 //! This module owns the names, the Lua scripts and the JSON shapes; the Redis core runs the
 //! scripts and the shards deliver the results.
 
-pub mod replica;
+pub(crate) mod replica;
 pub mod scripts;
-pub mod shapes;
+pub(crate) mod shapes;
 mod ticket;
 
 pub use ticket::PresenceTicket;
@@ -26,8 +26,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const DIFF_CHANNEL_PREFIX: &str = "presence:diff:";
 /// Pattern the Redis reader subscribes to for diffs.
 pub const DIFF_PATTERN: &str = "presence:diff:*";
-/// Sorted set of live processes, scored by the unix time (ms) their liveness expires.
-pub const NODES_KEY: &str = "presence:nodes";
 
 /// The hash of a topic's members: field `<node>:<phx_ref>`, value `{"key","meta"}` JSON.
 pub fn members_key(topic: &str) -> String {

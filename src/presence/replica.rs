@@ -12,8 +12,10 @@
 //! publisher for a snapshot; waiting joins are served from it. A copy no join used for
 //! [`IDLE_LIMIT`] is dropped, so memory follows the topics joined recently.
 //!
-//! Shared by the Redis reader (diffs) and publisher (seeds) behind one mutex; each holds it
-//! for one operation. The callers send the served states to the shards.
+//! Shared by the Redis reader (diffs) and publisher (seeds, and the timed care of
+//! [`PresenceReplica::expire`]) behind one mutex; each holds it for one operation. The callers
+//! send the served states to the shards. It never asks for a wake-up while it holds no copy:
+//! [`PresenceReplica::next_care`] is `None` then, so an idle process does not poll it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub struct PresenceReplica {
     /// Topics to re-seed, each once however often it is asked for (a Redis outage keeps
     /// asking every few seconds while nothing can be fetched).
     snapshot_requests: IndexSet<String>,
+    /// When [`Self::expire`] next has something to do, at the latest; `None`: nothing to do
+    /// until the next change. Exact after `expire`; changes in between only move it earlier.
+    care_at: Option<Instant>,
 }
 
 /// What became of a join's request for its state.
@@ -338,6 +343,7 @@ impl PresenceReplica {
     /// Before a join of `topic` is sent to Redis: true when there is no copy, in which case
     /// one is now seeding and the join must ask Redis for the members (and then [`Self::seed`]).
     pub fn prepare_join(&mut self, topic: &str, now: Instant) -> bool {
+        self.care_by(now);
         if let Some(copy) = self.topics.get_mut(topic) {
             copy.last_used = now;
             return false;
@@ -355,6 +361,7 @@ impl PresenceReplica {
         ticket: PresenceTicket,
         now: Instant,
     ) -> Wanted {
+        self.care_by(now);
         let copy = match self.topics.get_mut(topic) {
             Some(copy) => copy,
             None => {
@@ -394,6 +401,7 @@ impl PresenceReplica {
         entries: impl IntoIterator<Item = &'a [u8]>,
         now: Instant,
     ) -> Served {
+        self.care_by(now);
         let copy = self
             .topics
             .entry(topic.to_owned())
@@ -454,14 +462,19 @@ impl PresenceReplica {
             copy.reseed(now);
             self.snapshot_requests.insert(topic.to_owned());
         }
+        // A served waiter built a state (let go after STATE_KEEP), or the copy re-seeds.
+        self.care_by(now);
         served
     }
 
-    /// Periodic care: joins waiting too long and seeds asked too long ago get a fresh snapshot;
-    /// copies idle for [`IDLE_LIMIT`] go. Returns how many members the dropped copies held.
+    /// Timed care: joins waiting too long and seeds asked too long ago get a fresh snapshot;
+    /// copies idle for [`IDLE_LIMIT`] go, and states unused for [`STATE_KEEP`]. Returns how
+    /// many members the dropped copies held. Call it at [`Self::next_care`].
     pub fn expire(&mut self, now: Instant) -> usize {
         let requests = &mut self.snapshot_requests;
         let mut dropped = 0;
+        let mut next: Option<Instant> = None;
+        let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         self.topics.retain(|topic, copy| {
             let stuck = match &copy.copy {
                 CopyState::Seeding { since, .. } => now.duration_since(*since) >= SEED_LIMIT,
@@ -473,25 +486,57 @@ impl PresenceReplica {
             if stuck {
                 copy.reseed(now);
                 requests.insert(topic.clone());
+                due(now + SEED_LIMIT);
                 return true;
             }
             let unused = now.duration_since(copy.last_used);
             let keep = !copy.waiters.is_empty() || unused < IDLE_LIMIT;
             if !keep {
                 dropped += copy.members();
-            } else if unused >= STATE_KEEP {
+                return false;
+            }
+            if unused >= STATE_KEEP {
                 if let CopyState::Live { state, .. } = &mut copy.copy {
                     *state = None;
                 }
             }
-            keep
+            match &copy.copy {
+                CopyState::Seeding { since, .. } => due(*since + SEED_LIMIT),
+                CopyState::Live { state, .. } => {
+                    if let Some(oldest) = copy.waiters.iter().map(|w| w.since).min() {
+                        due(oldest + WAIT_LIMIT);
+                    }
+                    if state.is_some() {
+                        due(copy.last_used + STATE_KEEP);
+                    }
+                }
+            }
+            if copy.waiters.is_empty() {
+                due(copy.last_used + IDLE_LIMIT);
+            }
+            true
         });
+        self.care_at = next;
         dropped
+    }
+
+    /// When [`Self::expire`] has something to do next (it may find nothing yet: the time is
+    /// never later than needed); `None` while there is nothing to care for.
+    pub fn next_care(&self) -> Option<Instant> {
+        self.care_at
+    }
+
+    /// A change at `now` may have set a deadline: every one is at least [`STATE_KEEP`] (the
+    /// shortest limit) away, so care comes no later than that and recomputes the exact time.
+    fn care_by(&mut self, now: Instant) {
+        let at = now + STATE_KEEP;
+        self.care_at = Some(self.care_at.map_or(at, |current| current.min(at)));
     }
 
     /// The subscription was lost (diffs may be missing): every copy goes; topics with
     /// waiting joins are re-seeded.
     pub fn clear(&mut self, now: Instant) {
+        self.care_by(now);
         let requests = &mut self.snapshot_requests;
         self.topics.retain(|topic, copy| {
             if copy.waiters.is_empty() {
@@ -516,7 +561,6 @@ impl PresenceReplica {
     }
 
     /// How many topics have a copy.
-    #[cfg(test)]
     pub fn topics(&self) -> usize {
         self.topics.len()
     }
@@ -812,5 +856,40 @@ mod tests {
         assert_eq!(waiting.take_snapshot_requests(), ["t"]);
         let served = waiting.seed("t", 5, std::iter::empty::<&[u8]>(), now);
         assert_eq!(served.len(), 1);
+    }
+
+    #[test]
+    fn care_is_asked_for_exactly_while_there_is_something_to_expire() {
+        let now = Instant::now();
+        let mut replica = PresenceReplica::default();
+        assert_eq!(
+            replica.next_care(),
+            None,
+            "nothing held, nothing to wake for"
+        );
+        replica.prepare_join("t", now);
+        assert!(replica.next_care().is_some_and(|at| at <= now + STATE_KEEP));
+        // Seeding: its seed is asked again after SEED_LIMIT (and the copy idles out then too).
+        replica.expire(now);
+        assert_eq!(replica.next_care(), Some(now + SEED_LIMIT));
+        replica.seed("t", 1, std::iter::empty::<&[u8]>(), now);
+        // A waiter: checked exactly at WAIT_LIMIT.
+        assert!(matches!(
+            replica.want("t", 2, ticket("r2"), now),
+            Wanted::Waiting
+        ));
+        replica.expire(now);
+        assert_eq!(replica.next_care(), Some(now + WAIT_LIMIT));
+        // Served (its state is built): the state goes after STATE_KEEP, the copy after
+        // IDLE_LIMIT, and then nothing is left to wake for.
+        let served = replica.apply_diff("t", 2, br#"{"joins":{},"leaves":{}}"#, now);
+        assert_eq!(served.len(), 1);
+        replica.expire(now);
+        assert_eq!(replica.next_care(), Some(now + STATE_KEEP));
+        replica.expire(now + STATE_KEEP);
+        assert_eq!(replica.next_care(), Some(now + IDLE_LIMIT));
+        assert_eq!(replica.expire(now + IDLE_LIMIT), 0);
+        assert_eq!(replica.topics(), 0);
+        assert_eq!(replica.next_care(), None);
     }
 }

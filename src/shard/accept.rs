@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::connection;
 use super::context::ShardContext;
+use crate::access::check_origin;
 use crate::auth::handle_token_request;
 use crate::http::{self, HttpResponse, RequestHead, Route};
 
@@ -118,6 +119,16 @@ async fn upgrade(
             return;
         }
     };
+    // Before the token: a page that may not connect learns nothing about tokens.
+    let config = &ctx.shared.config;
+    let origin = head.header("origin");
+    if let Err(refusal) = check_origin(&config.allowed_origins, config.allow_missing_origin, origin)
+    {
+        ctx.metrics().origin_refusals.inc();
+        debug!(shard = ctx.id, %refusal, "upgrade refused");
+        let _ = respond(&mut stream, &http::forbidden(&refusal.to_string())).await;
+        return;
+    }
     let mut user_id = None;
     if let Some(token) = &upgrade.user_token {
         match ctx.shared.authority.verify(token) {
@@ -175,10 +186,9 @@ async fn token(
     body.truncate(length);
     let mut response = handle_token_request(
         &shared.authority,
-        shared.config.admin_key.as_ref(),
+        &shared.config,
         head.header("authorization"),
         &body,
-        shared.config.id_length,
     );
     http::add_cors(&mut response);
     response

@@ -14,7 +14,7 @@ use super::connection::Conn;
 use super::context::ShardContext;
 use crate::admin::{self, ADMIN_TOPIC};
 use crate::broker::admin_queries::AdminQuery;
-use crate::broker::publisher::UpstreamCommand;
+use crate::broker::UpstreamCommand;
 use crate::inbox::{AdminAnswerAs, AdminTicket};
 use crate::protocol::close_code::DISCONNECTED_BY_ADMIN;
 use crate::protocol::{push, reply, Broadcast, Inbound, Refusal, ReplyStatus};

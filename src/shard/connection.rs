@@ -5,6 +5,11 @@
 //! write loop drains the [`OutboundQueue`] and writes every pending frame in one `write`
 //! (coalescing). Closing is always: queue a close frame, let the writer send it, and if the
 //! peer does not cooperate within [`CLOSE_GRACE`], shut the socket down under both loops.
+//!
+//! Slow consumers: the queue closes a connection whose pending bytes pass the hard cap; the
+//! write loop closes one whose socket has taken nothing of a write for long enough that the
+//! oldest unwritten frame is `slow_consumer_lag_ms` old. A reading client behind a burst is
+//! never closed for being behind for an instant.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, Future};
 use glommio::net::TcpStream;
 use tracing::debug;
 
@@ -32,6 +37,11 @@ use crate::protocol::{close_code, Vsn};
 
 /// How long a closing connection may take to flush its close frame before the socket is cut.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection found lagging may still finish the write it is stuck in (then the
+/// 1013 close frame follows) before the socket is cut. It has already taken nothing for
+/// `slow_consumer_lag_ms`, so this is short: a client that stopped reading is gone within
+/// the lag plus this.
+pub const SLOW_CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// A channel joined on this connection.
 #[derive(Debug, Clone)]
@@ -95,6 +105,19 @@ impl Conn {
             }
         }
         self.send(frame.slice(written..))
+    }
+
+    /// Closes a connection whose oldest unwritten frame waited past `slow_consumer_lag_ms`:
+    /// its queue is dropped, the close frame (1013) follows the write in progress if the
+    /// socket takes it within [`SLOW_CLOSE_GRACE`], else the socket is cut.
+    fn close_lagging(&self) {
+        if self.out.borrow().is_closing() {
+            return;
+        }
+        debug!(conn = self.id, "slow consumer (lag): closing with 1013");
+        self.out.borrow_mut().close_slow();
+        ShardStats::add(&self.stats().slow_consumer_closes, 1);
+        self.socket.cut_after(SLOW_CLOSE_GRACE);
     }
 
     /// Starts closing the connection with `code` and `reason`.
@@ -342,7 +365,8 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
             return;
         }
         let frames = batch.len() as u64;
-        match write_batch(&ctx, &mut stream, &mut batch).await {
+        let written = within_lag(&conn, write_batch(&ctx, &mut stream, &mut batch)).await;
+        match written {
             Ok(bytes) => {
                 conn.out.borrow_mut().written(bytes);
                 let stats = ctx.stats();
@@ -357,6 +381,40 @@ async fn write_loop(ctx: Rc<ShardContext>, conn: Rc<Conn>, mut stream: SharedStr
             }
         }
     }
+}
+
+/// Runs `write` (the writer's current batch) and closes the connection as a slow consumer if
+/// the oldest frame not yet written gets older than `slow_consumer_lag_ms` meanwhile. The
+/// clock is read and a timer armed only once the socket has refused bytes (the write is
+/// pending), so a write the socket takes at once costs nothing extra. After the close the
+/// write is still awaited: it ends when the socket takes the rest or is cut.
+async fn within_lag<F: Future<Output = io::Result<usize>>>(
+    conn: &Conn,
+    write: F,
+) -> io::Result<usize> {
+    let lag = conn.shared.config.limits.slow_consumer_lag();
+    let mut write = std::pin::pin!(write);
+    let mut deadline: Option<glommio::timer::Timer> = None;
+    let mut judged = false;
+    futures::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = write.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        if judged {
+            return Poll::Pending;
+        }
+        let timer = deadline.get_or_insert_with(|| {
+            let since = conn.out.borrow().oldest_unwritten_since();
+            let waited = since.map_or(Duration::ZERO, |since| since.elapsed());
+            glommio::timer::Timer::new(lag.saturating_sub(waited))
+        });
+        if Pin::new(timer).poll(cx).is_ready() {
+            judged = true;
+            conn.close_lagging();
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Writes every frame of `batch`, coalescing consecutive frames into writes of about

@@ -1,12 +1,19 @@
 //! One connection's outbound queue: the frames waiting to be written to its socket.
 //!
 //! Frames are shared, pre-encoded `Bytes` (a broadcast is the same allocation for every
-//! receiver). The queue is bounded in bytes, counting frames handed to the writer but not yet
-//! written: past the limit the connection is a slow consumer, its pending frames are dropped
-//! and it is closed with 1013. Once closing, nothing more is accepted.
+//! receiver). A connection is a slow consumer when its oldest unwritten frame has waited too
+//! long (`slow_consumer_lag_ms`; the writer judges that, since only it knows when the socket
+//! stops taking bytes: [`OutboundQueue::oldest_unwritten_since`]) or when the bytes pending,
+//! counting frames handed to the writer but not yet written, pass a hard cap
+//! (`outbound_queue_bytes`, judged here on every push). Either way its pending frames are
+//! dropped and it is closed with 1013; once closing, nothing more is accepted.
+//!
+//! What it must never do: read the clock per frame. The time is read only when a frame lands
+//! in an empty queue, which is once per writer round, not once per frame of a burst.
 
 use std::collections::VecDeque;
 use std::task::Waker;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -40,9 +47,15 @@ pub enum Enqueued {
 #[derive(Debug)]
 pub struct OutboundQueue {
     frames: VecDeque<Bytes>,
-    /// Bytes queued or being written; the slow-consumer limit applies to this.
+    /// Bytes queued or being written; the hard cap applies to this.
     pending_bytes: usize,
     limit: usize,
+    /// When the oldest frame of `frames` was queued (set when a frame lands in an empty queue).
+    queued_since: Option<Instant>,
+    /// When the oldest frame the writer took and has not finished writing was queued.
+    taken_since: Option<Instant>,
+    /// Bytes the writer took and has not written yet (part of `pending_bytes`).
+    taken_bytes: usize,
     writer: Option<Waker>,
     close: Option<CloseRequest>,
 }
@@ -54,6 +67,9 @@ impl OutboundQueue {
             frames: VecDeque::new(),
             pending_bytes: 0,
             limit,
+            queued_since: None,
+            taken_since: None,
+            taken_bytes: 0,
             writer: None,
             close: None,
         }
@@ -65,13 +81,12 @@ impl OutboundQueue {
             return Enqueued::Closing;
         }
         if self.pending_bytes + frame.len() > self.limit {
-            self.frames.clear();
-            self.close = Some(CloseRequest {
-                code: crate::protocol::close_code::TRY_AGAIN_LATER,
-                reason: "slow consumer",
-            });
-            self.wake_writer();
+            self.close_slow();
             return Enqueued::Overflow;
+        }
+        if self.frames.is_empty() {
+            // The one clock read of a writer round: later frames of a burst are younger.
+            self.queued_since = Some(Instant::now());
         }
         self.pending_bytes += frame.len();
         self.frames.push_back(frame);
@@ -93,6 +108,27 @@ impl OutboundQueue {
         }
     }
 
+    /// Closes as a slow consumer: drops what is queued (nobody will read it) and asks the
+    /// writer for a 1013 close frame. Does nothing when already closing.
+    pub fn close_slow(&mut self) {
+        if self.close.is_some() {
+            return;
+        }
+        self.frames.clear();
+        self.queued_since = None;
+        self.close = Some(CloseRequest {
+            code: crate::protocol::close_code::TRY_AGAIN_LATER,
+            reason: "slow consumer",
+        });
+        self.wake_writer();
+    }
+
+    /// When the oldest frame not yet written was queued: the writer's current batch first,
+    /// else the queue. `None` when nothing is pending. Its age is the connection's lag.
+    pub fn oldest_unwritten_since(&self) -> Option<Instant> {
+        self.taken_since.or(self.queued_since)
+    }
+
     /// True once a close was requested (by us or because of overflow).
     pub fn is_closing(&self) -> bool {
         self.close.is_some()
@@ -112,12 +148,20 @@ impl OutboundQueue {
         if batch.is_empty() {
             return self.close.clone();
         }
+        // The writer only takes once its last batch is written, so every pending byte is in
+        // the batch now.
+        self.taken_bytes = self.pending_bytes;
+        self.taken_since = self.queued_since.take();
         None
     }
 
     /// The writer finished writing `bytes` of what it took.
     pub fn written(&mut self, bytes: usize) {
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        self.taken_bytes = self.taken_bytes.saturating_sub(bytes);
+        if self.taken_bytes == 0 {
+            self.taken_since = None;
+        }
     }
 
     /// Registers the writer task to be woken by the next push or close.
@@ -223,6 +267,75 @@ mod tests {
         q.take(&mut batch);
         q.written(8);
         assert_eq!(q.push(frame(4)), Enqueued::Queued);
+    }
+
+    #[test]
+    fn the_lag_is_timed_from_the_oldest_frame_not_yet_written() {
+        let mut q = OutboundQueue::new(1 << 20);
+        assert_eq!(q.oldest_unwritten_since(), None, "nothing pending");
+        q.push(frame(3));
+        let first = q.oldest_unwritten_since().expect("a frame is pending");
+        q.push(frame(3));
+        assert_eq!(
+            q.oldest_unwritten_since(),
+            Some(first),
+            "a later frame is younger"
+        );
+        let mut batch = VecDeque::new();
+        q.take(&mut batch);
+        assert_eq!(
+            q.oldest_unwritten_since(),
+            Some(first),
+            "taken is not written"
+        );
+        q.push(frame(4));
+        assert_eq!(
+            q.oldest_unwritten_since(),
+            Some(first),
+            "the batch is older"
+        );
+        q.written(5);
+        assert_eq!(
+            q.oldest_unwritten_since(),
+            Some(first),
+            "part of the batch is still being written"
+        );
+        q.written(1);
+        let second = q
+            .oldest_unwritten_since()
+            .expect("the frame queued meanwhile");
+        assert!(second >= first);
+        batch.clear();
+        q.take(&mut batch);
+        assert_eq!(q.oldest_unwritten_since(), Some(second));
+        q.written(4);
+        assert_eq!(q.oldest_unwritten_since(), None, "everything written");
+    }
+
+    #[test]
+    fn a_lagging_connection_is_closed_with_1013_and_its_queue_dropped() {
+        let mut q = OutboundQueue::new(1 << 20);
+        q.push(frame(3));
+        q.close_slow();
+        assert_eq!(
+            q.oldest_unwritten_since(),
+            None,
+            "the dropped frames no longer lag"
+        );
+        assert_eq!(q.push(frame(1)), Enqueued::Closing);
+        let mut batch = VecDeque::new();
+        let close = q.take(&mut batch).expect("a close is requested");
+        assert!(batch.is_empty(), "nothing is written to a slow consumer");
+        assert_eq!((close.code, close.reason), (1013, "slow consumer"));
+        q.close(CloseRequest {
+            code: 1012,
+            reason: "restart",
+        });
+        assert_eq!(
+            q.take(&mut batch).map(|c| c.code),
+            Some(1013),
+            "the first wins"
+        );
     }
 
     #[test]

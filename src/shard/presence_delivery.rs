@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::connection::Conn;
 use super::context::ShardContext;
-use crate::broker::publisher::UpstreamCommand;
+use crate::broker::UpstreamCommand;
 use crate::presence::PresenceTicket;
 use crate::presence::{shapes, Presence};
 use crate::protocol::{push, Broadcast};

@@ -17,7 +17,7 @@ use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
 use super::presence_delivery::{self, PresenceSync};
 use crate::broker::naming::upstream_channel;
-use crate::broker::publisher::{PublishRequest, UpstreamCommand};
+use crate::broker::{PublishRequest, UpstreamCommand};
 use crate::inbox::{PushAck, PushOutcome};
 use crate::metrics::ShardStats;
 use crate::presence::{unix_ms, Presence};

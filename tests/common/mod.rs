@@ -20,10 +20,10 @@ pub mod tokens;
 
 pub use channel_server::{ChannelServer, ServerOptions, TEST_JWT_SECRET};
 pub use http::{http_raw, http_request, try_http_raw, HttpResponse};
-pub use redis_server::{RedisMessage, RedisServer, RedisSubscriber};
+pub use redis_server::{RedisMessage, RedisMonitor, RedisServer, RedisSubscriber};
 pub use relay::TcpRelay;
 pub use socket::{decode_binary_broadcast, encode_binary_push, Frame, TestSocket};
-pub use tokens::{mint_token, mint_token_response, sign_token};
+pub use tokens::{mint_token, mint_token_response, sign_claims, sign_token};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

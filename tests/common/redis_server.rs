@@ -1,5 +1,5 @@
-//! A private `redis-server` for one test, on a free port, and a pattern subscriber to watch what
-//! the server under test publishes.
+//! A private `redis-server` for one test, on a free port, a pattern subscriber to watch what
+//! the server under test publishes, and a `MONITOR` to watch the commands it runs, as they run.
 //!
 //! The Redis is started in the foreground (not daemonized) so that the test owns the process:
 //! it is killed on `Drop`, and `kill`/`restart` let a test take Redis away under a running
@@ -125,6 +125,16 @@ impl RedisServer {
     /// goes away.
     pub fn subscribe(&self, pattern: &str) -> RedisSubscriber {
         RedisSubscriber::start(self, pattern)
+    }
+
+    /// A `MONITOR` connection: every command Redis runs from now on, in the order it runs them.
+    pub fn monitor(&self) -> RedisMonitor {
+        let mut conn = self.connection();
+        let ok: String = redis::cmd("MONITOR")
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("MONITOR on test Redis failed: {e}"));
+        assert_eq!(ok, "OK", "MONITOR answered {ok:?}");
+        RedisMonitor { conn }
     }
 
     /// The log of the current (or last) `redis-server` process.
@@ -343,6 +353,43 @@ impl Drop for RedisSubscriber {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A connection in `MONITOR` mode. Each line is as Redis prints it, e.g.
+/// `1765000000.123456 [0 lua] "ZADD" "presence:nodes" "1765000006123" "abc"`: the Redis clock,
+/// the client (`lua` for a command run by a script), then the command and its arguments, quoted.
+pub struct RedisMonitor {
+    conn: redis::Connection,
+}
+
+impl RedisMonitor {
+    /// The next line that satisfies `pred`, and when it arrived; panics after `timeout`.
+    pub fn next_where(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> (String, Instant) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no matching MONITOR line within {timeout:?}"
+            );
+            self.conn
+                .set_read_timeout(Some(left))
+                .expect("a positive read timeout is accepted");
+            let line = match self.conn.recv_response() {
+                Ok(redis::Value::SimpleString(line)) => line,
+                Ok(other) => panic!("MONITOR sent {other:?}"),
+                Err(e) if e.is_timeout() => panic!("no matching MONITOR line within {timeout:?}"),
+                Err(e) => panic!("MONITOR connection failed: {e}"),
+            };
+            if pred(&line) {
+                return (line, Instant::now());
+            }
         }
     }
 }

@@ -48,9 +48,15 @@ pub fn sign_token(secret: &str, channel: &str, id: &str, expires_in_secs: i64) -
         "iat": now,
         "exp": now + expires_in_secs,
     });
+    sign_claims(secret, &claims)
+}
+
+/// Signs any JSON value as the claims of an HS256 token: a valid signature over whatever the
+/// test wants to present (mistyped or missing claims).
+pub fn sign_claims(secret: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing of JSON claims cannot fail")
