@@ -141,8 +141,19 @@ pub struct Config {
     pub port: u16,
     /// Public base URL of this service when behind a reverse proxy (Tangram key; informative).
     pub public_url: Option<String>,
-    /// Redis to bridge to: `[channel] redis_url`, else Tangram's `[core] redis_url`.
+    /// Redis to bridge to: `[channel] redis_url`, else Tangram's `[core] redis_url`. Used in
+    /// single mode only (see [`Config::redis_deployment`]).
     pub redis_url: String,
+    /// Sentinel mode: the sentinels' addresses (`redis://host:port` each, normalised).
+    pub redis_sentinels: Vec<String>,
+    /// Sentinel mode: the name of the master the sentinels watch.
+    pub redis_sentinel_master: Option<String>,
+    /// Cluster mode: seed nodes (`redis://host:port` each, normalised).
+    pub redis_cluster: Vec<String>,
+    /// Where each deployment key was set, for the error when two modes are given (public so
+    /// that `Config { .., ..Config::default() }` works outside this module; its contents are
+    /// this module's).
+    pub deployment_origins: DeploymentOrigins,
     /// HS256 key for channel tokens (Tangram key). `None`: the binary generates a random one.
     pub jwt_secret: Option<Secret>,
     /// Lifetime of minted tokens, in seconds (Tangram key; Tangram's default is 10 years).
@@ -207,6 +218,10 @@ impl Default for Config {
             port: DEFAULT_PORT,
             public_url: None,
             redis_url: DEFAULT_REDIS_URL.to_string(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
+            redis_cluster: Vec::new(),
+            deployment_origins: DeploymentOrigins::default(),
             jwt_secret: None,
             jwt_expiration_secs: DEFAULT_JWT_EXPIRATION_SECS,
             id_length: DEFAULT_ID_LENGTH,
@@ -236,6 +251,12 @@ pub struct Overrides {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub redis_url: Option<String>,
+    /// `--redis-sentinel HOST:PORT[,HOST:PORT…]`.
+    pub redis_sentinels: Option<String>,
+    /// `--redis-sentinel-master NAME`.
+    pub redis_sentinel_master: Option<String>,
+    /// `--redis-cluster HOST:PORT[,HOST:PORT…]`.
+    pub redis_cluster: Option<String>,
     pub jwt_secret: Option<String>,
     pub shards: Option<usize>,
 }
@@ -259,6 +280,23 @@ pub enum ConfigError {
         key: String,
         origin: String,
         hint: String,
+    },
+    #[error(
+        "`{first}` ({first_origin}) and `{second}` ({second_origin}) choose two Redis \
+         deployments; give exactly one of redis_url (single), redis_sentinels + \
+         redis_sentinel_master (Sentinel) or redis_cluster (Cluster)"
+    )]
+    DeploymentClash {
+        first: &'static str,
+        first_origin: String,
+        second: &'static str,
+        second_origin: String,
+    },
+    #[error("`{given}` ({origin}) needs `{missing}` too: Sentinel mode is redis_sentinels + redis_sentinel_master")]
+    SentinelIncomplete {
+        given: &'static str,
+        origin: String,
+        missing: &'static str,
     },
     #[error("invalid value for `{key}` ({origin}): expected {expected}, got {got}")]
     InvalidValue {
@@ -361,6 +399,57 @@ fn url_with_scheme(raw: Raw<'_>, schemes: &[&str]) -> Option<String> {
     Some(s)
 }
 
+/// A list of strings: a TOML array of strings, or comma-separated text (environment, flags).
+fn string_list(raw: Raw<'_>) -> Option<Vec<String>> {
+    let items: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()?,
+        _ => raw
+            .text()?
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .collect(),
+    };
+    (!items.is_empty()).then_some(items)
+}
+
+/// A list of Redis node addresses, each `host:port` or `redis://[user:password@]host:port`
+/// (or `rediss://`), normalised to URLs so the redis crate takes them as they are.
+fn node_list(raw: Raw<'_>) -> Option<Vec<String>> {
+    string_list(raw)?.iter().map(|e| node_entry(e)).collect()
+}
+
+/// One node address (see [`node_list`]).
+fn node_entry(entry: &str) -> Option<String> {
+    if entry.is_empty() || entry.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let (scheme, rest) = match entry.split_once("://") {
+        Some((scheme, rest)) if scheme == "redis" || scheme == "rediss" => (scheme, rest),
+        Some(_) => return None,
+        None => ("redis", entry),
+    };
+    // The user info ends at the last `@` (a password may hold `/`, `:` or `@`).
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
+    let (host, port) = host_port.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() || port == 0 || host.contains('/') {
+        return None;
+    }
+    Some(format!("{scheme}://{rest}"))
+}
+
+/// A Sentinel master name: what `SENTINEL get-master-addr-by-name` takes.
+fn master_name(raw: Raw<'_>) -> Option<String> {
+    let s = non_empty(raw)?;
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        .then_some(s)
+}
+
 /// One configuration key: its name in `[channel]` (and, upper-cased, after `CHANNEL_` in the
 /// environment), the accepted form in words, and how it is applied.
 pub struct Key {
@@ -428,6 +517,44 @@ pub static KEYS: &[Key] = &[
         show: |c| shown_quoted(&c.redis_url_redacted()),
         apply: |c, r| {
             c.redis_url = url_with_scheme(r, &["redis", "rediss", "unix", "redis+unix"])?;
+            Some(())
+        },
+    },
+    Key {
+        name: "redis_sentinels",
+        expected:
+            "a list of sentinels, each \"host:port\" or \"redis://[user:password@]host:port\" \
+                   (comma-separated in the environment and on the command line)",
+        secret: false,
+        show: |c| shown_nodes(&c.redis_sentinels),
+        apply: |c, r| {
+            c.redis_sentinels = node_list(r)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "redis_sentinel_master",
+        expected: "the name of the master the sentinels watch (letters, digits, `-`, `_`, `.`)",
+        secret: false,
+        show: |c| {
+            c.redis_sentinel_master
+                .as_deref()
+                .map_or("# not set".to_string(), shown_quoted)
+        },
+        apply: |c, r| {
+            c.redis_sentinel_master = Some(master_name(r)?);
+            Some(())
+        },
+    },
+    Key {
+        name: "redis_cluster",
+        expected: "a list of cluster seed nodes, each \"host:port\" or \
+                   \"redis://[user:password@]host:port\" (comma-separated in the environment and \
+                   on the command line)",
+        secret: false,
+        show: |c| shown_nodes(&c.redis_cluster),
+        apply: |c, r| {
+            c.redis_cluster = node_list(r)?;
             Some(())
         },
     },
@@ -718,6 +845,14 @@ fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
+/// The keys that choose a Redis deployment (exactly one mode may be given).
+const DEPLOYMENT_KEYS: [&str; 4] = [
+    "redis_url",
+    "redis_sentinels",
+    "redis_sentinel_master",
+    "redis_cluster",
+];
+
 /// A string as a TOML value.
 fn shown_quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -732,6 +867,15 @@ fn shown_list<T: fmt::Display>(items: &[T]) -> String {
             .collect(),
     )
     .to_string()
+}
+
+/// Redis node addresses as a TOML array, passwords masked; `# not set` when empty.
+fn shown_nodes(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        return "# not set".to_string();
+    }
+    let masked: Vec<String> = nodes.iter().map(|n| redact_url_password(n)).collect();
+    shown_list(&masked)
 }
 
 /// A secret, masked; `# not set` when absent.
@@ -749,13 +893,32 @@ fn apply(cfg: &mut Config, key: &Key, raw: Raw<'_>, origin: &str) -> Result<(), 
         expected: key.expected,
         got: if key.secret {
             "<redacted>".to_string()
-        } else if key.name == "redis_url" {
+        } else if DEPLOYMENT_KEYS.contains(&key.name) {
             // A URL may carry a password even when it is invalid.
-            redact_url_password(&raw.shown())
+            shown_without_passwords(raw)
         } else {
             raw.shown()
         },
-    })
+    })?;
+    if let Some(name) = DEPLOYMENT_KEYS.iter().find(|n| **n == key.name) {
+        cfg.deployment_origins.0.retain(|(n, _)| n != name);
+        cfg.deployment_origins.0.push((name, origin.to_string()));
+    }
+    Ok(())
+}
+
+/// What was given for a deployment key, every URL's password masked.
+fn shown_without_passwords(raw: Raw<'_>) -> String {
+    match string_list(raw) {
+        Some(items) if items.len() > 1 || matches!(raw, Raw::Toml(toml::Value::Array(_))) => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|i| format!("{:?}", redact_url_password(i)))
+                .collect();
+            format!("[{}]", items.join(", "))
+        }
+        _ => redact_url_password(&raw.shown()),
+    }
 }
 
 fn redact_url_password(url: &str) -> String {
@@ -793,6 +956,61 @@ fn hint_for(unknown: &str) -> String {
         .min()
         .map(|(_, name)| format!(" (did you mean `{name}`?)"))
         .unwrap_or_default()
+}
+
+/// Where each Redis deployment key was set. `[core] redis_url` is not recorded: every
+/// tangram.toml has it, so it never clashes.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentOrigins(Vec<(&'static str, String)>);
+
+/// The three ways to reach Redis (docs/operations.md, "Redis deployments"): exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisDeployment {
+    /// One Redis at `url` (`redis_url`; the default).
+    Single {
+        /// The Redis URL.
+        url: String,
+    },
+    /// A master found through sentinels, followed across failovers.
+    Sentinel {
+        /// The sentinels, `redis://[user:password@]host:port` each.
+        sentinels: Vec<String>,
+        /// The master's name in the sentinels.
+        master: String,
+    },
+    /// A Redis Cluster, discovered from seed nodes.
+    Cluster {
+        /// The seed nodes, `redis://[user:password@]host:port` each.
+        seeds: Vec<String>,
+    },
+}
+
+impl RedisDeployment {
+    /// The mode's name, as `check-config` and the start-up log print it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            RedisDeployment::Single { .. } => "single",
+            RedisDeployment::Sentinel { .. } => "sentinel",
+            RedisDeployment::Cluster { .. } => "cluster",
+        }
+    }
+
+    /// One line for logs and `check-config`: the mode and where it points, passwords masked.
+    pub fn describe(&self) -> String {
+        let nodes = |list: &[String]| {
+            list.iter()
+                .map(|n| redact_url_password(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            RedisDeployment::Single { url } => format!("single ({})", redact_url_password(url)),
+            RedisDeployment::Sentinel { sentinels, master } => {
+                format!("sentinel (master {master:?} via {})", nodes(sentinels))
+            }
+            RedisDeployment::Cluster { seeds } => format!("cluster (seeds {})", nodes(seeds)),
+        }
+    }
 }
 
 impl Config {
@@ -855,7 +1073,51 @@ impl Config {
         }
         cfg.apply_overrides(overrides)?;
         cfg.check_consistency()?;
+        cfg.check_deployment()?;
         Ok(cfg)
+    }
+
+    /// Exactly one Redis deployment: the keys of two modes clash, half a Sentinel setting is
+    /// incomplete. Single mode needs nothing (its default URL is Tangram's).
+    fn check_deployment(&self) -> Result<(), ConfigError> {
+        let origin = |name: &str| {
+            self.deployment_origins
+                .0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, o)| o.clone())
+        };
+        let mode_of = |name: &str| match name {
+            "redis_url" => 0,
+            "redis_cluster" => 2,
+            _ => 1,
+        };
+        let given = &self.deployment_origins.0;
+        if let Some((first, first_origin)) = given.first() {
+            if let Some((second, second_origin)) =
+                given.iter().find(|(n, _)| mode_of(n) != mode_of(first))
+            {
+                return Err(ConfigError::DeploymentClash {
+                    first,
+                    first_origin: first_origin.clone(),
+                    second,
+                    second_origin: second_origin.clone(),
+                });
+            }
+        }
+        for (given, missing) in [
+            ("redis_sentinels", "redis_sentinel_master"),
+            ("redis_sentinel_master", "redis_sentinels"),
+        ] {
+            if let (Some(origin), None) = (origin(given), origin(missing)) {
+                return Err(ConfigError::SentinelIncomplete {
+                    given,
+                    origin,
+                    missing,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Rules between keys, checked once every source has been applied.
@@ -868,6 +1130,24 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The Redis deployment this configuration chooses.
+    pub fn redis_deployment(&self) -> RedisDeployment {
+        if !self.redis_cluster.is_empty() {
+            return RedisDeployment::Cluster {
+                seeds: self.redis_cluster.clone(),
+            };
+        }
+        match &self.redis_sentinel_master {
+            Some(master) if !self.redis_sentinels.is_empty() => RedisDeployment::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master: master.clone(),
+            },
+            _ => RedisDeployment::Single {
+                url: self.redis_url.clone(),
+            },
+        }
     }
 
     fn apply_file(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
@@ -891,6 +1171,8 @@ impl Config {
         if let Some(core) = table("core")? {
             if let (Some(v), Some(k)) = (core.get("redis_url"), key("redis_url")) {
                 apply(self, k, Raw::Toml(v), &format!("[core] of {origin}"))?;
+                // Tangram's own setting: never a clash with a Sentinel or Cluster choice.
+                self.deployment_origins.0.retain(|(n, _)| *n != "redis_url");
             }
         }
         if let Some(channel) = table("channel")? {
@@ -907,10 +1189,21 @@ impl Config {
     }
 
     fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
-        let given: [(&str, &str, Option<String>); 5] = [
+        let given: [(&str, &str, Option<String>); 8] = [
             ("host", "--host", o.host.clone()),
             ("port", "--port", o.port.map(|p| p.to_string())),
             ("redis_url", "--redis-url", o.redis_url.clone()),
+            (
+                "redis_sentinels",
+                "--redis-sentinel",
+                o.redis_sentinels.clone(),
+            ),
+            (
+                "redis_sentinel_master",
+                "--redis-sentinel-master",
+                o.redis_sentinel_master.clone(),
+            ),
+            ("redis_cluster", "--redis-cluster", o.redis_cluster.clone()),
             ("jwt_secret", "--jwt-secret", o.jwt_secret.clone()),
             ("shards", "--shards", o.shards.map(|s| s.to_string())),
         ];
@@ -1020,7 +1313,10 @@ impl Config {
     /// `channel check-config` prints, and what the server logs at start-up.
     pub fn describe(&self) -> String {
         let lines = KEYS.iter().map(|key| (key.name, (key.show)(self)));
-        let mut out = String::from("[channel]\n");
+        let mut out = format!(
+            "# redis deployment: {}\n[channel]\n",
+            self.redis_deployment().describe()
+        );
         for (name, value) in lines {
             if value.starts_with('#') {
                 out.push_str(&format!("# {name} = {}\n", value.trim_start_matches("# ")));
@@ -1189,6 +1485,8 @@ mod tests {
                 "host" => "h",
                 "public_url" => "https://x",
                 "redis_url" => "redis://x",
+                "redis_sentinels" | "redis_cluster" => "redis://h:7000",
+                "redis_sentinel_master" => "mymaster",
                 "jwt_secret" | "admin_key" | "mint_key" => "0123456789abcdef0",
                 "allowed_origins" => "https://x.example.com",
                 "allow_missing_origin" => "false",
@@ -1199,7 +1497,18 @@ mod tests {
                 "shard_inbox_bytes" => "1048576",
                 _ => "1024",
             };
-            let lookup = |name: &str| (name == var).then(|| value.to_string());
+            // Half a Sentinel setting is refused: the other half comes along.
+            let partner = match k.name {
+                "redis_sentinels" => Some(("CHANNEL_REDIS_SENTINEL_MASTER", "m")),
+                "redis_sentinel_master" => Some(("CHANNEL_REDIS_SENTINELS", "s:1")),
+                _ => None,
+            };
+            let lookup = |name: &str| {
+                if name == var {
+                    return Some(value.to_string());
+                }
+                partner.and_then(|(p, v)| (p == name).then(|| v.to_string()))
+            };
             let c = Config::load(None, &lookup, &Overrides::default()).expect("valid");
             let described = c.describe();
             let line = described
@@ -1299,6 +1608,144 @@ mod tests {
         };
         assert_eq!(c.redis_url_redacted(), "rediss://:<redacted>@r:6380");
         assert_eq!(Config::default().redis_url_redacted(), DEFAULT_REDIS_URL);
+    }
+
+    #[test]
+    fn unmodified_tangram_toml_means_single_mode() {
+        let c = load(TANGRAM).expect("the Tangram example must load");
+        assert_eq!(
+            c.redis_deployment(),
+            RedisDeployment::Single {
+                url: "redis://localhost:6379".into()
+            }
+        );
+        assert!(c.describe().starts_with("# redis deployment: single ("));
+    }
+
+    #[test]
+    fn sentinel_mode_from_file_env_and_flags() {
+        let c = load(
+            "[channel]\nredis_sentinels = [\"127.0.0.1:26379\", \"redis://:pw@s2:26380\"]\n\
+             redis_sentinel_master = \"mymaster\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.redis_deployment(),
+            RedisDeployment::Sentinel {
+                sentinels: vec![
+                    "redis://127.0.0.1:26379".into(),
+                    "redis://:pw@s2:26380".into()
+                ],
+                master: "mymaster".into()
+            }
+        );
+        let env = |k: &str| match k {
+            "CHANNEL_REDIS_SENTINELS" => Some("a:1, b:2".to_string()),
+            "CHANNEL_REDIS_SENTINEL_MASTER" => Some("m".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, &env, &Overrides::default()).expect("valid");
+        assert_eq!(c.redis_deployment().mode(), "sentinel");
+        assert_eq!(c.redis_sentinels, vec!["redis://a:1", "redis://b:2"]);
+        let flags = Overrides {
+            redis_cluster: Some("c1:7000,redis://u:p@c2:7001".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &no_env, &flags).expect("valid");
+        assert_eq!(
+            c.redis_deployment(),
+            RedisDeployment::Cluster {
+                seeds: vec!["redis://c1:7000".into(), "redis://u:p@c2:7001".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn two_deployment_modes_are_refused_naming_both_keys() {
+        let err = load("[channel]\nredis_url = \"redis://r:6379\"\nredis_cluster = [\"c:7000\"]\n")
+            .expect_err("two modes")
+            .to_string();
+        assert!(
+            err.contains("`redis_url` ([channel] of test.toml)")
+                && err.contains("`redis_cluster` ([channel] of test.toml)")
+                && err.contains("exactly one"),
+            "{err}"
+        );
+        let env = |k: &str| (k == "CHANNEL_REDIS_CLUSTER").then(|| "c:7000".to_string());
+        let flags = Overrides {
+            redis_sentinels: Some("s:26379".into()),
+            redis_sentinel_master: Some("m".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &env, &flags)
+            .expect_err("two modes")
+            .to_string();
+        assert!(
+            err.contains("environment variable CHANNEL_REDIS_CLUSTER")
+                && err.contains("command-line flag --redis-sentinel"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tangram_core_redis_url_does_not_clash_with_sentinel() {
+        let text = TANGRAM.replace(
+            "[channel]",
+            "[channel]\nredis_sentinels = [\"s:26379\"]\nredis_sentinel_master = \"m\"",
+        );
+        let c = load(&text).expect("[core] redis_url is Tangram's, not a choice");
+        assert_eq!(c.redis_deployment().mode(), "sentinel");
+    }
+
+    #[test]
+    fn half_a_sentinel_setting_is_refused() {
+        let err = load("[channel]\nredis_sentinels = [\"s:26379\"]\n")
+            .expect_err("no master name")
+            .to_string();
+        assert!(
+            err.contains("`redis_sentinels`") && err.contains("needs `redis_sentinel_master`"),
+            "{err}"
+        );
+        let err = load("[channel]\nredis_sentinel_master = \"m\"\n")
+            .expect_err("no sentinels")
+            .to_string();
+        assert!(err.contains("needs `redis_sentinels`"), "{err}");
+    }
+
+    #[test]
+    fn bad_node_entries_are_refused_without_their_password() {
+        for bad in [
+            "[\"nohostport\"]",
+            "[\"h:0\"]",
+            "[\"h:99999\"]",
+            "[\"http://h:1\"]",
+            "[]",
+            "[1]",
+            "[\"redis://user:hunter2@\"]",
+        ] {
+            let err = load(&format!("[channel]\nredis_cluster = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("`redis_cluster`"), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "{bad}: {err}");
+        }
+        let c = load(
+            "[channel]\nredis_sentinels = [\"redis://user:hunter2@s:26379\"]\n\
+             redis_sentinel_master = \"m\"\n",
+        )
+        .expect("valid");
+        let described = c.describe();
+        assert!(!described.contains("hunter2"), "{described}");
+        assert!(
+            described.contains("redis_sentinels = [\"redis://user:<redacted>@s:26379\"]"),
+            "{described}"
+        );
+        assert!(!c.redis_deployment().describe().contains("hunter2"));
+        let err =
+            load("[channel]\nredis_sentinel_master = \"bad name\"\nredis_sentinels = [\"s:1\"]\n")
+                .expect_err("space in name")
+                .to_string();
+        assert!(err.contains("`redis_sentinel_master`"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! configuration, and hands over to the library. Three forms, used by outside tools, so their
 //! names and flags are a contract:
 //!
-//! - `channel serve [--config FILE] [--host H] [--port P] [--redis-url URL] [--jwt-secret S] [--shards N]`
+//! - `channel serve [--config FILE] [--host H] [--port P] [--redis-url URL | --redis-sentinel
+//!   HOST:PORT,… --redis-sentinel-master NAME | --redis-cluster HOST:PORT,…] [--jwt-secret S]
+//!   [--shards N]`
 //! - `channel token --channel C [--id ID] [--config FILE] [--jwt-secret S]`
 //! - `channel check-config --config FILE`
 //!
@@ -50,6 +52,15 @@ struct ServeArgs {
     /// Redis to bridge to [env: CHANNEL_REDIS_URL].
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Sentinel mode: the sentinels, HOST:PORT[,HOST:PORT…] [env: CHANNEL_REDIS_SENTINELS].
+    #[arg(long = "redis-sentinel", value_name = "HOST:PORT,...")]
+    redis_sentinels: Option<String>,
+    /// Sentinel mode: the master's name [env: CHANNEL_REDIS_SENTINEL_MASTER].
+    #[arg(long, value_name = "NAME")]
+    redis_sentinel_master: Option<String>,
+    /// Cluster mode: seed nodes, HOST:PORT[,HOST:PORT…] [env: CHANNEL_REDIS_CLUSTER].
+    #[arg(long, value_name = "HOST:PORT,...")]
+    redis_cluster: Option<String>,
     /// HS256 secret for tokens [env: CHANNEL_JWT_SECRET]. Visible in `ps`: prefer the env or file.
     #[arg(long, value_name = "S")]
     jwt_secret: Option<String>,
@@ -115,6 +126,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         host: args.host,
         port: args.port,
         redis_url: args.redis_url,
+        redis_sentinels: args.redis_sentinels,
+        redis_sentinel_master: args.redis_sentinel_master,
+        redis_cluster: args.redis_cluster,
         jwt_secret: args.jwt_secret,
         shards: args.shards,
     };
@@ -134,7 +148,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(
         listen = %config.listen_addr(),
         shards = config.effective_shards(),
-        redis = %config.redis_url_redacted(),
+        redis = %config.redis_deployment().describe(),
         config = ?args.config,
         allocator = %channel::heap::describe(),
         "starting channel"
@@ -166,6 +180,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(Some(&args.config), &process_env, &Overrides::default())?;
+    // describe() opens with the Redis deployment's mode line.
     print!(
         "# effective configuration of {}\n{}",
         args.config.display(),

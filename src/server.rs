@@ -36,13 +36,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     );
     let node = crate::presence::new_node_id();
     let (redis, core) = crate::broker::start(
-        &config.redis_url,
+        &config.redis_deployment(),
         shards.clone(),
         config.publisher_queue_capacity,
         node.clone(),
         config.presence_ttl(),
     )
-    .context("invalid redis_url")?;
+    .context("cannot use the configured Redis deployment")?;
     let system = crate::system::SystemChannel::start(config.datetime_interval(), shards.clone())
         .context("cannot start the system channel ticker")?;
 

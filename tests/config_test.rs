@@ -250,3 +250,72 @@ fn check_config_masks_the_mint_key() {
     assert!(!text.contains("mint-key-0123456789abcdef"), "{text}");
     assert!(!stderr(&out).contains("mint-key-0123456789abcdef"));
 }
+
+#[test]
+fn check_config_prints_the_redis_deployment_mode() {
+    let out = channel(&["check-config", "--config", TANGRAM]);
+    assert!(
+        stdout(&out).contains("# redis deployment: single (redis://localhost:6379)"),
+        "{}",
+        stdout(&out)
+    );
+    let file = TempFile::new(
+        "sentinel",
+        "[channel]\nredis_sentinels = [\"127.0.0.1:26379\", \"redis://u:hunter2@127.0.0.1:26380\"]\n\
+         redis_sentinel_master = \"mymaster\"\n",
+    );
+    let out = channel(&["check-config", "--config", file.path()]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("# redis deployment: sentinel (master \"mymaster\" via redis://127.0.0.1:26379, redis://u:<redacted>@127.0.0.1:26380)"),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+    let file = TempFile::new(
+        "cluster",
+        "[channel]\nredis_cluster = [\"127.0.0.1:7000\"]\n",
+    );
+    let out = channel(&["check-config", "--config", file.path()]);
+    assert!(
+        stdout(&out).contains("# redis deployment: cluster (seeds redis://127.0.0.1:7000)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn check_config_refuses_two_redis_deployments_naming_the_keys() {
+    let file = TempFile::new(
+        "clash",
+        "[channel]\nredis_url = \"redis://127.0.0.1:6380\"\nredis_cluster = [\"127.0.0.1:7000\"]\n",
+    );
+    let out = channel(&["check-config", "--config", file.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`redis_url`")
+            && err.contains("`redis_cluster`")
+            && err.contains("exactly one"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_cluster_mode_with_a_clear_sentence() {
+    let out = channel(&[
+        "serve",
+        "--redis-cluster",
+        "127.0.0.1:1",
+        "--port",
+        "0",
+        "--jwt-secret",
+        "a-test-secret-long-enough",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Redis Cluster mode is not supported yet"),
+        "{err}"
+    );
+}

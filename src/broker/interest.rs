@@ -12,7 +12,7 @@ use crossbeam_channel::Receiver;
 use crate::inbox::InterestChange;
 
 /// Topic → bit mask of interested shards, owned by the reader thread.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct InterestTable {
     shards_by_topic: HashMap<String, u64>,
 }
@@ -27,15 +27,34 @@ impl InterestTable {
 
     /// Applies one change.
     pub fn apply(&mut self, change: InterestChange) {
+        self.apply_and_tell(change);
+    }
+
+    /// Applies one change; returns `Some(true)` when the process gained the topic (its first
+    /// interested shard), `Some(false)` when it lost it (its last), `None` otherwise: what the
+    /// sharded subscriber turns into `SSUBSCRIBE` / `SUNSUBSCRIBE`.
+    pub fn apply_and_tell(&mut self, change: InterestChange) -> Option<bool> {
         let bit = 1u64 << change.shard;
         if change.interested {
-            *self.shards_by_topic.entry(change.topic).or_insert(0) |= bit;
+            let mask = self.shards_by_topic.entry(change.topic).or_insert(0);
+            let gained = *mask == 0;
+            *mask |= bit;
+            gained.then_some(true)
         } else if let Some(mask) = self.shards_by_topic.get_mut(&change.topic) {
             *mask &= !bit;
             if *mask == 0 {
                 self.shards_by_topic.remove(&change.topic);
+                return Some(false);
             }
+            None
+        } else {
+            None
         }
+    }
+
+    /// Every topic with at least one interested shard.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.shards_by_topic.keys().map(String::as_str)
     }
 
     /// The shards interested in `topic`, as a bit mask (0 when none).
@@ -92,6 +111,17 @@ mod tests {
         );
         table.apply(change(1, "a", false));
         assert_eq!(table.topic_count(), 0);
+    }
+
+    #[test]
+    fn the_process_gains_a_topic_with_its_first_shard_and_loses_it_with_its_last() {
+        let mut table = InterestTable::default();
+        assert_eq!(table.apply_and_tell(change(0, "a", true)), Some(true));
+        assert_eq!(table.apply_and_tell(change(1, "a", true)), None);
+        assert_eq!(table.apply_and_tell(change(0, "a", false)), None);
+        assert_eq!(table.apply_and_tell(change(1, "a", false)), Some(false));
+        assert_eq!(table.apply_and_tell(change(1, "a", false)), None);
+        assert_eq!(table.topics().count(), 0);
     }
 
     #[test]

@@ -12,12 +12,16 @@
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
 mod commands;
+pub(crate) mod deployment;
+pub(crate) mod function;
 pub(crate) mod interest;
 pub(crate) mod liveness;
 pub mod naming;
 mod presence_store;
 pub(crate) mod publisher;
 pub(crate) mod reader;
+pub(crate) mod sentinel;
+pub(crate) mod sharded_subscriber;
 pub(crate) mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +31,14 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::bounded_queue::{self, QueueSender};
+use crate::config::RedisDeployment;
 use crate::inbox::{InterestChange, Shards};
 use crate::presence::replica::PresenceReplica;
 pub(crate) use commands::{PublishRequest, UpstreamCommand};
+use deployment::{Connector, DeploymentError};
 use publisher::RedisPublisher;
 use reader::{ReaderStats, RedisReader};
+use sentinel::MasterSwitches;
 use status::RedisStatus;
 
 /// What the shards hold to reach the Redis core.
@@ -43,8 +50,22 @@ pub struct BrokerHandle {
     pub reader_stats: Arc<ReaderStats>,
     /// The bounded upstream queue (pushes and presence changes).
     pub publish: QueueSender<UpstreamCommand>,
-    /// Interest changes for the reader's routing table.
-    pub interest: Sender<InterestChange>,
+    /// Interest changes for the reader's and the sharded subscriber's routing tables.
+    pub interest: InterestSenders,
+}
+
+/// Where a shard's interest changes go: the reader (classic `to:*` routing) and the sharded
+/// subscriber (`SSUBSCRIBE` by interest), each with its own table.
+#[derive(Clone)]
+pub struct InterestSenders(Vec<Sender<InterestChange>>);
+
+impl InterestSenders {
+    /// Sends `change` to every table; false if one of them is gone (only at shutdown).
+    pub fn send(&self, change: InterestChange) -> bool {
+        // Every table gets it, even when an earlier one is gone (no short circuit).
+        let delivered = self.0.iter().filter(|tx| tx.send(change.clone()).is_ok());
+        delivered.count() == self.0.len()
+    }
 }
 
 /// The running Redis core threads.
@@ -70,13 +91,17 @@ impl BrokerCore {
 /// At shutdown, [`BrokerCore::flush_and_stop`] publishes what is queued and stops the publisher;
 /// the reader thread ends with the process.
 pub fn start(
-    redis_url: &str,
+    deployment: &RedisDeployment,
     shards: Shards,
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
-) -> Result<(BrokerHandle, BrokerCore), redis::RedisError> {
-    let client = redis::Client::open(redis_url)?;
+) -> Result<(BrokerHandle, BrokerCore), DeploymentError> {
+    // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
+    let switches = Arc::new(MasterSwitches::default());
+    let reader_connector = Connector::new(deployment, Arc::clone(&switches))?;
+    let sharded_connector = Connector::new(deployment, Arc::clone(&switches))?;
+    let publisher_connector = Connector::new(deployment, Arc::clone(&switches))?;
     let status = Arc::new(RedisStatus::default());
     let reader_stats = Arc::new(ReaderStats::default());
     // Bounded in messages; its memory grows with use (an idle queue holds none).
@@ -84,10 +109,43 @@ pub fn start(
     let wake = publish_tx.clone();
     let (interest_tx, interest_rx): (Sender<InterestChange>, Receiver<InterestChange>) =
         crossbeam_channel::unbounded();
+    let (sharded_tx, sharded_rx) = crossbeam_channel::unbounded();
     let replica = Arc::new(std::sync::Mutex::new(PresenceReplica::default()));
 
+    // No switch ever comes in single mode (a dropped sender would wake a select forever).
+    let mut switched_rx = crossbeam_channel::never();
+    if let RedisDeployment::Sentinel { sentinels, master } = deployment {
+        let (switched_tx, rx) = crossbeam_channel::bounded(1);
+        switched_rx = rx;
+        let wake = publish_tx.clone();
+        // The master's credentials are the first sentinel's (docs/configuration.md).
+        let credentials = sentinels
+            .first()
+            .map(|s| redis::IntoConnectionInfo::into_connection_info(s.as_str()))
+            .transpose()?
+            .map(|info| info.redis_settings().clone())
+            .unwrap_or_default();
+        let watch = (sentinels.clone(), master.clone(), credentials);
+        sentinel::spawn_switch_watcher(watch.0, watch.1, watch.2, switches, move || {
+            // The publisher and the sharded subscriber may sleep until their next tick: they
+            // look at the switch now (the reader is woken by a note on the old master).
+            let _ = wake.try_send(UpstreamCommand::Wake);
+            let _ = switched_tx.try_send(());
+        })
+        .map_err(io_error)?;
+    }
+    sharded_subscriber::ShardedSubscriber {
+        connector: sharded_connector,
+        shards: shards.clone(),
+        stats: Arc::clone(&reader_stats),
+        status: Arc::clone(&status),
+        changes: sharded_rx,
+        master_switched: switched_rx,
+    }
+    .spawn()
+    .map_err(io_error)?;
     let reader = RedisReader {
-        client: client.clone(),
+        connector: reader_connector,
         status: Arc::clone(&status),
         stats: Arc::clone(&reader_stats),
         shards: shards.clone(),
@@ -102,7 +160,7 @@ pub fn start(
 
     let stop_publisher = Arc::new(AtomicBool::new(false));
     let publisher = RedisPublisher {
-        client,
+        connector: publisher_connector,
         status: Arc::clone(&status),
         shards,
         queue: publish_rx,
@@ -123,7 +181,7 @@ pub fn start(
             status,
             reader_stats,
             publish: publish_tx,
-            interest: interest_tx,
+            interest: InterestSenders(vec![interest_tx, sharded_tx]),
         },
         BrokerCore {
             publisher,
@@ -133,6 +191,6 @@ pub fn start(
     ))
 }
 
-fn io_error(err: std::io::Error) -> redis::RedisError {
-    redis::RedisError::from(err)
+fn io_error(err: std::io::Error) -> DeploymentError {
+    DeploymentError::Address(redis::RedisError::from(err))
 }

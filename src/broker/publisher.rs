@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::commands::UpstreamCommand;
+use super::deployment::is_failover_reply;
 use super::liveness::Liveness;
 use super::presence_store::{lock, parse_presence_reply, MAX_FAILED_LEAVES};
 use super::status::RedisStatus;
@@ -41,7 +42,8 @@ pub const MAX_BATCH: usize = 512;
 
 /// Everything the publisher thread needs.
 pub struct RedisPublisher {
-    pub(super) client: redis::Client,
+    /// Hands out a connection to the current master (asks the sentinels in Sentinel mode).
+    pub(super) connector: super::deployment::Connector,
     pub(super) status: Arc<RedisStatus>,
     pub(super) shards: Shards,
     pub(super) queue: QueueReceiver<UpstreamCommand>,
@@ -85,7 +87,7 @@ impl RedisPublisher {
                     }
                     ever_connected = true;
                     self.status.set_publisher_up(true);
-                    info!("redis publisher connected");
+                    info!(deployment = %self.connector.describe(), "redis publisher connected");
                     self.shards.send_all(|| ShardMessage::RedisStateChanged);
                     // Redis may have lost our presences, or never had them (members who joined
                     // while it was unreachable): register them (again). At start-up there are
@@ -136,9 +138,8 @@ impl RedisPublisher {
     }
 
     fn connect(&self) -> redis::RedisResult<(redis::Connection, LoadedScripts)> {
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let (mut conn, address) = self.connector.connect()?;
+        debug!(%address, "redis publisher connecting");
         conn.set_read_timeout(Some(IO_DEADLINE))?;
         conn.set_write_timeout(Some(IO_DEADLINE))?;
         let mut load = |source: &str| -> redis::RedisResult<String> {
@@ -153,6 +154,7 @@ impl RedisPublisher {
             upkeep: load(scripts::UPKEEP)?,
             snapshot: load(scripts::SNAPSHOT)?,
         };
+        super::function::install(&mut conn)?;
         Ok((conn, loaded))
     }
 
@@ -167,6 +169,12 @@ impl RedisPublisher {
         loop {
             if Instant::now() >= liveness.next_at() {
                 self.presence_upkeep(conn, scripts, liveness)?;
+            }
+            if self.connector.master_switched() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                    "the sentinels switched the master",
+                )));
             }
             self.care_for_copies(Instant::now());
             if self.status.take_publisher_probe() {
@@ -252,6 +260,9 @@ impl RedisPublisher {
         }
         match read_replies_within_deadline(conn, &pipe, batch.len()) {
             Ok(replies) => {
+                // READONLY and the like: this node is no longer the master (a failover); the
+                // refused commands fail and the connection is replaced (docs/operations.md).
+                let failover = replies.iter().any(is_failover_reply);
                 for ((command, reply), seed) in batch.drain(..).zip(replies).zip(seeds) {
                     // A command Redis refused (OOM, NOSCRIPT, …) is not a success.
                     let reply = match reply {
@@ -259,6 +270,12 @@ impl RedisPublisher {
                         other => Some(other),
                     };
                     self.answer(command, reply, seed);
+                }
+                if failover {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                        "the node is no longer the master",
+                    )));
                 }
                 Ok(())
             }

@@ -56,7 +56,8 @@ pub struct ReaderStats {
 
 /// Everything the reader thread needs.
 pub struct RedisReader {
-    pub(super) client: redis::Client,
+    /// Hands out a connection to the current master (asks the sentinels in Sentinel mode).
+    pub(super) connector: super::deployment::Connector,
     pub(super) status: Arc<RedisStatus>,
     pub(super) stats: Arc<ReaderStats>,
     pub(super) shards: Shards,
@@ -104,9 +105,8 @@ impl RedisReader {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let (conn, address) = self.connector.connect()?;
+        debug!(%address, "redis subscriber connecting");
         conn.set_write_timeout(Some(PROBE_DEADLINE))?;
         Ok(conn)
     }
@@ -156,10 +156,18 @@ impl RedisReader {
             // Fresh states for everyone.
             self.shards.send_all(|| ShardMessage::PresenceResync);
         }
-        info!(pattern = DOWNSTREAM_PATTERN, "redis subscriber connected");
+        info!(
+            pattern = DOWNSTREAM_PATTERN,
+            deployment = %self.connector.describe(),
+            "redis subscriber connected"
+        );
         loop {
             match pubsub.get_message() {
                 Ok(msg) => {
+                    if self.connector.master_switched() {
+                        // Woken by the switch watcher's note on the old master (or any message).
+                        return Ok("the sentinels switched the master".to_owned());
+                    }
                     interest.apply_pending(&self.interest_changes);
                     self.dispatch(
                         msg.get_channel_name().as_bytes(),
@@ -168,6 +176,9 @@ impl RedisReader {
                     );
                 }
                 Err(err) if err.is_timeout() => {
+                    if self.connector.master_switched() {
+                        return Ok("the sentinels switched the master".to_owned());
+                    }
                     // PROBE_AFTER of silence (the read timeout): is the connection still there?
                     interest.apply_pending(&self.interest_changes);
                     if let Err(err) = probe(pubsub) {

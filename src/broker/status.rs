@@ -5,11 +5,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Whether the subscriber and the publisher connections are up, and how often they came back.
+/// Whether the subscriber, the publisher and the sharded subscriber connections are up, and
+/// how often they came back.
 #[derive(Debug, Default)]
 pub struct RedisStatus {
     subscriber_up: AtomicBool,
     publisher_up: AtomicBool,
+    /// The `SSUBSCRIBE` connection (messages published with the function).
+    sharded_up: AtomicBool,
     reconnects: AtomicU64,
     /// Set by the reader when its connection changed state: the publisher, which only notices
     /// a dead connection when it next uses it, then checks its own at once.
@@ -17,9 +20,11 @@ pub struct RedisStatus {
 }
 
 impl RedisStatus {
-    /// True when both connections are up: only then is the server fully serving.
+    /// True when every connection is up: only then is the server fully serving.
     pub fn is_connected(&self) -> bool {
-        self.subscriber_up.load(Ordering::Acquire) && self.publisher_up.load(Ordering::Acquire)
+        self.subscriber_up.load(Ordering::Acquire)
+            && self.publisher_up.load(Ordering::Acquire)
+            && self.sharded_up.load(Ordering::Acquire)
     }
 
     /// True when pushes can be published right now.
@@ -34,6 +39,10 @@ impl RedisStatus {
 
     pub(crate) fn set_subscriber_up(&self, up: bool) {
         self.subscriber_up.store(up, Ordering::Release);
+    }
+
+    pub(crate) fn set_sharded_up(&self, up: bool) {
+        self.sharded_up.store(up, Ordering::Release);
     }
 
     pub(crate) fn set_publisher_up(&self, up: bool) {

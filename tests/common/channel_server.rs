@@ -94,13 +94,20 @@ impl ChannelServer {
     /// Starts the server against any Redis URL (for example one where nothing listens, to test
     /// a server that starts while Redis is down).
     pub fn start_with_redis_url(redis_url: &str, opts: ServerOptions) -> ChannelServer {
+        Self::start_with_redis_args(&["--redis-url", redis_url], opts)
+    }
+
+    /// Starts the server with the flags that choose its Redis deployment (for example
+    /// `["--redis-sentinel", "127.0.0.1:26379", "--redis-sentinel-master", "m"]`).
+    pub fn start_with_redis_args(redis_args: &[&str], opts: ServerOptions) -> ChannelServer {
+        let redis_args: Vec<String> = redis_args.iter().map(|a| a.to_string()).collect();
         let dir = scratch_dir("channel");
         let config_path = write_config(&dir, &opts);
         let mut last_failure = String::new();
         for attempt in 0..3 {
             let port = free_port();
             let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
-            match try_start(redis_url, port, &opts, config_path.as_deref(), log_path) {
+            match try_start(&redis_args, port, &opts, config_path.as_deref(), log_path) {
                 Ok(server) => return server,
                 Err(failure) => {
                     last_failure = failure.message;
@@ -125,7 +132,8 @@ impl ChannelServer {
         let mut attempt = 0;
         loop {
             let log_path = dir.join(format!("channel-{port}-{attempt}.log"));
-            match try_start(&redis.url(), port, &opts, config_path.as_deref(), log_path) {
+            let redis_args = ["--redis-url".to_string(), redis.url()];
+            match try_start(&redis_args, port, &opts, config_path.as_deref(), log_path) {
                 Ok(server) => return server,
                 Err(failure) => {
                     if !failure.port_taken || Instant::now() >= deadline {
@@ -321,13 +329,13 @@ struct StartFailure {
 /// One start of `channel serve` on `port`, waiting until it answers; on failure the process is
 /// gone and its log is in the failure (not printed again on drop).
 fn try_start(
-    redis_url: &str,
+    redis_args: &[String],
     port: u16,
     opts: &ServerOptions,
     config_path: Option<&std::path::Path>,
     log_path: PathBuf,
 ) -> Result<ChannelServer, StartFailure> {
-    let child = spawn_serve(redis_url, port, opts, config_path, &log_path);
+    let child = spawn_serve(redis_args, port, opts, config_path, &log_path);
     let mut server = ChannelServer {
         child: Some(child),
         port,
@@ -359,7 +367,7 @@ fn write_config(dir: &std::path::Path, opts: &ServerOptions) -> Option<PathBuf> 
 /// Starts `channel serve` with `opts`, its output to `log_path`. The developer's own CHANNEL_*
 /// settings never leak into a test; the log has no colour codes (failing tests print it).
 fn spawn_serve(
-    redis_url: &str,
+    redis_args: &[String],
     port: u16,
     opts: &ServerOptions,
     config_path: Option<&std::path::Path>,
@@ -371,7 +379,7 @@ fn spawn_serve(
     command
         .arg("serve")
         .args(["--port", &port.to_string()])
-        .args(["--redis-url", redis_url])
+        .args(redis_args)
         .args(["--shards", &opts.shards.to_string()]);
     if let Some(secret) = &opts.jwt_secret {
         command.args(["--jwt-secret", secret]);

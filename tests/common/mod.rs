@@ -14,6 +14,7 @@ pub mod node;
 pub mod phoenix;
 pub mod redis_server;
 pub mod relay;
+pub mod sentinel;
 pub mod socket;
 pub mod tokens;
 

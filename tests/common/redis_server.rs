@@ -254,7 +254,19 @@ pub struct RedisSubscriber {
 
 impl RedisSubscriber {
     fn start(redis: &RedisServer, pattern: &str) -> RedisSubscriber {
-        let mut conn = redis.connection();
+        Self::start_on(redis.connection(), pattern)
+    }
+
+    /// `PSUBSCRIBE pattern` on the Redis at `url` (a node of a Sentinel deployment, say).
+    pub fn on_url(url: &str, pattern: &str) -> RedisSubscriber {
+        let client = redis::Client::open(url).expect("a redis:// URL the test built parses");
+        let conn = client
+            .get_connection_with_timeout(READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        Self::start_on(conn, pattern)
+    }
+
+    fn start_on(mut conn: redis::Connection, pattern: &str) -> RedisSubscriber {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
