@@ -11,80 +11,23 @@
 //! A reading client that is closed is not reconnected: what it misses counts as lost.
 
 use crate::conn::Ws;
-use crate::redis::{encode_command, parse_redis_url, parse_resp};
-use crate::run::parse_http_url;
-use crate::scenario::Scenario;
+use crate::net::{parse_http_url, parse_redis_url};
+use crate::resp::{encode_command, read_replies};
+use crate::scenario::{BurstParams, Scenario, POSITIONS};
 use crate::slow::{self, Ending};
 use crate::stamp::{now_us, payload_template, write_stamp, STAMP_POS};
 use crate::stats::process_rss_bytes;
 use crate::token::TokenClient;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Stamps are `burst * POSITIONS + n`.
-const POSITIONS: u64 = 1_000_000;
-
-/// The `[burst]` table of a `kind = "burst"` scenario. The scenario's own fields are used too:
-/// `clients` (reading clients), `message_bytes`, `topic_prefix`, `event`, `join_timeout`,
-/// `join_in_flight`, `drain`, `ws_path`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BurstParams {
-    /// Messages in one burst (one pipeline of PUBLISH).
-    #[serde(default = "d_messages")]
-    pub messages: usize,
-    /// Seconds from the start of one burst to the start of the next.
-    #[serde(default = "d_every")]
-    pub every: f64,
-    /// Bursts in the run.
-    #[serde(default = "d_bursts")]
-    pub bursts: usize,
-    /// Clients on the topic that never read after their join (4 KiB receive buffer, MSS 1460).
-    #[serde(default = "d_non_readers")]
-    pub non_readers: usize,
-}
-
-fn d_messages() -> usize {
-    2000
-}
-fn d_every() -> f64 {
-    2.0
-}
-fn d_bursts() -> usize {
-    10
-}
-fn d_non_readers() -> usize {
-    3
-}
-
-impl Default for BurstParams {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults")
-    }
-}
-
-impl BurstParams {
-    pub fn validate(&self) -> Result<()> {
-        if self.messages == 0 || self.messages as u64 >= POSITIONS {
-            bail!("[burst] messages must be between 1 and {}", POSITIONS - 1);
-        }
-        if self.bursts == 0 {
-            bail!("[burst] bursts must be at least 1");
-        }
-        if self.every.is_nan() || self.every <= 0.0 {
-            bail!("[burst] every must be positive");
-        }
-        Ok(())
-    }
-}
 
 pub struct BurstArgs {
     pub scenario: Scenario,
@@ -337,44 +280,6 @@ fn clients_thread(sh: Arc<Shared>) {
     });
 }
 
-/// Reads `n` RESP replies within `within`.
-fn read_replies(s: &mut TcpStream, n: usize, within: Duration) -> Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let deadline = std::time::Instant::now() + within;
-    let mut got = 0;
-    while got < n {
-        let mut pos = 0;
-        while got < n {
-            match parse_resp(&buf[pos..])? {
-                Some((_, used)) => {
-                    pos += used;
-                    got += 1;
-                }
-                None => break,
-            }
-        }
-        buf.drain(..pos);
-        if got == n {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("{got} of {n} PUBLISH replies within {within:?}");
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => bail!("Redis closed the connection"),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Publishes the bursts on schedule, each as one pipeline written in one go.
 fn publisher(sh: Arc<Shared>, redis: SocketAddr, t0: u64) -> Result<()> {
     let mut s = TcpStream::connect_timeout(&redis, Duration::from_secs(2))
@@ -399,7 +304,12 @@ fn publisher(sh: Arc<Shared>, redis: SocketAddr, t0: u64) -> Result<()> {
             starts.push(now_us());
         }
         s.write_all(&pipeline)?;
-        read_replies(&mut s, sh.p.messages, Duration::from_secs(10))?;
+        read_replies(
+            &mut s,
+            sh.p.messages,
+            &mut Vec::new(),
+            Duration::from_secs(10),
+        )?;
     }
     Ok(())
 }
@@ -552,32 +462,4 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
         serde_json::to_string_pretty(&json)?,
     )?;
     Ok(json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_burst_scenario_has_valid_params() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/burst.toml");
-        let sc = Scenario::load(&path).unwrap();
-        sc.validate().unwrap();
-        let p = sc.burst.clone().expect("a [burst] table");
-        p.validate().unwrap();
-        assert_eq!(p.messages, 2000);
-    }
-
-    #[test]
-    fn invalid_burst_params_are_refused() {
-        for bad in [
-            "messages = 0",
-            "bursts = 0",
-            "every = 0",
-            "messages = 1000000",
-        ] {
-            let p: BurstParams = toml::from_str(bad).unwrap();
-            assert!(p.validate().is_err(), "{bad}");
-        }
-    }
 }

@@ -6,8 +6,10 @@ mod ceiling;
 mod client;
 mod conn;
 mod fleet;
+mod net;
 mod redis;
 mod report;
+mod resp;
 mod run;
 mod scenario;
 mod slow;
@@ -171,7 +173,7 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             let source_ips = match source_ips {
-                Some(s) => run::parse_source_ips(&s)?,
+                Some(s) => net::parse_source_ips(&s)?,
                 None => Vec::new(),
             };
             let summary = run::run(run::RunArgs {
