@@ -359,18 +359,7 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
             .name("burst-clients".into())
             .spawn(move || clients_thread(sh))?
     };
-    // Wait for every join to end (ok or failed), then a second for presence to settle.
-    let join_deadline = now_us() + ((sc.join_timeout + 30.0) * 1e6) as u64;
-    while (sh.joined.load(Relaxed) + sh.join_failed.load(Relaxed)) < sc.clients as u64
-        || sh.non_readers_joined.load(Relaxed) < p.non_readers
-    {
-        if now_us() > join_deadline {
-            sh.note_error("joins did not finish in time".into());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_joins(&sh);
     let rss_joined = rss();
 
     let t0 = now_us();
@@ -381,20 +370,12 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
             .spawn(move || publisher(sh, redis, t0))?
     };
     let end = t0 + (((p.bursts - 1) as f64 * p.every + sc.drain.max(1.0)) * 1e6) as u64;
-    let mut peak = rss_joined.unwrap_or(0);
-    let mut non_readers_closed_at = None;
+    let mut watch = Watch {
+        peak: rss_joined.unwrap_or(0),
+        non_readers_closed_at: None,
+    };
     while now_us() < end {
-        if let Some(b) = rss() {
-            peak = peak.max(b);
-        }
-        // The metric costs the server an HTTP request: every 50 ms only until it is known.
-        if non_readers_closed_at.is_none() && p.non_readers > 0 {
-            if let (Some(now), Some(before)) = (total_closes(), closes_before) {
-                if now.saturating_sub(before) >= p.non_readers as u64 {
-                    non_readers_closed_at = Some(now_us());
-                }
-            }
-        }
+        watch.look(&p, &rss, &total_closes, closes_before);
         std::thread::sleep(Duration::from_millis(50));
     }
     match publisher.join() {
@@ -408,6 +389,82 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
         sh.note_error("clients thread panicked".into());
     }
 
+    let figures = ServerFigures {
+        rss_before,
+        rss_joined,
+        peak: args.server_pid.map(|_| watch.peak),
+        closes_before,
+        closes_after: total_closes(),
+        non_readers_closed_at: watch.non_readers_closed_at,
+    };
+    let summary = summarize(&sh, &figures);
+    let json = serde_json::to_value(&summary)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(json)
+}
+
+/// Waits for every join to end (ok or failed; `join_timeout` + 30 s at most), then a second for
+/// presence to settle.
+fn wait_for_joins(sh: &Shared) {
+    let join_deadline = now_us() + ((sh.sc.join_timeout + 30.0) * 1e6) as u64;
+    while (sh.joined.load(Relaxed) + sh.join_failed.load(Relaxed)) < sh.sc.clients as u64
+        || sh.non_readers_joined.load(Relaxed) < sh.p.non_readers
+    {
+        if now_us() > join_deadline {
+            sh.note_error("joins did not finish in time".into());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// What the coordinator sees of the server while the bursts run.
+struct Watch {
+    /// Highest RSS sampled (bytes).
+    peak: u64,
+    /// When the server's slow-consumer closes first covered every non-reader.
+    non_readers_closed_at: Option<u64>,
+}
+
+impl Watch {
+    fn look(
+        &mut self,
+        p: &BurstParams,
+        rss: &impl Fn() -> Option<u64>,
+        total_closes: &impl Fn() -> Option<u64>,
+        closes_before: Option<u64>,
+    ) {
+        if let Some(b) = rss() {
+            self.peak = self.peak.max(b);
+        }
+        // The metric costs the server an HTTP request: every 50 ms only until it is known.
+        if self.non_readers_closed_at.is_none() && p.non_readers > 0 {
+            if let (Some(now), Some(before)) = (total_closes(), closes_before) {
+                if now.saturating_sub(before) >= p.non_readers as u64 {
+                    self.non_readers_closed_at = Some(now_us());
+                }
+            }
+        }
+    }
+}
+
+/// The server's figures of a run: RSS (bytes) before, once joined, at its peak (`None` without
+/// `--server-pid`), and its slow-consumer closes before and after.
+struct ServerFigures {
+    rss_before: Option<u64>,
+    rss_joined: Option<u64>,
+    peak: Option<u64>,
+    closes_before: Option<u64>,
+    closes_after: Option<u64>,
+    non_readers_closed_at: Option<u64>,
+}
+
+/// The summary of a finished run.
+fn summarize(sh: &Shared, figures: &ServerFigures) -> BurstSummary {
     let starts = sh.burst_start.lock().map(|s| s.clone()).unwrap_or_default();
     let done = sh.burst_done.lock().map(|s| s.clone()).unwrap_or_default();
     let readers_done = sh
@@ -426,14 +483,14 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
     complete.sort_by(f64::total_cmp);
     let expected = sh.expected.load(Relaxed);
     let delivered = sh.delivered.load(Relaxed);
-    let summary = BurstSummary {
-        scenario: sc.name.clone(),
-        clients: sc.clients,
-        non_readers: p.non_readers,
-        bursts: p.bursts,
-        messages_per_burst: p.messages,
-        message_bytes: sc.message_bytes,
-        every_s: p.every,
+    BurstSummary {
+        scenario: sh.sc.name.clone(),
+        clients: sh.sc.clients,
+        non_readers: sh.p.non_readers,
+        bursts: sh.p.bursts,
+        messages_per_burst: sh.p.messages,
+        message_bytes: sh.sc.message_bytes,
+        every_s: sh.p.every,
         readers_joined: sh.joined.load(Relaxed),
         join_failed: sh.join_failed.load(Relaxed),
         reading_clients_closed: sh.closed.load(Relaxed),
@@ -444,22 +501,18 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
         out_of_order: sh.out_of_order.load(Relaxed),
         burst_complete_p50_s: complete.get(complete.len() / 2).copied(),
         burst_complete_max_s: complete.last().copied(),
-        server_slow_consumer_closes: total_closes()
-            .zip(closes_before)
+        server_slow_consumer_closes: figures
+            .closes_after
+            .zip(figures.closes_before)
             .map(|(after, before)| after.saturating_sub(before)),
-        non_readers_closed_after_s: non_readers_closed_at
+        non_readers_closed_after_s: figures
+            .non_readers_closed_at
             .zip(starts.first())
             .map(|(at, first)| at.saturating_sub(*first) as f64 / 1e6),
         non_reader_endings: sh.endings.lock().map(|m| m.clone()).unwrap_or_default(),
-        server_rss_before_mib: rss_before.map(mib),
-        server_rss_joined_mib: rss_joined.map(mib),
-        server_rss_peak_mib: args.server_pid.map(|_| mib(peak)),
+        server_rss_before_mib: figures.rss_before.map(mib),
+        server_rss_joined_mib: figures.rss_joined.map(mib),
+        server_rss_peak_mib: figures.peak.map(mib),
         first_error: sh.errors.lock().ok().and_then(|e| e.clone()),
-    };
-    let json = serde_json::to_value(&summary)?;
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    Ok(json)
+    }
 }

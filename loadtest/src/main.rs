@@ -23,7 +23,7 @@ mod ws;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -202,23 +202,26 @@ fn main() -> Result<()> {
             threads,
             max_backlog,
         }),
-        Cmd::Compare { a, b } => {
-            let read = |p: &PathBuf| -> Result<serde_json::Value> {
-                let p = if p.is_dir() {
-                    p.join("summary.json")
-                } else {
-                    p.clone()
-                };
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-            };
-            let (va, vb) = (read(&a)?, read(&b)?);
-            print!(
-                "{}",
-                report::compare(&va, &vb, &a.display().to_string(), &b.display().to_string())
-            );
-            Ok(())
-        }
+        Cmd::Compare { a, b } => compare(&a, &b),
     }
+}
+
+/// `loadtest compare A B`: two summaries (files, or directories holding summary.json) side by side.
+fn compare(a: &Path, b: &Path) -> Result<()> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let p = if p.is_dir() {
+            p.join("summary.json")
+        } else {
+            p.to_path_buf()
+        };
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    };
+    let (va, vb) = (read(a)?, read(b)?);
+    print!(
+        "{}",
+        report::compare(&va, &vb, &a.display().to_string(), &b.display().to_string())
+    );
+    Ok(())
 }

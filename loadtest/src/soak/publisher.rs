@@ -31,13 +31,9 @@ pub(super) fn publisher(sh: Arc<Shared>) {
         format!("to:{}:slow:{event}", sh.sc.topic_prefix),
         &slow_tmpl,
     );
-    let period = if sh.sc.rate > 0.0 {
-        1e6 / sh.sc.rate
-    } else {
-        f64::INFINITY
-    };
-    let slow_period = if sh.p.slow_rate > 0.0 && sh.p.slow_clients > 0 {
-        1e6 / sh.p.slow_rate
+    let period = period_us(sh.sc.rate);
+    let slow_period = if sh.p.slow_clients > 0 {
+        period_us(sh.p.slow_rate)
     } else {
         f64::INFINITY
     };
@@ -112,5 +108,14 @@ pub(super) fn publisher(sh: Arc<Shared>) {
         if wake > now {
             std::thread::sleep(Duration::from_micros((wake - now) as u64));
         }
+    }
+}
+
+/// µs between two publishes at `rate`/s; never for a rate of 0.
+fn period_us(rate: f64) -> f64 {
+    if rate > 0.0 {
+        1e6 / rate
+    } else {
+        f64::INFINITY
     }
 }
