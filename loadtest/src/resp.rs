@@ -77,10 +77,10 @@ pub fn parse_resp(buf: &[u8]) -> Result<Option<(Resp<'_>, usize)>> {
     }
 }
 
-/// Reads the `n` replies of a pipeline from `s` within `within`, keeping in `buf` what arrives
-/// early past them (a caller that reuses its connection passes the same `buf` back; it clears it
-/// on a new connection). Returns how many replies were errors; `Err` when the connection fails
-/// or `within` passes first. `s` needs a read timeout for `within` to be kept.
+/// Reads the `n` replies of a pipeline of PUBLISH from `s` within `within`, keeping in `buf`
+/// what arrives early past them (a caller that reuses its connection passes the same `buf` back;
+/// it clears it on a new connection). Returns how many replies were errors; `Err` when the
+/// connection fails or `within` passes first. `s` needs a read timeout for `within` to be kept.
 pub fn read_replies(
     s: &mut TcpStream,
     n: usize,
@@ -152,5 +152,50 @@ mod tests {
             parse_resp(b"-ERR x\r\n").unwrap().unwrap().0,
             Resp::Error(b"ERR x")
         );
+    }
+
+    /// A loopback "Redis" that writes `replies` in the given pieces, then holds or closes.
+    fn serve(pieces: Vec<&'static [u8]>, close: bool) -> TcpStream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for piece in pieces {
+                std::io::Write::write_all(&mut s, piece).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !close {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s
+    }
+
+    #[test]
+    fn pipeline_replies_are_counted_across_reads_and_the_rest_is_kept() {
+        let mut s = serve(vec![b":1\r\n-ERR x\r", b"\n:3\r\n:4", b"\r\n"], false);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_replies(&mut s, 3, &mut buf, Duration::from_secs(1)).unwrap(),
+            1
+        );
+        // The fourth reply, partly read past the three asked for, waits in `buf`.
+        assert_eq!(
+            read_replies(&mut s, 1, &mut buf, Duration::from_secs(1)).unwrap(),
+            0
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn missing_replies_fail_by_the_deadline_or_on_close() {
+        let mut s = serve(vec![b":1\r\n"], false);
+        let e = read_replies(&mut s, 2, &mut Vec::new(), Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e.to_string(), "1 of 2 PUBLISH replies within 100ms");
+        let mut s = serve(vec![b":1\r\n"], true);
+        let e = read_replies(&mut s, 2, &mut Vec::new(), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.to_string(), "Redis closed the connection");
     }
 }
