@@ -1,5 +1,5 @@
-//! The layers of `src/` point down only: no import cycle between the crate's top-level modules
-//! (issue 12, docs/architecture.md).
+//! The layers of `src/` and of `loadtest/src/` point down only: no import cycle between either
+//! crate's top-level modules (issue 12, docs/architecture.md, loadtest/README.md).
 //!
 //! A module `a` depends on `b` when any file of `a` names `crate::b` (in a `use` line or a path)
 //! outside comments. The check reads the source text itself rather than installing
@@ -31,7 +31,8 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The top-level module a file of `src/` belongs to (`src/shard/session.rs` → `shard`), or
-/// `None` for the crate roots (`lib.rs`, `main.rs`), which may name every module.
+/// `None` for the crate roots (`lib.rs`, `main.rs`), which may name every module. A directory
+/// module (`loadtest/src/soak/churn.rs`) belongs to its directory (`soak`).
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let relative = file.strip_prefix(src).expect("a file under src/");
     let first = relative.components().next()?.as_os_str().to_str()?;
@@ -216,6 +217,54 @@ fn top_level_modules_of_src_have_no_import_cycle() {
         cycles.is_empty(),
         "import cycles between modules of src/ (docs/architecture.md says which way each \
          layer may point):\n  {}",
+        shown.join("\n  ")
+    );
+}
+
+/// The cycles of the crate rooted at `src`, shown one per line.
+fn shown_cycles(src: &Path) -> Vec<String> {
+    cycles(&dependency_graph(src))
+        .iter()
+        .map(|c| c.join(" -> "))
+        .collect()
+}
+
+#[test]
+fn the_checker_sees_a_cycle_between_files_of_a_crate() {
+    // A crate on disk, as the reading sees it: `a` names `b` through a directory module, `b`
+    // names `a` in a path (not a `use`), `c` only names `a`, and a comment in `a` names `c`.
+    let root = std::env::temp_dir().join(format!("layers-test-{}", std::process::id()));
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("b")).expect("a scratch directory");
+    let write = |path: &str, text: &str| {
+        std::fs::write(src.join(path), text).expect("a scratch file");
+    };
+    write("main.rs", "mod a;\nmod b;\nmod c;\nuse crate::c::Z;\n");
+    write("a.rs", "use crate::b::X; // crate::c::Z\n");
+    write("b/mod.rs", "mod inner;\n");
+    write("b/inner.rs", "fn f() -> crate::a::Y { super::g() }\n");
+    write("c.rs", "use crate::a::Y;\n");
+    let found = shown_cycles(&src);
+    write("b/inner.rs", "fn f() { super::g() }\n");
+    let after_fix = shown_cycles(&src);
+    std::fs::remove_dir_all(&root).expect("removing the scratch directory");
+    assert_eq!(found, ["a -> b -> a"]);
+    assert!(after_fix.is_empty(), "{after_fix:?}");
+}
+
+#[test]
+fn top_level_modules_of_loadtest_have_no_import_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/src");
+    let graph = dependency_graph(&src);
+    assert!(
+        graph.contains_key("soak") && graph.contains_key("run"),
+        "the reading found loadtest's modules"
+    );
+    let shown = shown_cycles(&src);
+    assert!(
+        shown.is_empty(),
+        "import cycles between modules of loadtest/src/ (loadtest/README.md, \"Layers\", says \
+         which way each may point):\n  {}",
         shown.join("\n  ")
     );
 }

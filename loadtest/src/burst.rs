@@ -11,80 +11,23 @@
 //! A reading client that is closed is not reconnected: what it misses counts as lost.
 
 use crate::conn::Ws;
-use crate::redis::{encode_command, parse_redis_url, parse_resp};
-use crate::run::parse_http_url;
-use crate::scenario::Scenario;
+use crate::net::{parse_http_url, parse_redis_url};
+use crate::resp::{encode_command, read_replies};
+use crate::scenario::{BurstParams, Scenario, POSITIONS};
 use crate::slow::{self, Ending};
 use crate::stamp::{now_us, payload_template, write_stamp, STAMP_POS};
 use crate::stats::process_rss_bytes;
 use crate::token::TokenClient;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Stamps are `burst * POSITIONS + n`.
-const POSITIONS: u64 = 1_000_000;
-
-/// The `[burst]` table of a `kind = "burst"` scenario. The scenario's own fields are used too:
-/// `clients` (reading clients), `message_bytes`, `topic_prefix`, `event`, `join_timeout`,
-/// `join_in_flight`, `drain`, `ws_path`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BurstParams {
-    /// Messages in one burst (one pipeline of PUBLISH).
-    #[serde(default = "d_messages")]
-    pub messages: usize,
-    /// Seconds from the start of one burst to the start of the next.
-    #[serde(default = "d_every")]
-    pub every: f64,
-    /// Bursts in the run.
-    #[serde(default = "d_bursts")]
-    pub bursts: usize,
-    /// Clients on the topic that never read after their join (4 KiB receive buffer, MSS 1460).
-    #[serde(default = "d_non_readers")]
-    pub non_readers: usize,
-}
-
-fn d_messages() -> usize {
-    2000
-}
-fn d_every() -> f64 {
-    2.0
-}
-fn d_bursts() -> usize {
-    10
-}
-fn d_non_readers() -> usize {
-    3
-}
-
-impl Default for BurstParams {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults")
-    }
-}
-
-impl BurstParams {
-    pub fn validate(&self) -> Result<()> {
-        if self.messages == 0 || self.messages as u64 >= POSITIONS {
-            bail!("[burst] messages must be between 1 and {}", POSITIONS - 1);
-        }
-        if self.bursts == 0 {
-            bail!("[burst] bursts must be at least 1");
-        }
-        if self.every.is_nan() || self.every <= 0.0 {
-            bail!("[burst] every must be positive");
-        }
-        Ok(())
-    }
-}
 
 pub struct BurstArgs {
     pub scenario: Scenario,
@@ -337,44 +280,6 @@ fn clients_thread(sh: Arc<Shared>) {
     });
 }
 
-/// Reads `n` RESP replies within `within`.
-fn read_replies(s: &mut TcpStream, n: usize, within: Duration) -> Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let deadline = std::time::Instant::now() + within;
-    let mut got = 0;
-    while got < n {
-        let mut pos = 0;
-        while got < n {
-            match parse_resp(&buf[pos..])? {
-                Some((_, used)) => {
-                    pos += used;
-                    got += 1;
-                }
-                None => break,
-            }
-        }
-        buf.drain(..pos);
-        if got == n {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("{got} of {n} PUBLISH replies within {within:?}");
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => bail!("Redis closed the connection"),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Publishes the bursts on schedule, each as one pipeline written in one go.
 fn publisher(sh: Arc<Shared>, redis: SocketAddr, t0: u64) -> Result<()> {
     let mut s = TcpStream::connect_timeout(&redis, Duration::from_secs(2))
@@ -399,7 +304,12 @@ fn publisher(sh: Arc<Shared>, redis: SocketAddr, t0: u64) -> Result<()> {
             starts.push(now_us());
         }
         s.write_all(&pipeline)?;
-        read_replies(&mut s, sh.p.messages, Duration::from_secs(10))?;
+        read_replies(
+            &mut s,
+            sh.p.messages,
+            &mut Vec::new(),
+            Duration::from_secs(10),
+        )?;
     }
     Ok(())
 }
@@ -449,18 +359,7 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
             .name("burst-clients".into())
             .spawn(move || clients_thread(sh))?
     };
-    // Wait for every join to end (ok or failed), then a second for presence to settle.
-    let join_deadline = now_us() + ((sc.join_timeout + 30.0) * 1e6) as u64;
-    while (sh.joined.load(Relaxed) + sh.join_failed.load(Relaxed)) < sc.clients as u64
-        || sh.non_readers_joined.load(Relaxed) < p.non_readers
-    {
-        if now_us() > join_deadline {
-            sh.note_error("joins did not finish in time".into());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_joins(&sh);
     let rss_joined = rss();
 
     let t0 = now_us();
@@ -471,20 +370,12 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
             .spawn(move || publisher(sh, redis, t0))?
     };
     let end = t0 + (((p.bursts - 1) as f64 * p.every + sc.drain.max(1.0)) * 1e6) as u64;
-    let mut peak = rss_joined.unwrap_or(0);
-    let mut non_readers_closed_at = None;
+    let mut watch = Watch {
+        peak: rss_joined.unwrap_or(0),
+        non_readers_closed_at: None,
+    };
     while now_us() < end {
-        if let Some(b) = rss() {
-            peak = peak.max(b);
-        }
-        // The metric costs the server an HTTP request: every 50 ms only until it is known.
-        if non_readers_closed_at.is_none() && p.non_readers > 0 {
-            if let (Some(now), Some(before)) = (total_closes(), closes_before) {
-                if now.saturating_sub(before) >= p.non_readers as u64 {
-                    non_readers_closed_at = Some(now_us());
-                }
-            }
-        }
+        watch.look(&p, &rss, &total_closes, closes_before);
         std::thread::sleep(Duration::from_millis(50));
     }
     match publisher.join() {
@@ -498,6 +389,82 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
         sh.note_error("clients thread panicked".into());
     }
 
+    let figures = ServerFigures {
+        rss_before,
+        rss_joined,
+        peak: args.server_pid.map(|_| watch.peak),
+        closes_before,
+        closes_after: total_closes(),
+        non_readers_closed_at: watch.non_readers_closed_at,
+    };
+    let summary = summarize(&sh, &figures);
+    let json = serde_json::to_value(&summary)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(json)
+}
+
+/// Waits for every join to end (ok or failed; `join_timeout` + 30 s at most), then a second for
+/// presence to settle.
+fn wait_for_joins(sh: &Shared) {
+    let join_deadline = now_us() + ((sh.sc.join_timeout + 30.0) * 1e6) as u64;
+    while (sh.joined.load(Relaxed) + sh.join_failed.load(Relaxed)) < sh.sc.clients as u64
+        || sh.non_readers_joined.load(Relaxed) < sh.p.non_readers
+    {
+        if now_us() > join_deadline {
+            sh.note_error("joins did not finish in time".into());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// What the coordinator sees of the server while the bursts run.
+struct Watch {
+    /// Highest RSS sampled (bytes).
+    peak: u64,
+    /// When the server's slow-consumer closes first covered every non-reader.
+    non_readers_closed_at: Option<u64>,
+}
+
+impl Watch {
+    fn look(
+        &mut self,
+        p: &BurstParams,
+        rss: &impl Fn() -> Option<u64>,
+        total_closes: &impl Fn() -> Option<u64>,
+        closes_before: Option<u64>,
+    ) {
+        if let Some(b) = rss() {
+            self.peak = self.peak.max(b);
+        }
+        // The metric costs the server an HTTP request: every 50 ms only until it is known.
+        if self.non_readers_closed_at.is_none() && p.non_readers > 0 {
+            if let (Some(now), Some(before)) = (total_closes(), closes_before) {
+                if now.saturating_sub(before) >= p.non_readers as u64 {
+                    self.non_readers_closed_at = Some(now_us());
+                }
+            }
+        }
+    }
+}
+
+/// The server's figures of a run: RSS (bytes) before, once joined, at its peak (`None` without
+/// `--server-pid`), and its slow-consumer closes before and after.
+struct ServerFigures {
+    rss_before: Option<u64>,
+    rss_joined: Option<u64>,
+    peak: Option<u64>,
+    closes_before: Option<u64>,
+    closes_after: Option<u64>,
+    non_readers_closed_at: Option<u64>,
+}
+
+/// The summary of a finished run.
+fn summarize(sh: &Shared, figures: &ServerFigures) -> BurstSummary {
     let starts = sh.burst_start.lock().map(|s| s.clone()).unwrap_or_default();
     let done = sh.burst_done.lock().map(|s| s.clone()).unwrap_or_default();
     let readers_done = sh
@@ -516,14 +483,14 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
     complete.sort_by(f64::total_cmp);
     let expected = sh.expected.load(Relaxed);
     let delivered = sh.delivered.load(Relaxed);
-    let summary = BurstSummary {
-        scenario: sc.name.clone(),
-        clients: sc.clients,
-        non_readers: p.non_readers,
-        bursts: p.bursts,
-        messages_per_burst: p.messages,
-        message_bytes: sc.message_bytes,
-        every_s: p.every,
+    BurstSummary {
+        scenario: sh.sc.name.clone(),
+        clients: sh.sc.clients,
+        non_readers: sh.p.non_readers,
+        bursts: sh.p.bursts,
+        messages_per_burst: sh.p.messages,
+        message_bytes: sh.sc.message_bytes,
+        every_s: sh.p.every,
         readers_joined: sh.joined.load(Relaxed),
         join_failed: sh.join_failed.load(Relaxed),
         reading_clients_closed: sh.closed.load(Relaxed),
@@ -534,50 +501,18 @@ pub fn run(args: BurstArgs) -> Result<serde_json::Value> {
         out_of_order: sh.out_of_order.load(Relaxed),
         burst_complete_p50_s: complete.get(complete.len() / 2).copied(),
         burst_complete_max_s: complete.last().copied(),
-        server_slow_consumer_closes: total_closes()
-            .zip(closes_before)
+        server_slow_consumer_closes: figures
+            .closes_after
+            .zip(figures.closes_before)
             .map(|(after, before)| after.saturating_sub(before)),
-        non_readers_closed_after_s: non_readers_closed_at
+        non_readers_closed_after_s: figures
+            .non_readers_closed_at
             .zip(starts.first())
             .map(|(at, first)| at.saturating_sub(*first) as f64 / 1e6),
         non_reader_endings: sh.endings.lock().map(|m| m.clone()).unwrap_or_default(),
-        server_rss_before_mib: rss_before.map(mib),
-        server_rss_joined_mib: rss_joined.map(mib),
-        server_rss_peak_mib: args.server_pid.map(|_| mib(peak)),
+        server_rss_before_mib: figures.rss_before.map(mib),
+        server_rss_joined_mib: figures.rss_joined.map(mib),
+        server_rss_peak_mib: figures.peak.map(mib),
         first_error: sh.errors.lock().ok().and_then(|e| e.clone()),
-    };
-    let json = serde_json::to_value(&summary)?;
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    Ok(json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_burst_scenario_has_valid_params() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/burst.toml");
-        let sc = Scenario::load(&path).unwrap();
-        sc.validate().unwrap();
-        let p = sc.burst.clone().expect("a [burst] table");
-        p.validate().unwrap();
-        assert_eq!(p.messages, 2000);
-    }
-
-    #[test]
-    fn invalid_burst_params_are_refused() {
-        for bad in [
-            "messages = 0",
-            "bursts = 0",
-            "every = 0",
-            "messages = 1000000",
-        ] {
-            let p: BurstParams = toml::from_str(bad).unwrap();
-            assert!(p.validate().is_err(), "{bad}");
-        }
     }
 }

@@ -20,7 +20,8 @@
 //!
 //! What it must never do: parse a payload, copy a frame per receiver, or block a worker.
 
-use crate::redis::{encode_command, parse_redis_url, parse_resp, Resp};
+use crate::net::parse_redis_url;
+use crate::resp::{encode_command, parse_resp, Resp};
 use anyhow::{anyhow, bail, Context, Result};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -57,7 +58,7 @@ struct Inbox {
 /// Serves until the Redis connection ends (or the process is killed).
 pub fn serve(args: CeilingArgs) -> Result<()> {
     let redis_addr = parse_redis_url(&args.redis)?;
-    crate::run::raise_fd_limit();
+    crate::net::raise_fd_limit();
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {

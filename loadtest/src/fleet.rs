@@ -539,13 +539,13 @@ impl Fleet {
 /// `loadtest worker`: the child side. Reads its [`WorkerSpec`] and then commands from stdin,
 /// runs its clients, and answers on stdout until stdin closes.
 pub fn worker_main() -> Result<()> {
-    crate::run::raise_fd_limit();
+    crate::net::raise_fd_limit();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let first = lines.next().context("no worker spec on stdin")??;
     let spec: WorkerSpec = serde_json::from_str(&first).context("parsing the worker spec")?;
     let sc = spec.scenario;
-    let (addr, host) = crate::run::parse_http_url(&spec.url)?;
+    let (addr, host) = crate::net::parse_http_url(&spec.url)?;
     let shared = Arc::new(run_shared(&sc, addr, host, spec.source_ips));
     let mine: Vec<usize> = (0..sc.clients)
         .filter(|i| i % spec.procs == spec.proc_index)

@@ -6,8 +6,10 @@ mod ceiling;
 mod client;
 mod conn;
 mod fleet;
+mod net;
 mod redis;
 mod report;
+mod resp;
 mod run;
 mod scenario;
 mod slow;
@@ -21,7 +23,7 @@ mod ws;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -171,7 +173,7 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             let source_ips = match source_ips {
-                Some(s) => run::parse_source_ips(&s)?,
+                Some(s) => net::parse_source_ips(&s)?,
                 None => Vec::new(),
             };
             let summary = run::run(run::RunArgs {
@@ -200,23 +202,26 @@ fn main() -> Result<()> {
             threads,
             max_backlog,
         }),
-        Cmd::Compare { a, b } => {
-            let read = |p: &PathBuf| -> Result<serde_json::Value> {
-                let p = if p.is_dir() {
-                    p.join("summary.json")
-                } else {
-                    p.clone()
-                };
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-            };
-            let (va, vb) = (read(&a)?, read(&b)?);
-            print!(
-                "{}",
-                report::compare(&va, &vb, &a.display().to_string(), &b.display().to_string())
-            );
-            Ok(())
-        }
+        Cmd::Compare { a, b } => compare(&a, &b),
     }
+}
+
+/// `loadtest compare A B`: two summaries (files, or directories holding summary.json) side by side.
+fn compare(a: &Path, b: &Path) -> Result<()> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let p = if p.is_dir() {
+            p.join("summary.json")
+        } else {
+            p.to_path_buf()
+        };
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    };
+    let (va, vb) = (read(a)?, read(b)?);
+    print!(
+        "{}",
+        report::compare(&va, &vb, &a.display().to_string(), &b.display().to_string())
+    );
+    Ok(())
 }

@@ -4,104 +4,15 @@
 //! and `INFO cpu`. A hand-written RESP writer/reader keeps the publisher cheap and pipelined; these
 //! threads never touch the WebSocket clients.
 
+use crate::resp::{encode_command, parse_resp, Resp};
 use crate::stamp::{find_stamp, now_us, payload_template, write_stamp, STAMP_POS};
 use crate::stats::ThreadStats;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// `redis://host:port[/db]` → a socket address (no password support: local test instances only).
-pub fn parse_redis_url(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("redis://")
-        .ok_or_else(|| anyhow!("redis url must start with redis://: {url}"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    if hostport.contains('@') {
-        bail!("redis url with credentials is not supported: {url}");
-    }
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:6379")
-    };
-    hostport
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow!("cannot resolve {hostport}"))
-}
-
-/// Appends a RESP array of bulk strings (a command) to `out`.
-pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// One RESP value, borrowing the input.
-#[derive(Debug, PartialEq)]
-pub enum Resp<'a> {
-    Simple(&'a [u8]),
-    Error(&'a [u8]),
-    Int(i64),
-    Bulk(Option<&'a [u8]>),
-    Array(Vec<Resp<'a>>),
-}
-
-/// Parses one RESP value at the start of `buf`: `Ok(Some((value, bytes used)))`, `Ok(None)` if
-/// incomplete.
-pub fn parse_resp(buf: &[u8]) -> Result<Option<(Resp<'_>, usize)>> {
-    let Some(nl) = memchr::memmem::find(buf, b"\r\n") else {
-        return Ok(None);
-    };
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let line = &buf[1..nl];
-    let after = nl + 2;
-    let int = || -> Result<i64> {
-        std::str::from_utf8(line)?
-            .parse::<i64>()
-            .map_err(|e| anyhow!("bad RESP integer: {e}"))
-    };
-    match buf[0] {
-        b'+' => Ok(Some((Resp::Simple(line), after))),
-        b'-' => Ok(Some((Resp::Error(line), after))),
-        b':' => Ok(Some((Resp::Int(int()?), after))),
-        b'$' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((Resp::Bulk(None), after)));
-            }
-            let end = after + n as usize;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            Ok(Some((Resp::Bulk(Some(&buf[after..end])), end + 2)))
-        }
-        b'*' => {
-            let n = int()?;
-            let mut items = Vec::with_capacity(n.max(0) as usize);
-            let mut pos = after;
-            for _ in 0..n.max(0) {
-                match parse_resp(&buf[pos..])? {
-                    None => return Ok(None),
-                    Some((v, used)) => {
-                        items.push(v);
-                        pos += used;
-                    }
-                }
-            }
-            Ok(Some((Resp::Array(items), pos)))
-        }
-        c => bail!("unexpected RESP type byte {c:#x}"),
-    }
-}
 
 /// Redis's own CPU time (used_cpu_sys + used_cpu_user of `INFO cpu`) in µs.
 pub fn redis_cpu_us(addr: SocketAddr) -> Option<u64> {
@@ -390,46 +301,6 @@ pub fn subscribe_and_measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redis_urls_are_parsed() {
-        assert_eq!(
-            parse_redis_url("redis://127.0.0.1:6390").unwrap().port(),
-            6390
-        );
-        assert_eq!(parse_redis_url("redis://127.0.0.1").unwrap().port(), 6379);
-        assert_eq!(
-            parse_redis_url("redis://127.0.0.1:6390/0").unwrap().port(),
-            6390
-        );
-        assert!(parse_redis_url("http://x").is_err());
-    }
-
-    #[test]
-    fn publish_command_is_resp() {
-        let mut v = Vec::new();
-        encode_command(&mut v, &[b"PUBLISH", b"to:a:b", b"{}"]);
-        assert_eq!(v, b"*3\r\n$7\r\nPUBLISH\r\n$6\r\nto:a:b\r\n$2\r\n{}\r\n");
-    }
-
-    #[test]
-    fn pmessage_is_parsed_and_partial_input_waits() {
-        let msg = b"*4\r\n$8\r\npmessage\r\n$6\r\nfrom:*\r\n$10\r\nfrom:lt:0a\r\n$5\r\nhello\r\n";
-        let (v, used) = parse_resp(msg).unwrap().unwrap();
-        assert_eq!(used, msg.len());
-        let Resp::Array(items) = v else {
-            panic!("not an array")
-        };
-        assert_eq!(items[3], Resp::Bulk(Some(b"hello")));
-        for cut in 1..msg.len() {
-            assert!(parse_resp(&msg[..cut]).unwrap().is_none(), "cut {cut}");
-        }
-        assert_eq!(parse_resp(b":12\r\n").unwrap().unwrap().0, Resp::Int(12));
-        assert_eq!(
-            parse_resp(b"-ERR x\r\n").unwrap().unwrap().0,
-            Resp::Error(b"ERR x")
-        );
-    }
 
     #[test]
     fn info_cpu_is_summed_in_us() {

@@ -175,19 +175,65 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     out
 }
 
+/// The plot's size and margins (px): width, height, left, right, top, bottom.
+mod frame {
+    pub const W: f64 = 800.0;
+    pub const H: f64 = 480.0;
+    pub const L: f64 = 70.0;
+    pub const R: f64 = 45.0;
+    pub const T: f64 = 40.0;
+    pub const B: f64 = 50.0;
+}
+
+/// The axes' ranges: decades of 1/(1-p) and milliseconds.
+struct Scale {
+    x_max: f64,
+    y_max: f64,
+}
+
+impl Scale {
+    fn px(&self, x: f64) -> f64 {
+        use frame::{L, R, W};
+        L + x / self.x_max * (W - L - R)
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        use frame::{B, H, T};
+        H - B - y / self.y_max * (H - T - B)
+    }
+}
+
 /// A percentile plot (x: percentile on the usual 1/(1-p) log scale, y: latency in ms), one line per
 /// series, as a standalone SVG document.
 pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 480.0;
-    const L: f64 = 70.0;
-    const R: f64 = 45.0;
-    const T: f64 = 40.0;
-    const B: f64 = 50.0;
-    const COLORS: [&str; 8] = [
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    ];
-    // Points: (log10(1/(1-q)), ms). The last point (q = 1) is drawn at one decade past the previous.
+    use frame::{H, W};
+    let (lines, scale) = percentile_lines(series);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        xml_escape(title)
+    );
+    grid_and_axes(&mut s, &scale);
+    for (i, (name, pts)) in lines.iter().enumerate() {
+        series_line(&mut s, &scale, i, name, pts);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Each series as points (log10(1/(1-q)), ms), and the scale that holds them all. The last point
+/// (q = 1) is drawn half a decade past the previous.
+#[allow(clippy::type_complexity)]
+fn percentile_lines(
+    series: &[(String, &Histogram<u64>)],
+) -> (Vec<(String, Vec<(f64, f64)>)>, Scale) {
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut x_max: f64 = 3.0;
     let mut y_max: f64 = 0.0;
@@ -211,25 +257,18 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
         }
         lines.push((name.clone(), pts));
     }
-    let x_max = x_max.ceil();
-    let y_max = nice_ceiling(y_max.max(0.001));
-    let px = |x: f64| L + x / x_max * (W - L - R);
-    let py = |y: f64| H - B - y / y_max * (H - T - B);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        xml_escape(title)
-    );
-    // Grid and axes.
-    for d in 0..=(x_max as u32) {
-        let x = px(d as f64);
+    let scale = Scale {
+        x_max: x_max.ceil(),
+        y_max: nice_ceiling(y_max.max(0.001)),
+    };
+    (lines, scale)
+}
+
+/// The grid, the tick labels and the axis titles.
+fn grid_and_axes(s: &mut String, scale: &Scale) {
+    use frame::{B, H, L, R, T, W};
+    for d in 0..=(scale.x_max as u32) {
+        let x = scale.px(d as f64);
         let label = percentile_label(d);
         let _ = writeln!(
             s,
@@ -243,8 +282,8 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
         );
     }
     for i in 0..=5 {
-        let v = y_max * i as f64 / 5.0;
-        let y = py(v);
+        let v = scale.y_max * i as f64 / 5.0;
+        let y = scale.py(v);
         let _ = writeln!(
             s,
             r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
@@ -270,38 +309,42 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
         (T + H - B) / 2.0,
         (T + H - B) / 2.0
     );
-    for (i, (name, pts)) in lines.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let mut d = String::new();
-        for (j, (x, y)) in pts.iter().enumerate() {
-            let _ = write!(
-                d,
-                "{}{:.1},{:.1}",
-                if j == 0 { "" } else { " " },
-                px(*x),
-                py(*y)
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}"/>"#
-        );
-        let ly = T + 16.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{:.1}" y="{:.1}" width="12" height="3" fill="{color}"/>"#,
-            L + 12.0,
-            ly - 5.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{ly:.1}">{}</text>"#,
-            L + 30.0,
-            xml_escape(name)
+}
+
+/// Series `i`: its polyline and its legend entry.
+fn series_line(s: &mut String, scale: &Scale, i: usize, name: &str, pts: &[(f64, f64)]) {
+    use frame::{L, T};
+    const COLORS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    let color = COLORS[i % COLORS.len()];
+    let mut d = String::new();
+    for (j, (x, y)) in pts.iter().enumerate() {
+        let _ = write!(
+            d,
+            "{}{:.1},{:.1}",
+            if j == 0 { "" } else { " " },
+            scale.px(*x),
+            scale.py(*y)
         );
     }
-    s.push_str("</svg>\n");
-    s
+    let _ = writeln!(
+        s,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{d}"/>"#
+    );
+    let ly = T + 16.0 + 16.0 * i as f64;
+    let _ = writeln!(
+        s,
+        r#"<rect x="{:.1}" y="{:.1}" width="12" height="3" fill="{color}"/>"#,
+        L + 12.0,
+        ly - 5.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{ly:.1}">{}</text>"#,
+        L + 30.0,
+        xml_escape(name)
+    );
 }
 
 fn percentile_label(decade: u32) -> String {

@@ -3,17 +3,18 @@
 //! the summary. It owns time; the load threads own sockets.
 
 use crate::fleet::{run_shared, Fleet, WorkerSpec};
-use crate::redis::PublishPlan;
-use crate::redis::{parse_redis_url, publish_open_loop, redis_cpu_us, subscribe_and_measure};
+use crate::net::{parse_http_url, parse_redis_url, raise_fd_limit, split_source_ips, FD_MARGIN};
+use crate::redis::{publish_open_loop, redis_cpu_us, subscribe_and_measure};
+use crate::redis::{PublishPlan, WindowClock};
 use crate::report::{write_outputs, Latency, Summary, Window};
 use crate::scenario::{Kind, Scenario};
 use crate::slow::SlowGroup;
 use crate::stamp::now_us;
 use crate::stats::{self, process_cpu_us, process_rss_bytes, ThreadStats};
 use crate::step_search::{StepSearch, Verdict};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -30,106 +31,6 @@ pub struct RunArgs {
     /// Load processes (this one and `procs - 1` `loadtest worker` children); 0 = as many as the
     /// open-file limit requires.
     pub procs: usize,
-}
-
-/// Sockets a process may hold besides the clients (token pool, Redis, files).
-const FD_MARGIN: u64 = 100;
-
-/// `http://host:port` → (socket address, Host header).
-pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--url must start with http:// (got {url})"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    let addr = hostport
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow!("cannot resolve {hostport}"))?;
-    Ok((addr, hostport))
-}
-
-/// Parses `127.0.0.2,127.0.0.3` or `127.0.0.2-127.0.0.9` (or both, comma-separated).
-pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some((a, b)) = part.split_once('-') {
-            let a: std::net::Ipv4Addr = a
-                .trim()
-                .parse()
-                .with_context(|| format!("bad address {a}"))?;
-            let b: std::net::Ipv4Addr = b
-                .trim()
-                .parse()
-                .with_context(|| format!("bad address {b}"))?;
-            let (a, b) = (u32::from(a), u32::from(b));
-            if b < a || b - a > 65_535 {
-                bail!("bad address range {part}");
-            }
-            out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
-        } else {
-            out.push(
-                part.parse()
-                    .with_context(|| format!("bad address {part}"))?,
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// The source addresses of each load process. Given addresses are dealt round-robin (a process
-/// gets at least one; with fewer addresses than processes they are shared). Without any, and with
-/// several processes against a loopback server, process k binds 127.0.0.(k+1): each its own.
-pub fn split_source_ips(
-    given: &[IpAddr],
-    procs: usize,
-    server: IpAddr,
-) -> Result<Vec<Vec<IpAddr>>> {
-    let mut out: Vec<Vec<IpAddr>> = vec![Vec::new(); procs];
-    if !given.is_empty() {
-        if given.len() >= procs {
-            for (j, ip) in given.iter().enumerate() {
-                out[j % procs].push(*ip);
-            }
-        } else {
-            for (k, ips) in out.iter_mut().enumerate() {
-                ips.push(given[k % given.len()]);
-            }
-        }
-    } else if procs > 1 && server.is_loopback() {
-        if procs > 254 {
-            bail!("at most 254 load processes get their own 127.0.0.x address");
-        }
-        for (k, ips) in out.iter_mut().enumerate() {
-            ips.push(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, k as u8 + 1)));
-        }
-    }
-    Ok(out)
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 1024;
-        }
-        if r.rlim_cur < r.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return r.rlim_max;
-            }
-        }
-        r.rlim_cur
-    }
 }
 
 struct Probe {
@@ -280,76 +181,99 @@ impl Coordinator {
         let end = start + (duration * 1e6) as u64;
         self.fleet.begin_window(start, end)?;
         let dropped_before = self.fleet.totals().dropped;
-        let (published, live) = if self.sc.kind.is_downstream() {
-            let plan = PublishPlan {
-                addr: self.redis_addr,
-                topics: (0..self.sc.topics).map(|t| self.sc.topic_name(t)).collect(),
-                event: self.sc.event.clone(),
-                rate,
-                message_bytes: self.sc.message_bytes,
-                stop_at_us: end,
-            };
-            let window = self.fleet.local.shared.window.clone();
-            let counter = self.published.clone();
-            counter.store(0, Relaxed);
-            let publisher = std::thread::Builder::new()
-                .name("lt-publisher".into())
-                .spawn(move || publish_open_loop(&plan, &window, &counter))?;
-            if self.slow.is_some() {
-                let read_for = (self.sc.slow_read_for * 1e6) as u64;
-                self.wait_until((start - warm + read_for).min(start), "warmup");
-                if let Some(slow) = &self.slow {
-                    slow.stop_reading();
-                }
-            }
-            self.wait_until(start, "warmup");
-            let live = self.fleet.live_per_topic();
-            let p0 = self.probe();
-            self.wait_until(end, "measure");
-            let p1 = self.probe();
-            let published = publisher
-                .join()
-                .map_err(|_| anyhow!("publisher thread panicked"))??;
-            if published.errors > 0 {
-                eprintln!(
-                    "Redis answered {} PUBLISH commands with an error",
-                    published.errors
-                );
-            }
-            ((published, p0, p1), live)
+        let loaded = if self.sc.kind.is_downstream() {
+            self.publish_through(rate, warm, start, end)?
         } else {
-            self.fleet.set_push_rate((rate * 1000.0) as u64)?;
-            self.wait_until(start, "warmup");
-            let p0 = self.probe();
-            self.wait_until(end, "measure");
-            let p1 = self.probe();
-            self.fleet.set_push_rate(0)?;
-            // A tick due before the end may fire (late) after it: give the load threads time to
-            // send it before counting what was sent inside the window.
-            let grace = now_us() + 200_000;
-            self.wait_until(grace, "stop");
-            self.fleet.refresh()?;
-            (
-                (
-                    crate::redis::Published {
-                        in_window: vec![self.fleet.totals().pushes_sent],
-                        total: 0,
-                        errors: 0,
-                    },
-                    p0,
-                    p1,
-                ),
-                vec![1],
-            )
+            self.push_through(rate, start, end)?
         };
-        let ((published, p0, p1), live) = (published, live);
-        let expected: u64 = published
+        let expected: u64 = loaded
+            .published
             .in_window
             .iter()
-            .zip(&live)
+            .zip(&loaded.live)
             .map(|(n, l)| n * (*l).max(0) as u64)
             .sum();
-        let sent: u64 = published.in_window.iter().sum();
+        let sent: u64 = loaded.published.in_window.iter().sum();
+        let (delivered, hist) = self.drain(expected)?;
+        let dropped = self.fleet.totals().dropped.saturating_sub(dropped_before);
+        let win = self.figures(rate, &loaded, (sent, expected, delivered, dropped), &hist);
+        print_window(&win);
+        Ok((win, hist))
+    }
+
+    /// Downstream: publishes at `rate` from `start - warm` until `end` (the slow clients, if any,
+    /// stop reading inside the warmup), probing at the window's edges.
+    fn publish_through(&mut self, rate: f64, warm: u64, start: u64, end: u64) -> Result<Loaded> {
+        let plan = PublishPlan {
+            addr: self.redis_addr,
+            topics: (0..self.sc.topics).map(|t| self.sc.topic_name(t)).collect(),
+            event: self.sc.event.clone(),
+            rate,
+            message_bytes: self.sc.message_bytes,
+            stop_at_us: end,
+        };
+        let window = self.fleet.local.shared.window.clone();
+        let counter = self.published.clone();
+        counter.store(0, Relaxed);
+        let publisher = std::thread::Builder::new()
+            .name("lt-publisher".into())
+            .spawn(move || publish_open_loop(&plan, &window, &counter))?;
+        if self.slow.is_some() {
+            let read_for = (self.sc.slow_read_for * 1e6) as u64;
+            self.wait_until((start - warm + read_for).min(start), "warmup");
+            if let Some(slow) = &self.slow {
+                slow.stop_reading();
+            }
+        }
+        self.wait_until(start, "warmup");
+        let live = self.fleet.live_per_topic();
+        let p0 = self.probe();
+        self.wait_until(end, "measure");
+        let p1 = self.probe();
+        let published = publisher
+            .join()
+            .map_err(|_| anyhow!("publisher thread panicked"))??;
+        if published.errors > 0 {
+            eprintln!(
+                "Redis answered {} PUBLISH commands with an error",
+                published.errors
+            );
+        }
+        Ok(Loaded {
+            published,
+            p0,
+            p1,
+            live,
+        })
+    }
+
+    /// Upstream: the clients push at `rate` until `end`, probing at the window's edges.
+    fn push_through(&mut self, rate: f64, start: u64, end: u64) -> Result<Loaded> {
+        self.fleet.set_push_rate((rate * 1000.0) as u64)?;
+        self.wait_until(start, "warmup");
+        let p0 = self.probe();
+        self.wait_until(end, "measure");
+        let p1 = self.probe();
+        self.fleet.set_push_rate(0)?;
+        // A tick due before the end may fire (late) after it: give the load threads time to
+        // send it before counting what was sent inside the window.
+        let grace = now_us() + 200_000;
+        self.wait_until(grace, "stop");
+        self.fleet.refresh()?;
+        Ok(Loaded {
+            published: crate::redis::Published {
+                in_window: vec![self.fleet.totals().pushes_sent],
+                total: 0,
+                errors: 0,
+            },
+            p0,
+            p1,
+            live: vec![1],
+        })
+    }
+
+    /// Waits up to `drain` s for `expected` deliveries; returns those made and their latency.
+    fn drain(&mut self, expected: u64) -> Result<(u64, Histogram<u64>)> {
         let drain_deadline = now_us() + (self.sc.drain * 1e6) as u64;
         let upstream = self.sc.kind == Kind::Upstream;
         self.wait_while(drain_deadline, "drain", |c| {
@@ -360,7 +284,7 @@ impl Coordinator {
             };
             d < expected
         });
-        let (delivered, hist) = if upstream {
+        Ok(if upstream {
             (
                 self.sub_stats.delivered.load(Relaxed),
                 stats::merged_latency(std::slice::from_ref(&self.sub_stats)),
@@ -368,7 +292,19 @@ impl Coordinator {
         } else {
             self.fleet.refresh()?;
             (self.fleet.totals().delivered, self.fleet.latency())
-        };
+        })
+    }
+
+    /// The figures of a window; `counts` = (sent, expected, delivered, dropped).
+    fn figures(
+        &self,
+        rate: f64,
+        loaded: &Loaded,
+        counts: (u64, u64, u64, u64),
+        hist: &Histogram<u64>,
+    ) -> Window {
+        let (sent, expected, delivered, dropped) = counts;
+        let (p0, p1) = (&loaded.p0, &loaded.p1);
         let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
         let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) if delivered > 0 => {
@@ -386,14 +322,14 @@ impl Coordinator {
         } else {
             0.0
         };
-        let latency = Latency::of(&hist);
+        let latency = Latency::of(hist);
         let sustainable = match &self.sc.step {
             Some(st) => {
                 loss_ratio <= st.max_loss_ratio && latency.p99_ms <= st.max_p99_ms && delivered > 0
             }
             None => lost == 0 && delivered > 0,
         };
-        let win = Window {
+        Window {
             rate,
             window_s: secs,
             sent,
@@ -407,7 +343,7 @@ impl Coordinator {
                 0.0
             },
             latency,
-            dropped: self.fleet.totals().dropped.saturating_sub(dropped_before),
+            dropped,
             server_cpu_percent: pct(p0.server_cpu, p1.server_cpu),
             server_cpu_us_per_delivery: per(p0.server_cpu, p1.server_cpu),
             load_cpu_percent: pct(Some(p0.load_cpu), Some(p1.load_cpu)).unwrap_or(0.0),
@@ -416,102 +352,150 @@ impl Coordinator {
             redis_cpu_us_per_delivery: per(p0.redis_cpu, p1.redis_cpu),
             sustainable,
             attempt: 1,
-        };
-        eprintln!(
-            "window rate={rate}/s: sent={} expected={} delivered={} lost={} ({:.0} deliveries/s) p50={:.2}ms p99={:.2}ms max={:.2}ms srv_cpu/deliv={} load_cpu/deliv={} {}",
-            win.sent,
-            win.expected,
-            win.delivered,
-            win.lost,
-            win.deliveries_per_s,
-            win.latency.p50_ms,
-            win.latency.p99_ms,
-            win.latency.max_ms,
-            fmt_us(win.server_cpu_us_per_delivery),
-            fmt_us(win.load_cpu_us_per_delivery),
-            if sustainable { "ok" } else { "NOT SUSTAINED" }
-        );
-        Ok((win, hist))
+        }
     }
+}
+
+/// What a window's load produced: the messages stamped inside it, the probes at its edges, and
+/// the clients live on each topic as it began (upstream: one Redis receipt per push).
+struct Loaded {
+    published: crate::redis::Published,
+    p0: Probe,
+    p1: Probe,
+    live: Vec<i64>,
+}
+
+fn print_window(win: &Window) {
+    eprintln!(
+        "window rate={}/s: sent={} expected={} delivered={} lost={} ({:.0} deliveries/s) p50={:.2}ms p99={:.2}ms max={:.2}ms srv_cpu/deliv={} load_cpu/deliv={} {}",
+        win.rate,
+        win.sent,
+        win.expected,
+        win.delivered,
+        win.lost,
+        win.deliveries_per_s,
+        win.latency.p50_ms,
+        win.latency.p99_ms,
+        win.latency.max_ms,
+        fmt_us(win.server_cpu_us_per_delivery),
+        fmt_us(win.load_cpu_us_per_delivery),
+        if win.sustainable { "ok" } else { "NOT SUSTAINED" }
+    );
 }
 
 fn fmt_us(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.2}µs")).unwrap_or_else(|| "-".into())
 }
 
+/// How the clients are spread: load processes, threads per process, source addresses of each.
+struct Layout {
+    procs: usize,
+    threads: usize,
+    ips_per_proc: Vec<Vec<IpAddr>>,
+}
+
+impl Layout {
+    /// Raises the open-file limit and picks the processes (`--procs 0`: as many as it needs),
+    /// refusing a spread the limit or the ephemeral ports cannot carry.
+    fn of(sc: &Scenario, procs: usize, source_ips: &[IpAddr], server: IpAddr) -> Result<Layout> {
+        let limit = raise_fd_limit();
+        // Besides its clients, a process holds up to its share of join_in_flight keep-alive token
+        // connections (the token pool) and a few more (Redis, probes, files).
+        let per_proc_max = limit
+            .saturating_sub(FD_MARGIN + sc.join_in_flight as u64)
+            .max(1) as usize;
+        let procs = if procs == 0 {
+            sc.clients.div_ceil(per_proc_max).max(1)
+        } else {
+            procs
+        };
+        if sc.clients.div_ceil(procs) > per_proc_max {
+            bail!(
+                "{} clients over {procs} process(es) need more than the {limit} open files one process \
+                 may hold; use --procs {} (or leave --procs out to pick it)",
+                sc.clients,
+                sc.clients.div_ceil(per_proc_max)
+            );
+        }
+        let ips_per_proc = split_source_ips(source_ips, procs, server)?;
+        let distinct: std::collections::HashSet<&IpAddr> = ips_per_proc.iter().flatten().collect();
+        if sc.clients > 25_000 && distinct.len() < 2 {
+            bail!("{} clients from one source address may exhaust the ephemeral port range: give --source-ips 127.0.0.2-127.0.0.9", sc.clients);
+        }
+        let threads = if sc.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            sc.threads
+        };
+        let threads = threads.min(sc.clients.div_ceil(procs)).max(1);
+        Ok(Layout {
+            procs,
+            threads,
+            ips_per_proc,
+        })
+    }
+}
+
+/// The Redis subscriber of an upstream run, its figures and its stop flag.
+struct Subscriber {
+    stats: Arc<ThreadStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Upstream: subscribes (5 s at most) before any client can push. Otherwise an idle stand-in
+    /// whose figures stay empty.
+    fn start(sc: &Scenario, redis_addr: SocketAddr, window: Arc<WindowClock>) -> Result<Self> {
+        let mut sub = Subscriber {
+            stats: Arc::new(ThreadStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        if sc.kind == Kind::Upstream {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let pattern = format!("from:{}:*", sc.topic_prefix);
+            let (w, s, st) = (window, sub.stats.clone(), sub.stop.clone());
+            sub.thread = Some(
+                std::thread::Builder::new()
+                    .name("lt-subscriber".into())
+                    .spawn(move || subscribe_and_measure(redis_addr, &pattern, w, s, st, tx))?,
+            );
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| anyhow!("Redis subscription timed out"))??;
+        }
+        Ok(sub)
+    }
+}
+
 /// Runs a scenario and writes its outputs; returns the summary.
 pub fn run(args: RunArgs) -> Result<Summary> {
-    let sc = args.scenario;
+    let sc = &args.scenario;
     sc.validate()?;
     let (addr, host) = parse_http_url(&args.url)?;
     let redis_addr = parse_redis_url(&args.redis)?;
-    let limit = raise_fd_limit();
-    // Besides its clients, a process holds up to its share of join_in_flight keep-alive token
-    // connections (the token pool) and a few more (Redis, probes, files).
-    let per_proc_max = limit
-        .saturating_sub(FD_MARGIN + sc.join_in_flight as u64)
-        .max(1) as usize;
-    let procs = if args.procs == 0 {
-        sc.clients.div_ceil(per_proc_max).max(1)
-    } else {
-        args.procs
-    };
-    if sc.clients.div_ceil(procs) > per_proc_max {
-        bail!(
-            "{} clients over {procs} process(es) need more than the {limit} open files one process \
-             may hold; use --procs {} (or leave --procs out to pick it)",
-            sc.clients,
-            sc.clients.div_ceil(per_proc_max)
-        );
-    }
-    let ips_per_proc = split_source_ips(&args.source_ips, procs, addr.ip())?;
-    let distinct: std::collections::HashSet<&IpAddr> = ips_per_proc.iter().flatten().collect();
-    if sc.clients > 25_000 && distinct.len() < 2 {
-        bail!("{} clients from one source address may exhaust the ephemeral port range: give --source-ips 127.0.0.2-127.0.0.9", sc.clients);
-    }
-    let threads = if sc.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        sc.threads
-    };
-    let threads = threads.min(sc.clients.div_ceil(procs)).max(1);
+    let layout = Layout::of(sc, args.procs, &args.source_ips, addr.ip())?;
+    let procs = layout.procs;
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     eprintln!(
         "loadtest {} ({:?}): {} clients on {} topic(s), {procs} process(es) x {} thread(s), server {} , redis {}",
-        sc.name, sc.kind, sc.clients, sc.topics, threads, args.url, args.redis
+        sc.name, sc.kind, sc.clients, sc.topics, layout.threads, args.url, args.redis
     );
 
     let rss_before = args.server_pid.and_then(process_rss_bytes);
-    let mut ips_per_proc = ips_per_proc.into_iter();
+    let mut ips_per_proc = layout.ips_per_proc.into_iter();
     let shared = Arc::new(run_shared(
-        &sc,
+        sc,
         addr,
         host.clone(),
         ips_per_proc.next().unwrap_or_default(),
     ));
-    let window = shared.window.clone();
-
-    // Upstream: be subscribed before any client can push.
-    let sub_stats = Arc::new(ThreadStats::default());
-    let sub_stop = Arc::new(AtomicBool::new(false));
-    let mut subscriber = None;
-    if sc.kind == Kind::Upstream {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pattern = format!("from:{}:*", sc.topic_prefix);
-        let (w, s, st) = (window.clone(), sub_stats.clone(), sub_stop.clone());
-        subscriber = Some(
-            std::thread::Builder::new()
-                .name("lt-subscriber".into())
-                .spawn(move || subscribe_and_measure(redis_addr, &pattern, w, s, st, tx))?,
-        );
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("Redis subscription timed out"))??;
-    }
+    let subscriber = Subscriber::start(sc, redis_addr, shared.window.clone())?;
 
     // Each process runs its share of the joins in flight, so the total stays what was asked.
     let mut proc_sc = sc.clone();
@@ -538,12 +522,69 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         fleet,
         t_start,
         published: Arc::new(AtomicU64::new(0)),
-        sub_stats: sub_stats.clone(),
+        sub_stats: subscriber.stats.clone(),
         last_line: (t_start, 0),
         slow: None,
         rss_max: rss_before,
     };
+    let joins = join_phase(&mut co, &args, started_unix_s, rss_before);
+    if sc.slow_clients > 0 && joins.joined > 0 {
+        co.slow = Some(SlowGroup::start(sc, addr, host.clone(), sc.topic_name(0))?);
+        let per_shard = co.slow.as_ref().map(|g| g.per_shard()).unwrap_or_default();
+        eprintln!(
+            "slow clients: {} joined, per shard (x-channel-shard) {per_shard:?}; they stop reading {} s into the warmup",
+            per_shard.values().sum::<u64>(),
+            sc.slow_read_for.min(sc.warmup)
+        );
+    }
 
+    let mut report = Report {
+        summary: joins.summary,
+        main_hist: joins.latency.clone(),
+        plot: Vec::new(),
+    };
+    let result = joins.refreshed.and_then(|()| {
+        if joins.joined == 0 {
+            bail!("no client joined");
+        }
+        measure(&mut co, &args, &mut report, &joins.latency, rss_before)
+    });
+    finish(co, &mut report.summary, subscriber, &result);
+    let plot_refs: Vec<(String, &Histogram<u64>)> =
+        report.plot.iter().map(|(n, h)| (n.clone(), h)).collect();
+    write_outputs(&args.out, &report.summary, &report.main_hist, &plot_refs)?;
+    eprintln!(
+        "wrote {}/summary.json, latency.hgrm, latency.svg",
+        args.out.display()
+    );
+    result.map(|()| report.summary)
+}
+
+/// What the outputs are made of: the summary, the histogram of `latency.hgrm` (the join latency
+/// until a window replaces it) and the lines of `latency.svg`.
+struct Report {
+    summary: Summary,
+    main_hist: Histogram<u64>,
+    plot: Vec<(String, Histogram<u64>)>,
+}
+
+/// The join phase's outcome: the summary started with the join figures, the join latency, how
+/// many joined, and whether the fleet's counters could be read after it.
+struct Joins {
+    summary: Summary,
+    latency: Histogram<u64>,
+    joined: u64,
+    refreshed: Result<()>,
+}
+
+/// Waits for the joins and starts the summary with their figures.
+fn join_phase(
+    co: &mut Coordinator,
+    args: &RunArgs,
+    started_unix_s: u64,
+    rss_before: Option<u64>,
+) -> Joins {
+    let sc = &args.scenario;
     let (join_secs, jb, ja) = co.joins();
     let refreshed = co.fleet.refresh();
     let t = co.fleet.totals();
@@ -581,133 +622,157 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     if sc.kind == Kind::JoinStorm {
         summary.kind = "join-storm".into();
     }
-
-    if sc.slow_clients > 0 && t.joined > 0 {
-        co.slow = Some(SlowGroup::start(&sc, addr, host.clone(), sc.topic_name(0))?);
-        let per_shard = co.slow.as_ref().map(|g| g.per_shard()).unwrap_or_default();
-        eprintln!(
-            "slow clients: {} joined, per shard (x-channel-shard) {per_shard:?}; they stop reading {} s into the warmup",
-            per_shard.values().sum::<u64>(),
-            sc.slow_read_for.min(sc.warmup)
-        );
+    Joins {
+        summary,
+        latency: join_hist,
+        joined: t.joined,
+        refreshed,
     }
+}
 
-    let mut main_hist = join_hist.clone();
-    let mut plot: Vec<(String, Histogram<u64>)> = Vec::new();
-    let result = (|| -> Result<()> {
-        refreshed?;
-        if t.joined == 0 {
-            bail!("no client joined");
+/// The measured part of the run, by kind.
+fn measure(
+    co: &mut Coordinator,
+    args: &RunArgs,
+    report: &mut Report,
+    join_hist: &Histogram<u64>,
+    rss_before: Option<u64>,
+) -> Result<()> {
+    match args.scenario.kind {
+        Kind::JoinStorm => {
+            report.plot.push(("join latency".into(), join_hist.clone()));
         }
-        match sc.kind {
-            Kind::JoinStorm => {
-                plot.push(("join latency".into(), join_hist.clone()));
-            }
-            Kind::Soak => bail!("soak scenarios are run by soak::run"),
-            Kind::Burst => bail!("burst scenarios are run by burst::run"),
-            Kind::Idle => {
-                let settle_until = now_us() + (sc.settle * 1e6) as u64;
-                co.wait_until(settle_until, "settle");
-                let p0 = co.probe();
-                let rss_joined = args.server_pid.and_then(process_rss_bytes);
-                let hold_until = now_us() + (sc.duration * 1e6) as u64;
-                co.wait_until(hold_until, "hold");
-                let p1 = co.probe();
-                let rss_end = args.server_pid.and_then(process_rss_bytes);
-                let rss = rss_joined.max(rss_end);
-                summary.server_rss_joined_bytes = rss;
-                let joined = co.fleet.totals().joined;
-                let per_connection = |after: Option<u64>| {
-                    let (before, after) = (rss_before?, after?);
-                    Some(after.saturating_sub(before) as f64 / joined.max(1) as f64)
-                };
-                summary.rss_per_connection_bytes = per_connection(rss);
-                summary.rss_per_connection_end_bytes = per_connection(rss_end);
-                let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
-                if let (Some(a), Some(b)) = (p0.server_cpu, p1.server_cpu) {
-                    summary.server_cpu_percent_idle =
-                        Some(b.saturating_sub(a) as f64 / 1e4 / secs.max(1e-9));
-                }
-                plot.push(("join latency".into(), join_hist.clone()));
-            }
-            Kind::Fanout | Kind::Topics | Kind::Upstream => {
-                // Without [step]: one window, never retried.
-                let (mut search, dur) = match &sc.step {
-                    Some(st) => (
-                        StepSearch::new(st.rate_list(), st.stop_on_failure),
-                        st.duration,
-                    ),
-                    None => (StepSearch::new(vec![sc.rate], false), sc.duration),
-                };
-                let mut best: Option<(usize, Histogram<u64>)> = None;
-                let mut first_hist = None;
-                while let Some((rate, attempt)) = search.next() {
-                    let (mut w, h) = co.window(rate, dur)?;
-                    w.attempt = attempt;
-                    let ok = w.sustainable;
-                    if first_hist.is_none() {
-                        first_hist = Some(h.clone());
-                    }
-                    plot.push((
-                        format!(
-                            "{rate}/s{}{}",
-                            if attempt > 1 { " retry" } else { "" },
-                            if ok { "" } else { " (not sustained)" }
-                        ),
-                        h.clone(),
-                    ));
-                    summary.steps.push(w);
-                    if ok {
-                        best = Some((summary.steps.len() - 1, h));
-                    }
-                    match search.record(ok) {
-                        Verdict::Retry => eprintln!(
-                            "step {rate}/s not sustained: measuring it once more before stopping"
-                        ),
-                        Verdict::Sustained if attempt > 1 => {
-                            eprintln!("step {rate}/s sustained on retry: going on")
-                        }
-                        Verdict::Stop => {
-                            eprintln!("step {rate}/s not sustained twice: stopping");
-                            break;
-                        }
-                        Verdict::Sustained | Verdict::NotSustained => {}
-                    }
-                    let t = co.fleet.totals();
-                    if t.joined == t.dropped {
-                        eprintln!("every client was dropped; stopping");
-                        break;
-                    }
-                }
-                match best {
-                    Some((i, h)) => {
-                        summary.window = Some(summary.steps[i].clone());
-                        summary.highest_sustainable_rate = Some(summary.steps[i].rate);
-                        main_hist = h;
-                    }
-                    None => {
-                        summary.window = summary.steps.first().cloned();
-                        main_hist = first_hist.unwrap_or_else(stats::new_histogram);
-                    }
-                }
-                if sc.step.is_none() {
-                    summary.steps.clear();
-                } else {
-                    eprintln!(
-                        "step search: highest sustainable rate {}; {}",
-                        summary
-                            .highest_sustainable_rate
-                            .map_or("none".into(), |r| format!("{r}/s")),
-                        search.describe_retries()
-                    );
-                    summary.step_retries = search.retries().to_vec();
-                }
-            }
+        Kind::Soak => bail!("soak scenarios are run by soak::run"),
+        Kind::Burst => bail!("burst scenarios are run by burst::run"),
+        Kind::Idle => {
+            measure_idle(co, args, &mut report.summary, rss_before);
+            report.plot.push(("join latency".into(), join_hist.clone()));
         }
-        Ok(())
-    })();
+        Kind::Fanout | Kind::Topics | Kind::Upstream => measure_steps(co, &args.scenario, report)?,
+    }
+    Ok(())
+}
 
-    summary.server_rss_after_bytes = args.server_pid.and_then(process_rss_bytes);
+/// Idle: settle, then hold the connections `duration` s; RSS per connection and idle CPU.
+fn measure_idle(
+    co: &mut Coordinator,
+    args: &RunArgs,
+    summary: &mut Summary,
+    rss_before: Option<u64>,
+) {
+    let sc = &args.scenario;
+    let settle_until = now_us() + (sc.settle * 1e6) as u64;
+    co.wait_until(settle_until, "settle");
+    let p0 = co.probe();
+    let rss_joined = args.server_pid.and_then(process_rss_bytes);
+    let hold_until = now_us() + (sc.duration * 1e6) as u64;
+    co.wait_until(hold_until, "hold");
+    let p1 = co.probe();
+    let rss_end = args.server_pid.and_then(process_rss_bytes);
+    let rss = rss_joined.max(rss_end);
+    summary.server_rss_joined_bytes = rss;
+    let joined = co.fleet.totals().joined;
+    let per_connection = |after: Option<u64>| {
+        let (before, after) = (rss_before?, after?);
+        Some(after.saturating_sub(before) as f64 / joined.max(1) as f64)
+    };
+    summary.rss_per_connection_bytes = per_connection(rss);
+    summary.rss_per_connection_end_bytes = per_connection(rss_end);
+    let secs = (p1.t_us - p0.t_us) as f64 / 1e6;
+    if let (Some(a), Some(b)) = (p0.server_cpu, p1.server_cpu) {
+        summary.server_cpu_percent_idle = Some(b.saturating_sub(a) as f64 / 1e4 / secs.max(1e-9));
+    }
+}
+
+/// Message scenarios: one window per step of the search (one window without `[step]`, never
+/// retried); the reported window is the highest sustained step's, else the first.
+fn measure_steps(co: &mut Coordinator, sc: &Scenario, report: &mut Report) -> Result<()> {
+    let (mut search, dur) = match &sc.step {
+        Some(st) => (
+            StepSearch::new(st.rate_list(), st.stop_on_failure),
+            st.duration,
+        ),
+        None => (StepSearch::new(vec![sc.rate], false), sc.duration),
+    };
+    let summary = &mut report.summary;
+    let mut best: Option<(usize, Histogram<u64>)> = None;
+    let mut first_hist = None;
+    while let Some((rate, attempt)) = search.next() {
+        let (mut w, h) = co.window(rate, dur)?;
+        w.attempt = attempt;
+        let ok = w.sustainable;
+        if first_hist.is_none() {
+            first_hist = Some(h.clone());
+        }
+        report.plot.push((
+            format!(
+                "{rate}/s{}{}",
+                if attempt > 1 { " retry" } else { "" },
+                if ok { "" } else { " (not sustained)" }
+            ),
+            h.clone(),
+        ));
+        summary.steps.push(w);
+        if ok {
+            best = Some((summary.steps.len() - 1, h));
+        }
+        if !keep_stepping(&mut search, rate, attempt, ok) {
+            break;
+        }
+        let t = co.fleet.totals();
+        if t.joined == t.dropped {
+            eprintln!("every client was dropped; stopping");
+            break;
+        }
+    }
+    match best {
+        Some((i, h)) => {
+            summary.window = Some(summary.steps[i].clone());
+            summary.highest_sustainable_rate = Some(summary.steps[i].rate);
+            report.main_hist = h;
+        }
+        None => {
+            summary.window = summary.steps.first().cloned();
+            report.main_hist = first_hist.unwrap_or_else(stats::new_histogram);
+        }
+    }
+    if sc.step.is_none() {
+        summary.steps.clear();
+    } else {
+        eprintln!(
+            "step search: highest sustainable rate {}; {}",
+            summary
+                .highest_sustainable_rate
+                .map_or("none".into(), |r| format!("{r}/s")),
+            search.describe_retries()
+        );
+        summary.step_retries = search.retries().to_vec();
+    }
+    Ok(())
+}
+
+/// Records a step's verdict and says it on stderr; false when the search stops here.
+fn keep_stepping(search: &mut StepSearch, rate: f64, attempt: u32, ok: bool) -> bool {
+    match search.record(ok) {
+        Verdict::Retry => {
+            eprintln!("step {rate}/s not sustained: measuring it once more before stopping")
+        }
+        Verdict::Sustained if attempt > 1 => {
+            eprintln!("step {rate}/s sustained on retry: going on")
+        }
+        Verdict::Stop => {
+            eprintln!("step {rate}/s not sustained twice: stopping");
+            return false;
+        }
+        Verdict::Sustained | Verdict::NotSustained => {}
+    }
+    true
+}
+
+/// After the measured part, whatever its outcome: the last RSS figures, the slow clients' report,
+/// the first error; stops the fleet and the subscriber.
+fn finish(mut co: Coordinator, summary: &mut Summary, subscriber: Subscriber, result: &Result<()>) {
+    summary.server_rss_after_bytes = co.server_pid.and_then(process_rss_bytes);
     summary.server_rss_max_bytes = co.rss_max.max(summary.server_rss_after_bytes);
     if let Some(slow) = co.slow.take() {
         let r = slow.finish();
@@ -719,72 +784,20 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     }
     // Children's first errors travel with their reports.
     let _ = co.fleet.refresh();
-    summary.first_error = co
-        .fleet
-        .first_error()
-        .or_else(|| sub_stats.first_error.lock().ok().and_then(|g| g.clone()));
-    sub_stop.store(true, Relaxed);
+    summary.first_error = co.fleet.first_error().or_else(|| {
+        subscriber
+            .stats
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+    });
+    subscriber.stop.store(true, Relaxed);
     co.fleet.stop();
-    if let Some(s) = subscriber {
+    if let Some(s) = subscriber.thread {
         let _ = s.join();
     }
-    if let Err(e) = &result {
+    if let Err(e) = result {
         summary.first_error.get_or_insert_with(|| format!("{e:#}"));
-    }
-    let plot_refs: Vec<(String, &Histogram<u64>)> =
-        plot.iter().map(|(n, h)| (n.clone(), h)).collect();
-    write_outputs(&args.out, &summary, &main_hist, &plot_refs)?;
-    eprintln!(
-        "wrote {}/summary.json, latency.hgrm, latency.svg",
-        args.out.display()
-    );
-    result.map(|()| summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_ip_lists_and_ranges_are_expanded() {
-        let v = parse_source_ips("127.0.0.2-127.0.0.4, 127.0.0.9").unwrap();
-        let s: Vec<String> = v.iter().map(|a| a.to_string()).collect();
-        assert_eq!(s, vec!["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]);
-        assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
-        assert!(parse_source_ips("nope").is_err());
-    }
-
-    #[test]
-    fn source_ips_are_dealt_over_processes() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let ips = parse_source_ips("127.0.0.2-127.0.0.5").unwrap();
-        let s = split_source_ips(&ips, 2, lo).unwrap();
-        assert_eq!(s[0], vec![ips[0], ips[2]]);
-        assert_eq!(s[1], vec![ips[1], ips[3]]);
-        let s = split_source_ips(&ips[..1], 3, lo).unwrap();
-        assert!(s.iter().all(|v| v == &vec![ips[0]]));
-        let s = split_source_ips(&[], 3, lo).unwrap();
-        let want: Vec<Vec<IpAddr>> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-            .iter()
-            .map(|a| vec![a.parse().unwrap()])
-            .collect();
-        assert_eq!(s, want);
-        assert_eq!(
-            split_source_ips(&[], 1, lo).unwrap(),
-            vec![Vec::<IpAddr>::new()]
-        );
-        let remote: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(split_source_ips(&[], 2, remote)
-            .unwrap()
-            .iter()
-            .all(Vec::is_empty));
-    }
-
-    #[test]
-    fn http_urls_give_address_and_host_header() {
-        let (a, h) = parse_http_url("http://127.0.0.1:4100").unwrap();
-        assert_eq!(a.port(), 4100);
-        assert_eq!(h, "127.0.0.1:4100");
-        assert!(parse_http_url("ws://127.0.0.1:1").is_err());
     }
 }

@@ -1,7 +1,14 @@
 //! Scenario files: what load to apply, read from TOML and adjusted by command-line overrides.
 //!
 //! Owns the defaults and the validation; a scenario that passes [`Scenario::validate`] can be run
-//! without any further checks on its numbers.
+//! without any further checks on its numbers. The tables of the soak and burst kinds live in
+//! their own files. This module sits below every scenario runner and must never import one.
+
+mod burst_params;
+mod soak_params;
+
+pub use burst_params::{BurstParams, POSITIONS};
+pub use soak_params::SoakParams;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -143,10 +150,10 @@ pub struct Scenario {
     pub step: Option<Step>,
     /// Soak settings (kind = "soak" only).
     #[serde(default)]
-    pub soak: Option<crate::soak::SoakParams>,
+    pub soak: Option<SoakParams>,
     /// Burst settings (kind = "burst" only).
     #[serde(default)]
-    pub burst: Option<crate::burst::BurstParams>,
+    pub burst: Option<BurstParams>,
 }
 
 fn d_clients() -> usize {
