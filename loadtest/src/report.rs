@@ -209,17 +209,7 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
     use frame::{H, W};
     let (lines, scale) = percentile_lines(series);
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        xml_escape(title)
-    );
+    svg_open(&mut s, W, H, title);
     grid_and_axes(&mut s, &scale);
     for (i, (name, pts)) in lines.iter().enumerate() {
         series_line(&mut s, &scale, i, name, pts);
@@ -231,9 +221,29 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
 /// Each series as points (log10(1/(1-q)), ms), and the scale that holds them all. The last point
 /// (q = 1) is drawn half a decade past the previous.
 #[allow(clippy::type_complexity)]
-fn percentile_lines(
-    series: &[(String, &Histogram<u64>)],
-) -> (Vec<(String, Vec<(f64, f64)>)>, Scale) {
+/// Opens a standalone SVG document of `width` x `height` on white, with `title` on top (every
+/// plot loadtest writes starts so).
+pub(crate) fn svg_open(s: &mut String, width: f64, height: f64, title: &str) {
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        xml_escape(title)
+    );
+}
+
+/// One plotted line: its name and its points.
+type NamedLine = (String, Vec<(f64, f64)>);
+
+fn percentile_lines(series: &[(String, &Histogram<u64>)]) -> (Vec<NamedLine>, Scale) {
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut x_max: f64 = 3.0;
     let mut y_max: f64 = 0.0;
@@ -355,7 +365,7 @@ fn percentile_label(decade: u32) -> String {
     }
 }
 
-fn nice_ceiling(v: f64) -> f64 {
+pub(crate) fn nice_ceiling(v: f64) -> f64 {
     let mag = 10f64.powf(v.log10().floor());
     for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
         if v <= m * mag {
@@ -377,7 +387,7 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::report::{nice_ceiling, svg_open, xml_escape};
+
 /// `points` as (seconds, value) drawn as one line, with the axes labelled `y_label` and seconds.
 /// The y axis starts at 0 so that a drift is seen at its true size.
 pub fn svg(title: &str, y_label: &str, points: &[(f64, f64)]) -> String {
@@ -17,17 +19,7 @@ pub fn svg(title: &str, y_label: &str, points: &[(f64, f64)]) -> String {
     let px = |x: f64| L + x / x_max * (W - L - R);
     let py = |y: f64| H - B - y / y_max * (H - T - B);
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
+    svg_open(&mut s, W, H, title);
     for i in 0..=5 {
         let v = y_max * f64::from(i) / 5.0;
         let y = py(v);
@@ -67,7 +59,7 @@ pub fn svg(title: &str, y_label: &str, points: &[(f64, f64)]) -> String {
         s,
         r#"<text x="16" y="{0:.1}" text-anchor="middle" transform="rotate(-90 16 {0:.1})">{1}</text>"#,
         (T + H - B) / 2.0,
-        escape(y_label)
+        xml_escape(y_label)
     );
     let mut d = String::new();
     for (i, (x, y)) in points.iter().enumerate() {
@@ -96,27 +88,12 @@ pub fn csv(y_label: &str, points: &[(f64, f64)]) -> String {
     s
 }
 
-fn nice_ceiling(v: f64) -> f64 {
-    let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * mag)
-        .find(|&c| v <= c)
-        .unwrap_or(10.0 * mag)
-}
-
 fn trim(v: f64) -> String {
     if v >= 100.0 || v == v.trunc() {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
