@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -132,58 +132,6 @@ fn spawn_reader(
     })
 }
 
-/// A client that upgrades and joins [`TOPIC`], then never reads again.
-fn non_reader(s: &Setup) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a TCP socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    socket.set_mss(1460).expect("TCP_MAXSEG");
-    socket
-        .connect_timeout(&s.server.addr().into(), Duration::from_secs(5))
-        .expect("connect to the server");
-    let mut stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    let request = format!(
-        "GET /websocket?vsn=2.0.0 HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        s.server.addr()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .expect("upgrade request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("the 101 response");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused");
-    let join = json!(["1", "1", TOPIC, "phx_join", {"token": token_for(TOPIC)}]).to_string();
-    stream
-        .write_all(&masked_text_frame(join.as_bytes()))
-        .expect("join frame");
-    stream
-}
-
-/// A client text frame (FIN, opcode 1, masked with a fixed key).
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let key = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81u8];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    frame
-}
-
 /// Reads what the server left for the non-reader until the socket ends; panics if it is
 /// still open (the server must have ended it by now).
 fn drain_until_closed(mut stream: TcpStream) {
@@ -234,7 +182,7 @@ fn bursts_with_one_non_reader(keys: &str, lag: Duration, rounds: usize) {
         .map(|id| spawn_reader(s.joined(TOPIC), id, rounds, tx.clone()))
         .collect();
     drop(tx);
-    let stalled = non_reader(&s);
+    let stalled = s.raw_client_that_does_not_read(Some(1460), &[TOPIC]);
     wait_until(Duration::from_secs(5), "every client is joined", || {
         metric(&s, "channel_joined_channels") as usize == READERS + 1
     });
@@ -290,7 +238,7 @@ fn a_non_reader_is_closed_within_the_lag_even_when_nothing_more_is_sent() {
             .config("[channel]\nslow_consumer_lag_ms = 1000\n"),
     );
     let mut watcher = s.joined(TOPIC);
-    let stalled = non_reader(&s);
+    let stalled = s.raw_client_that_does_not_read(Some(1460), &[TOPIC]);
     wait_until(Duration::from_secs(5), "both clients are joined", || {
         metric(&s, "channel_joined_channels") as usize == 2
     });
@@ -319,7 +267,7 @@ fn a_client_that_resumes_reading_within_the_lag_keeps_its_connection() {
             .shards(1)
             .config("[channel]\nslow_consumer_lag_ms = 2000\n"),
     );
-    let mut paused = non_reader(&s);
+    let mut paused = s.raw_client_that_does_not_read(Some(1460), &[TOPIC]);
     wait_until(Duration::from_secs(5), "the client is joined", || {
         metric(&s, "channel_joined_channels") as usize == 1
     });

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -158,68 +158,6 @@ fn latency_run(s: &Setup, fast: Vec<TestSocket>, run: &str) -> (Vec<TestSocket>,
     (sockets, all)
 }
 
-/// A client that upgrades and joins over a raw `TcpStream` with a 4 KiB receive buffer, then
-/// never reads: the server's writes to it stall as soon as the kernel buffers are full.
-fn stalled_client(s: &Setup) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a TCP socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&s.server.addr().into(), Duration::from_secs(5))
-        .expect("connect to the server");
-    let mut stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    let request = format!(
-        "GET /websocket?vsn=2.0.0 HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        s.server.addr()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .expect("upgrade request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("the 101 response");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "upgrade refused: {}",
-        String::from_utf8_lossy(&head)
-    );
-    for (r, topic) in [("1", TOPIC), ("2", FLOOD_TOPIC)] {
-        let join = json!([r, r, topic, "phx_join", {"token": token_for(topic)}]).to_string();
-        stream
-            .write_all(&masked_text_frame(join.as_bytes()))
-            .expect("join frame");
-    }
-    stream
-}
-
-/// A client text frame (FIN, opcode 1, masked with a fixed key).
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let key = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81u8];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    frame
-}
-
 /// Reads everything the server still has for a stalled client; returns the close frame's
 /// `(code, reason)` if one came (after the queued data), and the number of text frames.
 fn drain_stalled(mut stream: TcpStream) -> (Option<(u16, String)>, usize) {
@@ -308,7 +246,7 @@ fn slow_consumer_rounds(rounds: usize) -> (Vec<Vec<u64>>, Vec<Vec<u64>>) {
         (fast, latencies) = latency_run(&s, fast, &format!("without-{round}"));
         without.push(latencies);
 
-        let stalled = stalled_client(&s);
+        let stalled = s.raw_client_that_does_not_read(None, &[TOPIC, FLOOD_TOPIC]);
         std::thread::sleep(Duration::from_millis(200));
         let closes_before = slow_consumer_closes(&s);
         let latencies;
@@ -352,7 +290,7 @@ fn a_client_that_pauses_reading_gets_every_message_whole_and_in_order() {
             .shards(1)
             .config("[channel]\noutbound_queue_bytes = 67108864\n"),
     );
-    let mut paused = stalled_client(&s);
+    let mut paused = s.raw_client_that_does_not_read(None, &[TOPIC, FLOOD_TOPIC]);
     std::thread::sleep(Duration::from_millis(200));
     let publisher = {
         let redis = s.redis.url();
@@ -429,7 +367,9 @@ fn memory_while_ten_stalled_clients_are_filled(keys: &str, messages: usize) -> f
     );
     let pid = s.server.pid();
     let mut watcher = s.joined(TOPIC);
-    let stalled: Vec<TcpStream> = (0..10).map(|_| stalled_client(&s)).collect();
+    let stalled: Vec<TcpStream> = (0..10)
+        .map(|_| s.raw_client_that_does_not_read(None, &[TOPIC, FLOOD_TOPIC]))
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let baseline = rss_kib(pid);
     let sampler = std::thread::spawn(move || {

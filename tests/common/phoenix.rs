@@ -5,6 +5,8 @@
 //! here skip presence frames so that a test pins only the behaviour it is named after and
 //! does not break when presence is added. Nothing else is ever skipped.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -61,6 +63,54 @@ impl Setup {
     /// A valid token for `topic` with identity `id`, signed with the server's secret.
     pub fn token(&self, topic: &str) -> String {
         token_for(topic)
+    }
+
+    /// A raw V2 client with a 4 KiB receive buffer (and a `mss`-byte MSS when given), upgraded
+    /// and joined to `topics` (join refs "1", "2", …), that reads nothing more by itself: the
+    /// server's writes to it stall as soon as the kernel buffers are full (slow-consumer and
+    /// burst tests). The join frames are sent, their replies left unread.
+    pub fn raw_client_that_does_not_read(&self, mss: Option<u32>, topics: &[&str]) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        if let Some(mss) = mss {
+            socket.set_mss(mss).expect("TCP_MAXSEG");
+        }
+        socket
+            .connect_timeout(&self.server.addr().into(), Duration::from_secs(5))
+            .expect("connect to the server");
+        let mut stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let request = format!(
+            "GET /websocket?vsn=2.0.0 HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            self.server.addr()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .expect("upgrade request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("the 101 response");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "upgrade refused: {}",
+            String::from_utf8_lossy(&head)
+        );
+        for (i, topic) in topics.iter().enumerate() {
+            let r = (i + 1).to_string();
+            let join = json!([r, r, topic, "phx_join", {"token": token_for(topic)}]).to_string();
+            stream
+                .write_all(&masked_text_frame(join.as_bytes()))
+                .expect("join frame");
+        }
+        stream
     }
 
     /// A V2 socket (`vsn=2.0.0`).
@@ -324,4 +374,24 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A client text frame (FIN, opcode 1), masked with a fixed key, for raw-socket tests.
+pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
 }
