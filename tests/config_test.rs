@@ -300,22 +300,3 @@ fn check_config_refuses_two_redis_deployments_naming_the_keys() {
         "{err}"
     );
 }
-
-#[test]
-fn serve_refuses_cluster_mode_with_a_clear_sentence() {
-    let out = channel(&[
-        "serve",
-        "--redis-cluster",
-        "127.0.0.1:1",
-        "--port",
-        "0",
-        "--jwt-secret",
-        "a-test-secret-long-enough",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("Redis Cluster mode is not supported yet"),
-        "{err}"
-    );
-}

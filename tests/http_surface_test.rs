@@ -91,7 +91,15 @@ fn healthz_is_503_when_redis_is_down() {
     assert_eq!(response.status, 503);
     assert_eq!(
         response.json(),
-        json!({"status": "unavailable", "redis": "disconnected"})
+        json!({
+            "status": "unavailable",
+            "redis": "disconnected",
+            "degraded": [
+                "subscriber: disconnected (PSUBSCRIBE to:*)",
+                "publisher: disconnected (pushes are refused)",
+                "sharded subscriber: disconnected (SSUBSCRIBE)"
+            ]
+        })
     );
     server.kill();
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{json, Value};
 
 use super::commands::UpstreamCommand;
+use super::master_links::{MasterLinks, Route};
 use super::publisher::RedisPublisher;
 use crate::inbox::ShardMessage;
 use crate::presence;
@@ -26,7 +27,8 @@ pub enum AdminQuery {
     Disconnect(String),
 }
 
-/// Every topic's presence entries, by scanning the members hashes.
+/// Every topic's presence entries on one node, by scanning the members hashes (on a cluster,
+/// run on every master).
 fn scan_members(conn: &mut redis::Connection) -> redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> {
     let pattern = "presence:{*}:members";
     let keys: Vec<String> = {
@@ -58,9 +60,9 @@ fn scan_members(conn: &mut redis::Connection) -> redis::RedisResult<Vec<(String,
 
 /// `{"topics": {"<topic>": {"members": <distinct ids>, "metas": <joins>}}}` for the whole
 /// deployment.
-pub fn topics(conn: &mut redis::Connection) -> redis::RedisResult<Value> {
+pub fn topics(links: &mut MasterLinks) -> redis::RedisResult<Value> {
     let mut out = BTreeMap::new();
-    for (topic, values) in scan_members(conn)? {
+    for (topic, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
         let mut ids = HashSet::new();
         for value in &values {
             if let Ok(entry) = serde_json::from_slice::<Value>(value) {
@@ -79,9 +81,9 @@ pub fn topics(conn: &mut redis::Connection) -> redis::RedisResult<Value> {
 
 /// Counts the sockets of `id` (distinct connections among its presences), then asks every
 /// process to close them. Returns `{"id", "disconnected", "processes"}`.
-pub fn disconnect(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<Value> {
+pub fn disconnect(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value> {
     let mut sockets = HashSet::new();
-    for (_, values) in scan_members(conn)? {
+    for (_, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
         for value in &values {
             let Ok(entry) = serde_json::from_slice::<Value>(value) else {
                 continue;
@@ -94,10 +96,13 @@ pub fn disconnect(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<
             }
         }
     }
-    let processes: i64 = redis::cmd("PUBLISH")
+    let mut publish = redis::cmd("PUBLISH");
+    publish
         .arg(CONTROL_CHANNEL)
-        .arg(format!("{DISCONNECT_PREFIX}{id}"))
-        .query(conn)?;
+        .arg(format!("{DISCONNECT_PREFIX}{id}"));
+    // A cluster propagates it to every node: every process's reader gets it.
+    let processes: i64 =
+        redis::FromRedisValue::from_redis_value(links.query(Route::AnyMaster, publish)?)?;
     Ok(json!({ "id": id, "disconnected": sockets.len(), "processes": processes }))
 }
 
@@ -105,7 +110,7 @@ impl RedisPublisher {
     /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
     pub(super) fn answer_admin(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut MasterLinks,
         command: UpstreamCommand,
     ) -> redis::RedisResult<()> {
         let UpstreamCommand::Admin { query, ticket } = command else {

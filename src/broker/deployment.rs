@@ -1,8 +1,9 @@
 //! How the broker reaches Redis in each deployment (docs/operations.md, "Redis deployments"):
-//! one Redis at a URL, or the master a set of sentinels names at this moment.
+//! one Redis at a URL, the master a set of sentinels names at this moment, or a Redis Cluster.
 //!
 //! What it owns: turning a [`RedisDeployment`] into a [`Connector`] that hands out a fresh
-//! connection to the node that takes writes *now*. In Sentinel mode every call asks the
+//! connection to the node that takes writes *now*, or (on a cluster, and for the parts that
+//! route by slot) the [`ClusterTopology`] to follow. In Sentinel mode every call asks the
 //! sentinels again (the redis crate's `sentinel` support: `SENTINEL MASTERS`, then `ROLE` on
 //! the node named, so a stale answer is skipped), so the reader's and the publisher's ordinary
 //! reconnect loop is all it takes to follow a failover; and [`is_failover_sign`] says which
@@ -19,6 +20,7 @@ use std::time::Duration;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::IntoConnectionInfo;
 
+use super::cluster_topology::ClusterTopology;
 use super::sentinel::MasterSwitches;
 use crate::config::RedisDeployment;
 
@@ -31,12 +33,6 @@ pub enum DeploymentError {
     /// The address list or URL does not parse as the redis crate needs it.
     #[error("invalid Redis address: {0}")]
     Address(#[from] redis::RedisError),
-    /// Cluster mode is accepted by the configuration but not served yet.
-    #[error(
-        "redis_cluster: Redis Cluster mode is not supported yet by this build of channel \
-         (use redis_url or redis_sentinels + redis_sentinel_master; docs/operations.md)"
-    )]
-    ClusterNotSupported,
 }
 
 /// Hands out connections to the current master. One per thread that talks to Redis (the
@@ -55,6 +51,8 @@ enum ConnectorKind {
         client: RefCell<SentinelClient>,
         master: String,
     },
+    /// A Redis Cluster: the slot map, read from the seeds (and every node seen since).
+    Cluster(RefCell<ClusterTopology>),
 }
 
 impl Connector {
@@ -89,7 +87,9 @@ impl Connector {
                     master: master.clone(),
                 }
             }
-            RedisDeployment::Cluster { .. } => return Err(DeploymentError::ClusterNotSupported),
+            RedisDeployment::Cluster { seeds } => {
+                ConnectorKind::Cluster(RefCell::new(ClusterTopology::from_seeds(seeds)?))
+            }
         };
         Ok(Connector {
             kind,
@@ -100,7 +100,12 @@ impl Connector {
 
     /// A new connection to the node that takes writes now (in Sentinel mode: asked from the
     /// sentinels at this call), and its address for logs (`host:port`, no credentials).
+    /// On a cluster: a connection to any node that answers (`PUBLISH` reaches every node of a
+    /// cluster, so the reader's `PSUBSCRIBE` may be on any of them).
     pub fn connect(&self) -> redis::RedisResult<(redis::Connection, String)> {
+        if let ConnectorKind::Cluster(topology) = &self.kind {
+            return connect_any_node(&mut topology.borrow_mut());
+        }
         let client = self.master_client()?;
         let address = address_of(&client);
         let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
@@ -117,7 +122,35 @@ impl Connector {
         match &self.kind {
             ConnectorKind::Single(client) => Ok(client.clone()),
             ConnectorKind::Sentinel { client, .. } => client.borrow_mut().get_client(),
+            ConnectorKind::Cluster(topology) => {
+                let topology = topology.borrow();
+                let node = topology.known_nodes().first().ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed"))
+                })?;
+                topology.client_for(node)
+            }
         }
+    }
+
+    /// Who owns which slot now: on a cluster, the slot map read from its nodes; otherwise one
+    /// node (the single Redis, or the master the sentinels name at this call) that owns every
+    /// slot. Counts as a (re)connect for [`Self::master_switched`].
+    pub fn topology(&self) -> redis::RedisResult<ClusterTopology> {
+        if let ConnectorKind::Cluster(topology) = &self.kind {
+            self.connected_at.set(self.switches.current());
+            let mut topology = topology.borrow_mut();
+            topology
+                .refresh()
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::NotConnected, err))?;
+            return Ok(topology.clone());
+        }
+        let client = self.master_client()?;
+        ClusterTopology::single(&client).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "this part of channel needs a plain TCP address (not TLS or a unix socket)",
+            ))
+        })
     }
 
     /// True when the sentinels switched the master since the last [`Self::connect`]: the
@@ -132,8 +165,31 @@ impl Connector {
         match &self.kind {
             ConnectorKind::Single(_) => "single".to_owned(),
             ConnectorKind::Sentinel { master, .. } => format!("sentinel master {master}"),
+            ConnectorKind::Cluster(_) => "cluster".to_owned(),
         }
     }
+}
+
+/// A connection to the first node of the cluster that answers, the slot map read first (so
+/// that nodes seen since the seeds are tried too, and a lost seed is not asked first).
+fn connect_any_node(
+    topology: &mut ClusterTopology,
+) -> redis::RedisResult<(redis::Connection, String)> {
+    // A cluster that cannot say its slots is tried node by node all the same.
+    let _ = topology.refresh();
+    let mut last_error = None;
+    for node in topology.known_nodes() {
+        match topology
+            .client_for(node)
+            .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
+        {
+            Ok(conn) => return Ok((conn, node.to_string())),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no cluster node known"))
+    }))
 }
 
 /// `host:port` of a client, without user info.
@@ -159,16 +215,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_is_refused_with_a_sentence() {
-        let err = Connector::new(
+    fn cluster_connector_builds_without_contacting_anyone() {
+        let connector = Connector::new(
             &RedisDeployment::Cluster {
-                seeds: vec!["redis://127.0.0.1:7000".into()],
+                seeds: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
             },
             Arc::default(),
         )
-        .err()
-        .expect("cluster is not served yet");
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        .expect("seeds parse");
+        assert_eq!(connector.describe(), "cluster");
+        // Nothing listens on ports 1 and 2: no node answers, nothing hangs or panics.
+        assert!(connector.connect().is_err());
+        assert!(connector.topology().is_err());
     }
 
     #[test]

@@ -11,15 +11,18 @@
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
+pub(crate) mod cluster_topology;
 mod commands;
 pub(crate) mod deployment;
 pub(crate) mod function;
 pub(crate) mod interest;
 pub(crate) mod liveness;
+pub(crate) mod master_links;
 pub mod naming;
 mod presence_store;
 pub(crate) mod publisher;
 pub(crate) mod reader;
+pub(crate) mod script_set;
 pub(crate) mod sentinel;
 pub(crate) mod sharded_subscriber;
 pub(crate) mod status;
@@ -170,6 +173,8 @@ pub fn start(
         failed_leaves: Default::default(),
         replica,
         dropped_since_trim: Default::default(),
+        topics_to_register: Default::default(),
+        registered_topics: Default::default(),
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::commands::UpstreamCommand;
 use super::liveness::Liveness;
+use super::master_links::MasterLinks;
 use super::publisher::{LoadedScripts, RedisPublisher, MAX_BATCH};
 use super::reader::send_states;
 use crate::inbox::ShardMessage;
@@ -31,7 +32,7 @@ impl RedisPublisher {
     /// leave Redis refuses again waits for the next connection).
     pub(super) fn replay_failed_leaves(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut MasterLinks,
         scripts: &LoadedScripts,
         batch: &mut Vec<UpstreamCommand>,
     ) -> redis::RedisResult<()> {
@@ -53,11 +54,11 @@ impl RedisPublisher {
     /// Refreshes this process's liveness and removes the presences of dead processes.
     pub(super) fn presence_upkeep(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut MasterLinks,
         s: &LoadedScripts,
         liveness: &mut Liveness,
     ) -> redis::RedisResult<()> {
-        let report = liveness.upkeep(conn, &s.upkeep)?;
+        let report = liveness.upkeep(conn, s)?;
         if report.reaped > 0 {
             info!(
                 reaped = report.reaped,
@@ -68,6 +69,8 @@ impl RedisPublisher {
             // Another process took this one for dead (it could not refresh for a TTL) and
             // removed its members: register them again, as after a reconnect.
             warn!("this process's presences were reaped while it lived; registering them again");
+            // Its topic list went with them.
+            self.registered_topics.borrow_mut().clear();
             self.shards.send_all(|| ShardMessage::PresenceResync);
         }
         Ok(())

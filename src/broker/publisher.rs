@@ -13,7 +13,7 @@
 //! sleeps until the next of those is due.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,19 +24,16 @@ use super::backoff::Backoff;
 use super::commands::UpstreamCommand;
 use super::deployment::is_failover_reply;
 use super::liveness::Liveness;
+use super::master_links::{MasterLinks, Route};
 use super::presence_store::{lock, parse_presence_reply, MAX_FAILED_LEAVES};
+pub(super) use super::script_set::LoadedScripts;
 use super::status::RedisStatus;
 use crate::bounded_queue::{QueueReceiver, RecvTimeoutError};
 use crate::inbox::{PushOutcome, ShardMessage, Shards};
 use crate::presence::replica::PresenceReplica;
-use crate::presence::{self, scripts, shapes};
+use crate::presence::{self, shapes};
 use crate::protocol::Refusal;
 
-/// How long a pipeline may take, from sending it to its last reply, before the connection is
-/// declared dead. Enforced over the whole pipeline: each reply is read with the time that is
-/// left (redis-rs's own pipeline query would give every reply the full socket timeout, so a
-/// stalled Redis would hold a batch of N for N times the deadline).
-const IO_DEADLINE: Duration = Duration::from_secs(3);
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
 
@@ -60,14 +57,11 @@ pub struct RedisPublisher {
     pub(super) replica: Arc<Mutex<PresenceReplica>>,
     /// Members of presence copies dropped since the heap was last trimmed.
     pub(super) dropped_since_trim: Cell<usize>,
-}
-
-/// The scripts as loaded on the current connection.
-pub(super) struct LoadedScripts {
-    pub(super) join: String,
-    pub(super) leave: String,
-    pub(super) upkeep: String,
-    pub(super) snapshot: String,
+    /// Topics in which this process has members, to add to its topic list in Redis (the
+    /// list the reapers read if it dies): sent with the next pipeline.
+    pub(super) topics_to_register: RefCell<HashSet<String>>,
+    /// Topics already in that list on this connection.
+    pub(super) registered_topics: RefCell<HashSet<String>>,
 }
 
 impl RedisPublisher {
@@ -79,7 +73,7 @@ impl RedisPublisher {
         let mut liveness = Liveness::new(self.node.clone(), self.presence_ttl);
         loop {
             match self.connect() {
-                Ok((mut conn, loaded)) => {
+                Ok((mut links, loaded)) => {
                     backoff.reset();
                     let reconnected = ever_connected;
                     if reconnected {
@@ -95,12 +89,12 @@ impl RedisPublisher {
                     self.shards.send_all(|| ShardMessage::PresenceResync);
                     liveness.connected();
                     match self
-                        .replay_failed_leaves(&mut conn, &loaded, &mut batch)
+                        .replay_failed_leaves(&mut links, &loaded, &mut batch)
                         .and_then(|()| {
-                            self.serve_until_failure(&mut conn, &loaded, &mut batch, &mut liveness)
+                            self.serve_until_failure(&mut links, &loaded, &mut batch, &mut liveness)
                         }) {
                         Ok(()) => {
-                            if let Err(err) = liveness.stop(&mut conn) {
+                            if let Err(err) = liveness.stop(&mut links, &loaded) {
                                 debug!(%err, "could not remove this process's presences at stop");
                             }
                             info!("redis publisher drained and stopped");
@@ -137,31 +131,21 @@ impl RedisPublisher {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<(redis::Connection, LoadedScripts)> {
-        let (mut conn, address) = self.connector.connect()?;
-        debug!(%address, "redis publisher connecting");
-        conn.set_read_timeout(Some(IO_DEADLINE))?;
-        conn.set_write_timeout(Some(IO_DEADLINE))?;
-        let mut load = |source: &str| -> redis::RedisResult<String> {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(source)
-                .query(&mut conn)
-        };
-        let loaded = LoadedScripts {
-            join: load(scripts::JOIN)?,
-            leave: load(scripts::LEAVE)?,
-            upkeep: load(scripts::UPKEEP)?,
-            snapshot: load(scripts::SNAPSHOT)?,
-        };
-        super::function::install(&mut conn)?;
-        Ok((conn, loaded))
+    /// Connections to the master(s), each with the scripts loaded and the publish function
+    /// installed.
+    fn connect(&self) -> redis::RedisResult<(MasterLinks, LoadedScripts)> {
+        let topology = self.connector.topology()?;
+        debug!(masters = ?topology.masters(), "redis publisher connecting");
+        let links = MasterLinks::open(topology, Box::new(super::script_set::set_up_connection))?;
+        // A new connection: Redis may have lost the topic list (or this is the first).
+        self.registered_topics.borrow_mut().clear();
+        Ok((links, LoadedScripts::hashes()))
     }
 
     /// Runs batches and presence upkeep until stopped (Ok) or Redis fails (Err).
     fn serve_until_failure(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut MasterLinks,
         scripts: &LoadedScripts,
         batch: &mut Vec<UpstreamCommand>,
         liveness: &mut Liveness,
@@ -179,8 +163,11 @@ impl RedisPublisher {
             self.care_for_copies(Instant::now());
             if self.status.take_publisher_probe() {
                 // The subscriber saw Redis go or come back: is our connection still good?
-                redis::cmd("PING").query::<()>(conn)?;
+                conn.query(Route::AnyMaster, redis::cmd("PING"))?;
             }
+            // On a cluster: a master that failed is looked up again, new masters connected.
+            conn.follow_topology()?;
+            self.status.set_unreachable_masters(conn.unreachable_masters());
             let snapshots = lock(&self.replica).take_snapshot_requests();
             if !snapshots.is_empty() {
                 batch.extend(
@@ -235,14 +222,15 @@ impl RedisPublisher {
         }
     }
 
-    /// Sends `batch` as one pipeline and answers every command in it.
+    /// Sends `batch` as one pipeline (one per master on a cluster) and answers every command
+    /// in it.
     pub(super) fn run_pipeline(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut MasterLinks,
         scripts: &LoadedScripts,
         batch: &mut Vec<UpstreamCommand>,
     ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::with_capacity(batch.len() + 1);
         // Which joins ask Redis for the members: those of topics the replica has no copy of.
         let mut seeds = Vec::with_capacity(batch.len());
         {
@@ -250,92 +238,129 @@ impl RedisPublisher {
             let now = Instant::now();
             for command in batch.iter() {
                 let seed = match command {
-                    UpstreamCommand::PresenceJoin { topic, .. } => replica.prepare_join(topic, now),
+                    UpstreamCommand::PresenceJoin { topic, .. } => {
+                        if !self.registered_topics.borrow().contains(topic) {
+                            self.topics_to_register.borrow_mut().insert(topic.clone());
+                        }
+                        replica.prepare_join(topic, now)
+                    }
                     UpstreamCommand::PresenceSnapshot { .. } => true,
                     _ => false,
                 };
                 seeds.push(seed);
-                self.add_to_pipeline(&mut pipe, command, scripts, seed);
+                commands.push(self.command_for(command, scripts, seed));
             }
         }
-        match read_replies_within_deadline(conn, &pipe, batch.len()) {
-            Ok(replies) => {
-                // READONLY and the like: this node is no longer the master (a failover); the
-                // refused commands fail and the connection is replaced (docs/operations.md).
-                let failover = replies.iter().any(is_failover_reply);
-                for ((command, reply), seed) in batch.drain(..).zip(replies).zip(seeds) {
-                    // A command Redis refused (OOM, NOSCRIPT, …) is not a success.
-                    let reply = match reply {
-                        redis::Value::ServerError(_) => None,
-                        other => Some(other),
-                    };
-                    self.answer(command, reply, seed);
-                }
-                if failover {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
-                        "the node is no longer the master",
-                    )));
-                }
-                Ok(())
-            }
+        // The process's topic list, for the reapers if it dies (its own slot on a cluster).
+        let registering: Vec<String> = self.topics_to_register.borrow_mut().drain().collect();
+        if !registering.is_empty() {
+            let key = presence::node_topics_key(&self.node);
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(&key).arg(&registering);
+            commands.push((Route::key(&key), sadd));
+        }
+        let outcome = conn.pipeline(&commands);
+        let mut replies = match outcome {
+            Ok(replies) => replies,
             Err(err) => {
+                self.topics_to_register.borrow_mut().extend(registering);
                 for (command, seed) in batch.drain(..).zip(seeds) {
                     self.answer(command, None, seed);
                 }
-                Err(err)
+                return Err(err);
+            }
+        };
+        if !registering.is_empty() {
+            match replies.pop().flatten() {
+                Some(value) if !matches!(value, redis::Value::ServerError(_)) => {
+                    self.registered_topics.borrow_mut().extend(registering);
+                }
+                // Tried again with the next pipeline.
+                _ => self.topics_to_register.borrow_mut().extend(registering),
             }
         }
+        // READONLY and the like: this node is no longer the master (a failover); the refused
+        // commands fail and the connection is replaced (docs/operations.md).
+        let failover = replies.iter().flatten().any(is_failover_reply);
+        for ((command, reply), seed) in batch.drain(..).zip(replies).zip(seeds) {
+            // A command Redis refused (OOM, NOSCRIPT, …) or a master that failed is not a
+            // success.
+            let reply = match reply {
+                Some(redis::Value::ServerError(_)) | None => None,
+                Some(other) => Some(other),
+            };
+            self.answer(command, reply, seed);
+        }
+        if failover {
+            if conn.is_cluster() {
+                conn.mark_stale();
+                return Ok(());
+            }
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "the node is no longer the master",
+            )));
+        }
+        Ok(())
     }
 
-    fn add_to_pipeline(
+    /// The Redis command for `command`, and where it goes.
+    fn command_for(
         &self,
-        pipe: &mut redis::Pipeline,
         command: &UpstreamCommand,
         s: &LoadedScripts,
         want_members: bool,
-    ) {
-        match command {
+    ) -> (Route, redis::Cmd) {
+        let mut cmd;
+        let route = match command {
             UpstreamCommand::Publish(request) => {
-                pipe.cmd("PUBLISH")
-                    .arg(&request.channel)
-                    .arg(request.payload.as_ref());
+                cmd = redis::cmd("PUBLISH");
+                cmd.arg(&request.channel).arg(request.payload.as_ref());
+                // A cluster propagates a PUBLISH to every node: any master will do; the
+                // channel's slot spreads the load over them.
+                Route::key(&request.channel)
             }
             UpstreamCommand::PresenceJoin {
                 topic, presence, ..
             } => {
-                pipe.cmd("EVALSHA")
-                    .arg(&s.join)
-                    .arg(3)
+                cmd = redis::cmd("EVALSHA");
+                cmd.arg(&s.join)
+                    .arg(2)
                     .arg(presence::members_key(topic))
                     .arg(presence::version_key(topic))
-                    .arg(presence::node_topics_key(&self.node))
                     .arg(presence.field(&self.node))
                     .arg(shapes::stored_entry(presence))
-                    .arg(topic)
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::join_diff(presence))
                     .arg(if want_members { "1" } else { "0" });
+                Route::key(&presence::members_key(topic))
             }
             UpstreamCommand::PresenceSnapshot { topic } => {
-                pipe.cmd("EVALSHA")
-                    .arg(&s.snapshot)
+                cmd = redis::cmd("EVALSHA");
+                cmd.arg(&s.snapshot)
                     .arg(2)
                     .arg(presence::members_key(topic))
                     .arg(presence::version_key(topic));
+                Route::key(&presence::members_key(topic))
             }
-            UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {}
+            UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {
+                // Never in a batch (answered on their own): a harmless placeholder.
+                cmd = redis::cmd("PING");
+                Route::AnyMaster
+            }
             UpstreamCommand::PresenceLeave { topic, presence } => {
-                pipe.cmd("EVALSHA")
-                    .arg(&s.leave)
+                cmd = redis::cmd("EVALSHA");
+                cmd.arg(&s.leave)
                     .arg(2)
                     .arg(presence::members_key(topic))
                     .arg(presence::version_key(topic))
                     .arg(presence.field(&self.node))
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::leave_diff(presence));
+                Route::key(&presence::members_key(topic))
             }
-        }
+        };
+        (route, cmd)
     }
 
     fn fail(&self, command: UpstreamCommand) {
@@ -386,29 +411,4 @@ impl RedisPublisher {
         // is hopelessly behind; the shard inbox counts it.
         self.shards.send(shard, message);
     }
-}
-
-/// Sends `pipe` and reads its `count` replies, all within [`IO_DEADLINE`] from now.
-fn read_replies_within_deadline(
-    conn: &mut redis::Connection,
-    pipe: &redis::Pipeline,
-    count: usize,
-) -> redis::RedisResult<Vec<redis::Value>> {
-    let deadline = Instant::now() + IO_DEADLINE;
-    conn.send_packed_command(&pipe.get_packed_pipeline())?;
-    let mut replies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "redis pipeline deadline passed",
-            )
-            .into());
-        }
-        conn.set_read_timeout(Some(left))?;
-        replies.push(conn.recv_response()?);
-    }
-    conn.set_read_timeout(Some(IO_DEADLINE))?;
-    Ok(replies)
 }

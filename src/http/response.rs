@@ -150,10 +150,11 @@ pub fn preflight_response(_head: &RequestHead) -> HttpResponse {
     .with_cors()
 }
 
-/// `/healthz`: 200 when the Redis core is connected, 503 otherwise, so a load balancer takes a
-/// process that cannot deliver messages out of rotation.
-pub fn healthz_response(redis_connected: bool) -> HttpResponse {
-    if redis_connected {
+/// `/healthz`: 200 when every part of the Redis core works, 503 otherwise (with one sentence
+/// per degraded part: a lost connection, a cluster master that cannot be reached), so a load
+/// balancer takes a process that cannot deliver every message out of rotation.
+pub fn healthz_response(degraded: &[String]) -> HttpResponse {
+    if degraded.is_empty() {
         HttpResponse::json(
             200,
             &serde_json::json!({"status": "ok", "redis": "connected"}),
@@ -161,7 +162,11 @@ pub fn healthz_response(redis_connected: bool) -> HttpResponse {
     } else {
         HttpResponse::json(
             503,
-            &serde_json::json!({"status": "unavailable", "redis": "disconnected"}),
+            &serde_json::json!({
+                "status": "unavailable",
+                "redis": "disconnected",
+                "degraded": degraded,
+            }),
         )
     }
 }
@@ -197,14 +202,14 @@ mod tests {
 
     #[test]
     fn healthz_reflects_redis() {
-        let up = healthz_response(true);
+        let up = healthz_response(&[]);
         assert_eq!(up.status, 200);
         assert_eq!(up.body, br#"{"redis":"connected","status":"ok"}"#);
-        let down = healthz_response(false);
+        let down = healthz_response(&["publisher: disconnected".to_owned()]);
         assert_eq!(down.status, 503);
         assert_eq!(
             down.body,
-            br#"{"redis":"disconnected","status":"unavailable"}"#
+            br#"{"degraded":["publisher: disconnected"],"redis":"disconnected","status":"unavailable"}"#
         );
     }
 

@@ -37,9 +37,19 @@ pub fn version_key(topic: &str) -> String {
     format!("presence:{{{topic}}}:version")
 }
 
+/// The hash tag of the process-wide presence keys: they share one slot (on a Redis Cluster,
+/// the upkeep script touches only keys of that slot; docs/presence.md).
+pub const PROCESSES_TAG: &str = "{_processes}";
+
+/// The sorted set of live processes, scored by when their liveness expires (Redis ms).
+pub const PROCESSES_KEY: &str = "presence:{_processes}:expiry";
+
+/// The set of processes found dead whose members are being removed.
+pub const REAPING_KEY: &str = "presence:{_processes}:reaping";
+
 /// The set of topics in which process `node` has members (for clean-up when it dies).
 pub fn node_topics_key(node: &str) -> String {
-    format!("presence:node:{node}")
+    format!("presence:{PROCESSES_TAG}:topics:{node}")
 }
 
 /// The channel a topic's diffs are published on.

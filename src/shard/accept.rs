@@ -58,8 +58,8 @@ pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
             let _ = respond(&mut stream, &http::preflight_response(&head)).await;
         }
         Route::Healthz => {
-            let connected = ctx.shared.redis.status.is_connected();
-            let _ = respond(&mut stream, &http::healthz_response(connected)).await;
+            let degraded = ctx.shared.redis.status.degraded();
+            let _ = respond(&mut stream, &http::healthz_response(&degraded)).await;
         }
         Route::Metrics => {
             let exposition = crate::metrics::render(&ctx.shared.metrics, &ctx.shared.scrape());
