@@ -233,9 +233,9 @@ fn node_of(metas: &Value) -> String {
 /// Whether a `MONITOR` line is the liveness refresh of `node`: the upkeep script's `ZADD` of
 /// its score (a positive one: a clean stop writes 0).
 fn is_refresh_of(line: &str, node: &str) -> bool {
-    line.contains(r#""ZADD" "presence:nodes""#)
+    line.contains(r#""ZADD" "presence:{_processes}:expiry""#)
         && line.ends_with(&format!(r#""{node}""#))
-        && !line.contains(r#""presence:nodes" "0""#)
+        && !line.contains(r#""presence:{_processes}:expiry" "0""#)
 }
 
 #[test]
@@ -294,7 +294,7 @@ fn killed_right_after_its_refresh_its_members_leave_within_10_s_by_default() {
     // Gone from Redis and from the state of a newcomer on the surviving process.
     let mut conn = redis.connection();
     let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg("presence:nodes")
+        .arg("presence:{_processes}:expiry")
         .arg(&b_node)
         .query(&mut conn)
         .expect("ZSCORE on the test Redis");
@@ -318,20 +318,27 @@ fn a_live_process_taken_for_dead_registers_its_members_again() {
     });
     let b_node = node_of(&joined["joins"]["bob"]);
     // What a survivor's reaper does to a process whose score passed: the upkeep script, run
-    // for B as a clean stop would (score 0, then reaped), atomically.
+    // for B as a clean stop would (score 0, found dead, moved to the reaping set); the next
+    // upkeep of either process then removes its members.
     let mut conn = redis.connection();
     let _: redis::Value = redis::cmd("EVAL")
         .arg(channel::presence::scripts::UPKEEP)
-        .arg(0)
+        .arg(2)
+        .arg(channel::presence::PROCESSES_KEY)
+        .arg(channel::presence::REAPING_KEY)
         .arg(&b_node)
         .arg("stop")
         .query(&mut conn)
         .expect("the upkeep script runs");
-    diff_where(&mut alice, Duration::from_secs(5), |d| {
+    let left = diff_where(&mut alice, Duration::from_secs(5), |d| {
         d["leaves"].get("bob").is_some()
     });
     // B's next refresh (every TTL / 3) brings bob back: a join diff, and a fresh state for bob.
-    diff_where(&mut alice, DEFAULT_TTL, |d| d["joins"].get("bob").is_some());
+    // When B itself removed its members (its upkeep came first), it registers them again at
+    // once, and both may reach alice in one batched diff.
+    if left["joins"].get("bob").is_none() {
+        diff_where(&mut alice, DEFAULT_TTL, |d| d["joins"].get("bob").is_some());
+    }
     let state = next_event(&mut bob, "presence_state");
     assert_eq!(metas(&state[4], "bob").len(), 1, "{state}");
     let (_late, state) = join(&a, "gina", "1");

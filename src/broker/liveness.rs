@@ -100,6 +100,11 @@ impl Liveness {
         })
     }
 
+    /// Schedules the next upkeep `after` from now (one that failed on a cluster master).
+    pub fn retry_after(&mut self, after: Duration) {
+        self.next_at = Instant::now() + after;
+    }
+
     /// Marks this process dead at once and removes its members (at a clean stop): the other
     /// processes' clients see them leave now rather than a TTL later.
     pub fn stop(&self, links: &mut MasterLinks, shas: &LoadedScripts) -> redis::RedisResult<()> {

@@ -34,6 +34,8 @@ use crate::presence::replica::PresenceReplica;
 use crate::presence::{self, shapes};
 use crate::protocol::Refusal;
 
+/// On a cluster, how soon presence upkeep that failed on one master is tried again.
+const CLUSTER_RETRY: Duration = Duration::from_millis(250);
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
 
@@ -152,7 +154,15 @@ impl RedisPublisher {
     ) -> redis::RedisResult<()> {
         loop {
             if Instant::now() >= liveness.next_at() {
-                self.presence_upkeep(conn, scripts, liveness)?;
+                if let Err(err) = self.presence_upkeep(conn, scripts, liveness) {
+                    // On a cluster, one master's failover fails only its own slot's work: the
+                    // upkeep is tried again shortly, the rest goes on.
+                    if !conn.is_cluster() {
+                        return Err(err);
+                    }
+                    warn!(%err, "presence upkeep failed on a cluster master; retrying");
+                    liveness.retry_after(CLUSTER_RETRY);
+                }
             }
             if self.connector.master_switched() {
                 return Err(redis::RedisError::from((
@@ -217,7 +227,13 @@ impl RedisPublisher {
                 self.run_pipeline(conn, scripts, batch)?;
             }
             if let Some(command) = admin {
-                self.answer_admin(conn, command)?;
+                if let Err(err) = self.answer_admin(conn, command) {
+                    // Answered `backend unavailable` already; a cluster goes on with the
+                    // masters that work.
+                    if !conn.is_cluster() {
+                        return Err(err);
+                    }
+                }
             }
         }
     }

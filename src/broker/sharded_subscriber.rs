@@ -1,25 +1,31 @@
 //! Downstream by interest: `SSUBSCRIBE` to the sharded channel of every topic this process has
-//! a subscriber for, and nothing else (docs/protocol.md, "The publish function").
+//! a subscriber for, and nothing else (docs/protocol.md, "The publish function"), on the master
+//! that owns the channel's slot (docs/operations.md, "Redis Cluster").
 //!
-//! Two threads and one connection of their own (the reader's `PSUBSCRIBE to:*` connection is
-//! left as it is, so the classic path keeps working alongside):
+//! One control thread, and per master one connection of its own with a read thread (the
+//! reader's `PSUBSCRIBE to:*` connection is left as it is, so the classic path keeps working
+//! alongside). On a single Redis or under Sentinel there is one master, which owns every slot.
 //! - the **control** thread owns the process's interest table (fed by the shards, like the
-//!   reader's) and the write half of the socket: a topic's first interested shard sends
-//!   `SSUBSCRIBE`, its last `SUNSUBSCRIBE` (changes waiting together go as one command); after a
-//!   (re)connect every wanted topic is subscribed again, and a server-sent `sunsubscribe` of a
-//!   topic still wanted is answered with a new `SSUBSCRIBE`. It PINGs a quiet connection and
-//!   shuts it down when the answer does not come.
-//! - the **read** thread parses what Redis sends with the redis crate's parser (the crate's
-//!   sync `PubSub` does not read `smessage` in RESP2, and it cannot wait on the shards and on
-//!   Redis at once), opens each envelope once, builds the frame once and hands it to the
+//!   reader's), the slot map ([`ClusterTopology`]), where each wanted topic is subscribed
+//!   (`placed`) and the write half of every connection. A topic's first interested shard sends
+//!   `SSUBSCRIBE` to its slot's master, its last `SUNSUBSCRIBE` (changes waiting together go
+//!   as one command per master). When a connection fails, a master sends `sunsubscribe` for a
+//!   topic still wanted (its slot moved), or a command is answered `MOVED`, the slot map is
+//!   read again and every wanted topic is subscribed where it belongs now (and dropped where it
+//!   does not); after a Sentinel switch every connection is replaced. It PINGs a quiet
+//!   connection and shuts it down when the answer does not come.
+//! - each **read** thread parses what its master sends with the redis crate's parser (the
+//!   crate's sync `PubSub` does not read `smessage` in RESP2, and it cannot wait on the shards
+//!   and on Redis at once), opens each envelope once, builds the frame once and hands it to the
 //!   interested shards, exactly as the reader does for `to:*`.
+//!
+//! A message is published on one master only (its slot's), so a topic subscribed on two
+//! masters for a moment (during a slot migration) is still delivered once.
 //!
 //! What it must never do: block on a shard (a full inbox drops the message for that shard and
 //! counts it), talk to Redis on the reader's or the publisher's connection, or log a password.
-//! In Cluster mode (not served yet) this is the part that would hold one connection per master
-//! and route by slot (docs/operations.md).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
+use super::cluster_topology::{ClusterTopology, NodeAddress};
 use super::deployment::Connector;
 use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
@@ -48,27 +55,26 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 pub const CLIENT_NAME: &str = "channel-sharded-subscriber";
 /// Topics per `SSUBSCRIBE` / `SUNSUBSCRIBE` command when many change at once.
 const BATCH: usize = 256;
+/// The slot map is read at most this often while it keeps moving (a failover in progress).
+const REREAD_PAUSE: Duration = Duration::from_millis(100);
 
-/// Why no connection could be made.
-enum ConnectFailure {
-    /// The deployment's address kind is not one this build subscribes over.
-    Unsupported(&'static str),
-    /// Redis or the network failed: try again.
-    Redis(redis::RedisError),
-}
-
-impl From<redis::RedisError> for ConnectFailure {
-    fn from(err: redis::RedisError) -> Self {
-        ConnectFailure::Redis(err)
-    }
-}
-
-/// What the read thread tells the control thread.
+/// What a read thread tells the control thread.
 enum ReadEvent {
     /// Redis confirmed (`true`) or ended (`false`) the subscription of a topic.
-    Subscription { topic: String, subscribed: bool },
+    Subscription {
+        node: NodeAddress,
+        link: u64,
+        topic: String,
+        subscribed: bool,
+    },
+    /// A command was answered `MOVED`/`ASK` (or `CLUSTERDOWN`): the slot map changed.
+    Redirected { node: NodeAddress, link: u64 },
     /// The connection failed; why.
-    Ended(String),
+    Ended {
+        node: NodeAddress,
+        link: u64,
+        reason: String,
+    },
 }
 
 /// Everything the sharded subscriber needs; [`ShardedSubscriber::spawn`] starts it.
@@ -76,12 +82,59 @@ pub struct ShardedSubscriber {
     pub(super) connector: Connector,
     pub(super) shards: Shards,
     pub(super) stats: Arc<ReaderStats>,
-    /// Where `/healthz` reads whether this connection is up.
+    /// Where `/healthz` reads whether every wanted topic is subscribed.
     pub(super) status: Arc<RedisStatus>,
     /// Interest changes from the shards (a copy of what the reader gets).
     pub(super) changes: Receiver<InterestChange>,
     /// A tick each time the sentinels switch the master (never in single mode).
     pub(super) master_switched: Receiver<()>,
+}
+
+/// One master's connection, as the control thread holds it.
+struct Link {
+    /// The write half.
+    socket: TcpStream,
+    /// Interest changes for the read thread's routing table.
+    routes: Sender<InterestChange>,
+    /// Which connection this is (events of a replaced one are ignored).
+    id: u64,
+    /// How many replies the read thread has read.
+    heard: Arc<AtomicU64>,
+    /// `heard` as last seen by the control thread, and when it last moved.
+    seen: (u64, Instant),
+    probe_sent: Option<Instant>,
+    /// Topics we asked this master to drop whose `sunsubscribe` has not come back yet.
+    leaving: HashSet<String>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Ends the read thread too.
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// The control thread's state.
+struct Control {
+    sub: ShardedSubscriber,
+    interest: InterestTable,
+    topology: Option<ClusterTopology>,
+    /// Read the slot map again before placing topics.
+    stale: bool,
+    last_read: Option<Instant>,
+    /// Where each wanted topic was subscribed (asked; confirmed by Redis soon after).
+    placed: HashMap<String, NodeAddress>,
+    links: HashMap<NodeAddress, Link>,
+    /// Masters whose connection attempt failed, and why (for `/healthz`).
+    unreachable: HashMap<NodeAddress, String>,
+    events_tx: Sender<ReadEvent>,
+    events: Receiver<ReadEvent>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    /// What `/healthz` was last told.
+    was_up: Option<bool>,
+    /// The id of the last connection made.
+    next_link_id: u64,
 }
 
 impl ShardedSubscriber {
@@ -94,206 +147,440 @@ impl ShardedSubscriber {
     }
 
     fn run(self) {
-        let mut interest = InterestTable::default();
-        let mut backoff = Backoff::default();
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let mut control = Control {
+            sub: self,
+            interest: InterestTable::default(),
+            topology: None,
+            stale: true,
+            last_read: None,
+            placed: HashMap::new(),
+            links: HashMap::new(),
+            unreachable: HashMap::new(),
+            events_tx,
+            events,
+            backoff: Backoff::default(),
+            retry_at: None,
+            was_up: None,
+            next_link_id: 0,
+        };
+        control.run();
+    }
+}
+
+impl Control {
+    fn run(&mut self) {
         loop {
-            interest.apply_pending(&self.changes);
-            match self.connect() {
-                Ok(socket) => {
-                    backoff.reset();
-                    self.set_up(true);
-                    let reason = self.serve_connection(socket, &mut interest);
-                    self.set_up(false);
-                    warn!(%reason, "redis sharded subscriber lost; reconnecting");
-                }
-                Err(ConnectFailure::Unsupported(err)) => {
-                    // TLS or a unix socket: the function's messages cannot be received by this
-                    // build; the classic path works, so this part does not hold /healthz down.
-                    warn!(%err, "messages published with the function will not be received");
-                    self.set_up(true);
-                    while self.changes.recv().is_ok() {}
+            let retry_due = self.retry_at.is_none_or(|at| Instant::now() >= at);
+            if (self.stale || self.sub.connector.master_switched()) && retry_due {
+                self.retry_at = None;
+                if !self.read_topology() {
                     return;
                 }
-                Err(ConnectFailure::Redis(err)) => {
-                    debug!(%err, "redis sharded subscriber cannot connect yet")
-                }
             }
-            let until = Instant::now() + backoff.next_wait();
-            // Keep the table current while waiting, so that it is right on reconnect.
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                if let Ok(change) = self.changes.recv_timeout(left) {
-                    interest.apply(change);
-                }
-            }
-        }
-    }
-
-    /// Publishes this connection's state for `/healthz` and tells the shards, whose admin
-    /// members follow the Redis state (like the reader and the publisher do).
-    fn set_up(&self, up: bool) {
-        self.status.set_sharded_up(up);
-        self.shards.send_all(|| ShardMessage::RedisStateChanged);
-    }
-
-    /// A plain TCP connection to the current master, authenticated as the deployment says.
-    fn connect(&self) -> Result<TcpStream, ConnectFailure> {
-        let client = self.connector.master_client()?;
-        let info = client.get_connection_info();
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(ConnectFailure::Unsupported(
-                "sharded subscriptions need a plain TCP connection (not TLS or a unix socket)",
-            ));
-        };
-        Ok(self.connect_tcp(host, *port, info)?)
-    }
-
-    fn connect_tcp(
-        &self,
-        host: &str,
-        port: u16,
-        info: &redis::ConnectionInfo,
-    ) -> redis::RedisResult<TcpStream> {
-        let address = (host, port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other("the master's address does not resolve"))?;
-        let mut socket = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
-        socket.set_nodelay(true)?;
-        socket.set_write_timeout(Some(PROBE_DEADLINE))?;
-        let settings = info.redis_settings();
-        if let Some(password) = settings.password() {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
-            }
-            auth.arg(password);
-            socket.write_all(&auth.get_packed_command())?;
-            socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-            let reply = redis::Parser::new().parse_value(&mut socket)?;
-            if let redis::Value::ServerError(err) = reply {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::AuthenticationFailed,
-                    "the master refused AUTH",
-                    err.code().to_owned(),
-                )));
-            }
-        }
-        // Named for operators (`CLIENT LIST`); the read thread reads the `+OK`.
-        socket.write_all(
-            &redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(CLIENT_NAME)
-                .get_packed_command(),
-        )?;
-        // The read thread waits without a deadline; liveness is the control thread's PING.
-        socket.set_read_timeout(None)?;
-        Ok(socket)
-    }
-
-    /// Subscribes every wanted topic, then follows interest changes until the connection
-    /// fails; returns why.
-    fn serve_connection(&self, mut socket: TcpStream, interest: &mut InterestTable) -> String {
-        let read_half = match socket.try_clone() {
-            Ok(half) => half,
-            Err(err) => return format!("cannot split the socket: {err}"),
-        };
-        let last_heard = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
-        let reader = ShardedReader {
-            routes: interest.clone(),
-            route_changes: routes_rx,
-            shards: self.shards.clone(),
-            stats: Arc::clone(&self.stats),
-            events: events_tx,
-            last_heard: Arc::clone(&last_heard),
-            started,
-        };
-        if let Err(err) = std::thread::Builder::new()
-            .name("redis-sharded-read".into())
-            .spawn(move || reader.run(read_half))
-        {
-            return format!("cannot start the read thread: {err}");
-        }
-        let shutdown = |socket: &TcpStream| {
-            let _ = socket.shutdown(Shutdown::Both);
-        };
-        let wanted: Vec<String> = interest.topics().map(str::to_owned).collect();
-        if let Err(err) = send_batched(&mut socket, "SSUBSCRIBE", &wanted) {
-            shutdown(&socket);
-            return format!("cannot subscribe: {err}");
-        }
-        info!(topics = wanted.len(), "redis sharded subscriber connected");
-        // Topics we asked Redis to drop whose `sunsubscribe` has not come back yet.
-        let mut leaving: HashSet<String> = HashSet::new();
-        let mut probe_sent: Option<Instant> = None;
-        loop {
-            let mut subscribe = Vec::new();
-            let mut unsubscribe = Vec::new();
-            let wait = match probe_sent {
-                Some(at) => PROBE_DEADLINE.saturating_sub(at.elapsed()),
-                None => PROBE_AFTER,
-            };
+            self.publish_health();
+            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            let mut touched = Vec::new();
             crossbeam_channel::select! {
-                recv(self.changes) -> change => {
-                    let Ok(change) = change else { return "the shards are gone".into() };
+                recv(self.sub.changes) -> change => {
+                    let Ok(change) = change else { return };
                     let mut next = Some(change);
                     while let Some(change) = next {
-                        // The read thread learns the route before Redis can send for it.
-                        let _ = routes_tx.send(change.clone());
-                        match interest.apply_and_tell(change.clone()) {
-                            Some(true) => subscribe.push(change.topic),
-                            Some(false) => unsubscribe.push(change.topic),
-                            None => {}
+                        // Every read thread learns the route before Redis can send for it.
+                        for link in self.links.values() {
+                            let _ = link.routes.send(change.clone());
                         }
-                        next = self.changes.try_recv().ok();
+                        if self.interest.apply_and_tell(change.clone()).is_some() {
+                            touched.push(change.topic);
+                        }
+                        next = self.sub.changes.try_recv().ok();
                     }
                 }
-                recv(events_rx) -> event => match event {
-                    Ok(ReadEvent::Subscription { topic, subscribed: false }) => {
-                        // Ours, or Redis dropped it (slot moved, node reset): take it back if
-                        // it is still wanted.
-                        if !leaving.remove(&topic) && interest.shards_for(&topic) != 0 {
-                            subscribe.push(topic);
-                        }
+                recv(self.events) -> event => {
+                    let Ok(event) = event else { return };
+                    let mut next = Some(event);
+                    while let Some(event) = next {
+                        self.take_event(event, &mut touched);
+                        next = self.events.try_recv().ok();
                     }
-                    Ok(ReadEvent::Subscription { .. }) => {}
-                    Ok(ReadEvent::Ended(reason)) => return reason,
-                    Err(_) => return "the read thread ended".into(),
-                },
-                recv(self.master_switched) -> _ => {}
+                }
+                recv(self.sub.master_switched) -> _ => {}
                 default(wait) => {}
             }
-            if self.connector.master_switched() {
-                shutdown(&socket);
-                return "the sentinels switched the master".into();
+            if self.sub.connector.master_switched() {
+                // Under Sentinel: the old master keeps its clients a while; leave it now.
+                info!("the sentinels switched the master: subscribing on the new one");
+                self.drop_all_links();
+                self.stale = true;
+                self.retry_at = None;
+                continue;
             }
-            leaving.extend(unsubscribe.iter().cloned());
-            let sent = send_batched(&mut socket, "SUNSUBSCRIBE", &unsubscribe)
-                .and_then(|()| send_batched(&mut socket, "SSUBSCRIBE", &subscribe));
-            if let Err(err) = sent {
-                shutdown(&socket);
-                return format!("cannot write to redis: {err}");
+            if self.retry_at.is_some_and(|at| Instant::now() >= at) {
+                self.stale = true;
+                continue;
             }
-            // Liveness: PING a quiet connection; no answer within the deadline ends it.
-            let heard = Duration::from_millis(last_heard.load(Ordering::Acquire));
-            if let Some(at) = probe_sent {
-                if heard >= at.duration_since(started) {
-                    probe_sent = None;
-                } else if at.elapsed() >= PROBE_DEADLINE {
-                    shutdown(&socket);
-                    return "liveness probe failed".into();
+            if !self.stale {
+                self.place(touched);
+            }
+            self.probe_links();
+        }
+    }
+
+    /// Reads the slot map (or asks the sentinels for the master) and places every wanted
+    /// topic where it belongs now. False when the shards are gone.
+    fn read_topology(&mut self) -> bool {
+        if let Some(at) = self.last_read {
+            let pause = REREAD_PAUSE.saturating_sub(at.elapsed());
+            if !pause.is_zero() {
+                // Keep the table current while waiting, so that it is right when placed.
+                let until = Instant::now() + pause;
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    match self.sub.changes.recv_timeout(left) {
+                        Ok(change) => self.apply_change(change),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
+                    }
                 }
-            } else if started.elapsed().saturating_sub(heard) >= PROBE_AFTER {
-                if let Err(err) = socket.write_all(&redis::cmd("PING").get_packed_command()) {
-                    shutdown(&socket);
-                    return format!("cannot write to redis: {err}");
+            }
+        }
+        self.last_read = Some(Instant::now());
+        match self.sub.connector.topology() {
+            Ok(topology) => {
+                let switched_single = match (&self.topology, topology.is_cluster()) {
+                    (Some(old), false) => old.masters() != topology.masters(),
+                    _ => false,
+                };
+                if switched_single {
+                    self.drop_all_links();
                 }
-                probe_sent = Some(Instant::now());
+                // A master that left the slot map (failed over, removed) is no longer wanted.
+                self.unreachable
+                    .retain(|node, _| topology.masters().contains(node));
+                self.links
+                    .retain(|node, _| topology.masters().contains(node));
+                self.placed
+                    .retain(|_, node| topology.masters().contains(node));
+                self.topology = Some(topology);
+                self.stale = false;
+                let all: Vec<String> = self
+                    .interest
+                    .topics()
+                    .map(str::to_owned)
+                    .chain(self.placed.keys().cloned())
+                    .collect();
+                self.place(all);
+            }
+            Err(err) if err.kind() == redis::ErrorKind::InvalidClientConfig => {
+                // TLS or a unix socket: the function's messages cannot be received by this
+                // build; the classic path works, so this part does not hold /healthz down.
+                warn!(%err, "messages published with the function will not be received");
+                self.sub.status.set_sharded_up(true);
+                while self.sub.changes.recv().is_ok() {}
+                return false;
+            }
+            Err(err) => {
+                debug!(%err, "redis sharded subscriber cannot read the topology yet");
+                self.schedule_retry();
+            }
+        }
+        true
+    }
+
+    fn apply_change(&mut self, change: InterestChange) {
+        for link in self.links.values() {
+            let _ = link.routes.send(change.clone());
+        }
+        self.interest.apply(change);
+    }
+
+    fn schedule_retry(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff.next_wait());
+        }
+    }
+
+    fn take_event(&mut self, event: ReadEvent, touched: &mut Vec<String>) {
+        let (ReadEvent::Subscription { node, link, .. }
+        | ReadEvent::Redirected { node, link }
+        | ReadEvent::Ended { node, link, .. }) = &event;
+        if self.links.get(node).map(|current| current.id) != Some(*link) {
+            // From a connection already replaced: what it says is about the past.
+            return;
+        }
+        match event {
+            ReadEvent::Subscription {
+                node,
+                topic,
+                subscribed: false,
+                ..
+            } => {
+                let ours = self
+                    .links
+                    .get_mut(&node)
+                    .is_some_and(|link| link.leaving.remove(&topic));
+                if !ours && self.placed.get(&topic) == Some(&node) {
+                    // Redis dropped it (its slot moved, the node was reset): read the slot
+                    // map and subscribe where it is now.
+                    self.placed.remove(&topic);
+                    self.stale = true;
+                    touched.push(topic);
+                }
+            }
+            ReadEvent::Subscription { .. } => {}
+            ReadEvent::Redirected { node, .. } => {
+                debug!(master = %node, "a sharded subscription was redirected");
+                // Whatever we believe placed on that node may not be: place everything anew.
+                self.placed.retain(|_, at| *at != node);
+                self.stale = true;
+            }
+            ReadEvent::Ended { node, reason, .. } => {
+                if self.links.remove(&node).is_some() {
+                    warn!(master = %node, %reason, "redis sharded subscriber connection lost");
+                    self.placed.retain(|_, at| *at != node);
+                    self.stale = true;
+                }
             }
         }
     }
+
+    /// Subscribes or unsubscribes `topics` so that each wanted one is subscribed on its
+    /// slot's master and nowhere else.
+    fn place(&mut self, topics: Vec<String>) {
+        let Some(topology) = self.topology.clone() else {
+            return;
+        };
+        let mut subscribe: HashMap<NodeAddress, Vec<String>> = HashMap::new();
+        let mut unsubscribe: HashMap<NodeAddress, Vec<String>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for topic in topics {
+            if !seen.insert(topic.clone()) {
+                continue;
+            }
+            let wanted = self.interest.shards_for(&topic) != 0;
+            let owner = topology.master_of_key(sharded_channel(&topic).as_bytes());
+            let current = self.placed.get(&topic);
+            if wanted && current.is_some() && current == owner {
+                continue;
+            }
+            if let Some(current) = self.placed.remove(&topic) {
+                unsubscribe.entry(current).or_default().push(topic.clone());
+            }
+            match owner {
+                Some(owner) if wanted => {
+                    subscribe.entry(owner.clone()).or_default().push(topic);
+                }
+                None if wanted => {
+                    // No master owns the slot now (a failover in progress): look again.
+                    self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
+                }
+                _ => {}
+            }
+        }
+        for (node, topics) in unsubscribe {
+            let Some(link) = self.links.get_mut(&node) else {
+                continue;
+            };
+            link.leaving.extend(topics.iter().cloned());
+            if let Err(err) = send_batched(&mut link.socket, "SUNSUBSCRIBE", &topics) {
+                self.lose(&node, format!("cannot write to redis: {err}"));
+            }
+        }
+        for (node, topics) in subscribe {
+            if !self.links.contains_key(&node) {
+                if let Err(err) = self.connect(&topology, &node) {
+                    debug!(master = %node, %err, "redis sharded subscriber cannot connect");
+                    self.unreachable.insert(node.clone(), err.to_string());
+                    self.stale = true;
+                    if topology.is_cluster() {
+                        // The rest of the cluster answers: a failover is under way, and its
+                        // end is seen within one short pause, not a growing backoff.
+                        self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
+                    } else {
+                        self.schedule_retry();
+                    }
+                    continue;
+                }
+            }
+            self.unreachable.remove(&node);
+            let link = self.links.get_mut(&node).expect("connected just above");
+            for topic in &topics {
+                // A topic asked to leave and wanted again: its coming `sunsubscribe` is ours.
+                link.leaving.remove(topic);
+            }
+            match send_batched(&mut link.socket, "SSUBSCRIBE", &topics) {
+                Ok(()) => {
+                    for topic in topics {
+                        self.placed.insert(topic, node.clone());
+                    }
+                }
+                Err(err) => self.lose(&node, format!("cannot write to redis: {err}")),
+            }
+        }
+        if self.unreachable.is_empty() && self.retry_at.is_none() {
+            self.backoff.reset();
+        }
+    }
+
+    fn lose(&mut self, node: &NodeAddress, reason: String) {
+        warn!(master = %node, %reason, "redis sharded subscriber connection lost");
+        self.links.remove(node);
+        self.placed.retain(|_, at| at != node);
+        self.stale = true;
+    }
+
+    fn drop_all_links(&mut self) {
+        self.links.clear();
+        self.placed.clear();
+    }
+
+    /// When the loop must wake up even if nothing comes: the next probe or retry.
+    fn next_wake(&self) -> Instant {
+        let mut at = Instant::now() + PROBE_AFTER;
+        if let Some(retry) = self.retry_at {
+            at = at.min(retry);
+        }
+        for link in self.links.values() {
+            let due = match link.probe_sent {
+                Some(sent) => sent + PROBE_DEADLINE,
+                None => link.seen.1 + PROBE_AFTER,
+            };
+            at = at.min(due);
+        }
+        at
+    }
+
+    /// Liveness: PING a quiet connection; no answer within the deadline ends it.
+    fn probe_links(&mut self) {
+        let mut dead = Vec::new();
+        for (node, link) in self.links.iter_mut() {
+            let heard = link.heard.load(Ordering::Acquire);
+            if heard != link.seen.0 {
+                link.seen = (heard, Instant::now());
+                link.probe_sent = None;
+            }
+            if let Some(at) = link.probe_sent {
+                if at.elapsed() >= PROBE_DEADLINE {
+                    dead.push((node.clone(), "liveness probe failed".to_owned()));
+                }
+            } else if link.seen.1.elapsed() >= PROBE_AFTER {
+                match link
+                    .socket
+                    .write_all(&redis::cmd("PING").get_packed_command())
+                {
+                    Ok(()) => link.probe_sent = Some(Instant::now()),
+                    Err(err) => dead.push((node.clone(), format!("cannot write to redis: {err}"))),
+                }
+            }
+        }
+        for (node, reason) in dead {
+            self.lose(&node, reason);
+        }
+    }
+
+    /// Publishes this part's state for `/healthz` and tells the shards when it changes (their
+    /// admin members follow the Redis state, like the reader's and the publisher's).
+    fn publish_health(&mut self) {
+        let waiting = self
+            .interest
+            .topics()
+            .filter(|topic| !self.placed.contains_key(*topic))
+            .count();
+        let up = self.topology.is_some() && waiting == 0 && self.unreachable.is_empty();
+        let mut sentences: Vec<String> = self
+            .unreachable
+            .iter()
+            .map(|(node, err)| format!("sharded subscriber: master {node} unreachable ({err})"))
+            .collect();
+        if waiting > 0 {
+            sentences.push(format!(
+                "sharded subscriber: {waiting} topic(s) waiting for a subscription"
+            ));
+        }
+        sentences.sort();
+        self.sub.status.set_sharded_degraded(sentences);
+        if self.was_up != Some(up) {
+            self.was_up = Some(up);
+            self.sub.status.set_sharded_up(up);
+            self.sub.shards.send_all(|| ShardMessage::RedisStateChanged);
+        }
+    }
+
+    /// A plain TCP connection to `node`, authenticated as the deployment says, with its read
+    /// thread started.
+    fn connect(&mut self, topology: &ClusterTopology, node: &NodeAddress) -> redis::RedisResult<()> {
+        let client = topology.client_for(node)?;
+        let socket = connect_tcp(&node.host, node.port, client.get_connection_info())?;
+        let read_half = socket.try_clone()?;
+        let heard = Arc::new(AtomicU64::new(0));
+        self.next_link_id += 1;
+        let id = self.next_link_id;
+        let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
+        let reader = ShardedReader {
+            node: node.clone(),
+            routes: self.interest.clone(),
+            route_changes: routes_rx,
+            shards: self.sub.shards.clone(),
+            stats: Arc::clone(&self.sub.stats),
+            events: self.events_tx.clone(),
+            link: id,
+            heard: Arc::clone(&heard),
+        };
+        std::thread::Builder::new()
+            .name("redis-sharded-read".into())
+            .spawn(move || reader.run(read_half))?;
+        info!(master = %node, "redis sharded subscriber connected");
+        self.links.insert(
+            node.clone(),
+            Link {
+                socket,
+                routes: routes_tx,
+                id,
+                heard,
+                seen: (0, Instant::now()),
+                probe_sent: None,
+                leaving: HashSet::new(),
+            },
+        );
+        Ok(())
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, info: &redis::ConnectionInfo) -> redis::RedisResult<TcpStream> {
+    let address = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the master's address does not resolve"))?;
+    let mut socket = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    socket.set_nodelay(true)?;
+    socket.set_write_timeout(Some(PROBE_DEADLINE))?;
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = settings.username() {
+            auth.arg(user);
+        }
+        auth.arg(password);
+        socket.write_all(&auth.get_packed_command())?;
+        socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        let reply = redis::Parser::new().parse_value(&mut socket)?;
+        if let redis::Value::ServerError(err) = reply {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::AuthenticationFailed,
+                "the master refused AUTH",
+                err.code().to_owned(),
+            )));
+        }
+    }
+    // Named for operators (`CLIENT LIST`); the read thread reads the `+OK`.
+    socket.write_all(
+        &redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CLIENT_NAME)
+            .get_packed_command(),
+    )?;
+    // The read thread waits without a deadline; liveness is the control thread's PING.
+    socket.set_read_timeout(None)?;
+    Ok(socket)
 }
 
 /// Sends `command` for `topics`' sharded channels, at most [`BATCH`] channels a command.
@@ -312,16 +599,18 @@ fn send_batched(socket: &mut TcpStream, command: &str, topics: &[String]) -> std
     socket.write_all(&bytes)
 }
 
-/// The read half: parses, routes and delivers.
+/// The read half of one master's connection: parses, routes and delivers.
 struct ShardedReader {
+    node: NodeAddress,
     routes: InterestTable,
     route_changes: Receiver<InterestChange>,
     shards: Shards,
     stats: Arc<ReaderStats>,
     events: Sender<ReadEvent>,
-    /// When anything was last read, in ms since `started`.
-    last_heard: Arc<AtomicU64>,
-    started: Instant,
+    /// Which connection this is.
+    link: u64,
+    /// How many replies were read.
+    heard: Arc<AtomicU64>,
 }
 
 impl ShardedReader {
@@ -332,12 +621,15 @@ impl ShardedReader {
             let value = match parser.parse_value(&mut socket) {
                 Ok(value) => value,
                 Err(err) => {
-                    let _ = self.events.send(ReadEvent::Ended(err.to_string()));
+                    let _ = self.events.send(ReadEvent::Ended {
+                        node: self.node.clone(),
+                        link: self.link,
+                        reason: err.to_string(),
+                    });
                     return;
                 }
             };
-            let now = self.started.elapsed().as_millis() as u64;
-            self.last_heard.store(now, Ordering::Release);
+            self.heard.fetch_add(1, Ordering::Release);
             self.routes.apply_pending(&self.route_changes);
             self.take(value);
         }
@@ -347,10 +639,16 @@ impl ShardedReader {
         let redis::Value::Array(parts) = value else {
             // PONG, or an error reply to a command: nothing to route.
             if let redis::Value::ServerError(err) = value {
-                warn!(
-                    code = err.code(),
-                    "redis refused a sharded subscription command"
-                );
+                if matches!(err.code(), "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN") {
+                    let node = self.node.clone();
+                    let link = self.link;
+                    let _ = self.events.send(ReadEvent::Redirected { node, link });
+                } else {
+                    warn!(
+                        code = err.code(),
+                        "redis refused a sharded subscription command"
+                    );
+                }
             }
             return;
         };
@@ -369,6 +667,8 @@ impl ShardedReader {
             (b"smessage", redis::Value::BulkString(payload)) => self.deliver(topic, payload),
             (b"ssubscribe", _) | (b"sunsubscribe", _) => {
                 let _ = self.events.send(ReadEvent::Subscription {
+                    node: self.node.clone(),
+                    link: self.link,
                     topic: topic.to_owned(),
                     subscribed: kind.as_slice() == b"ssubscribe",
                 });

@@ -358,7 +358,7 @@ impl Drop for RedisSubscriber {
 }
 
 /// A connection in `MONITOR` mode. Each line is as Redis prints it, e.g.
-/// `1765000000.123456 [0 lua] "ZADD" "presence:nodes" "1765000006123" "abc"`: the Redis clock,
+/// `1765000000.123456 [0 lua] "ZADD" "presence:{_processes}:expiry" "1765000006123" "abc"`: the Redis clock,
 /// the client (`lua` for a command run by a script), then the command and its arguments, quoted.
 pub struct RedisMonitor {
     conn: redis::Connection,
