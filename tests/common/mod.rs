@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod channel_server;
+pub mod cluster;
 pub mod http;
 pub mod node;
 pub mod phoenix;
@@ -17,6 +18,7 @@ pub mod relay;
 pub mod sentinel;
 pub mod socket;
 pub mod tokens;
+pub mod whole_process;
 
 pub use channel_server::{ChannelServer, ServerOptions, TEST_JWT_SECRET};
 pub use http::{http_raw, http_request, try_http_raw, HttpResponse};

@@ -11,13 +11,12 @@
 //! It never sleeps where it can wait for an event: every wait polls the sentinels or the
 //! nodes for the state it needs, with a deadline that fails the test.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::whole_process::spawn_for_the_whole_process;
 use super::{free_port, log_tail, scratch_dir};
 
 /// The master's name in the sentinels.
@@ -404,45 +403,4 @@ fn ping(port: u16) -> bool {
     try_connect(port)
         .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         .is_ok()
-}
-
-/// Spawns `command` from a thread that lives as long as the test process, with
-/// `PR_SET_PDEATHSIG`: the child is killed when that thread (so the process) ends.
-fn spawn_for_the_whole_process(command: Command) -> Child {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("redis-spawner".into())
-            .spawn(move || {
-                for (mut command, answer) in rx {
-                    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-                    unsafe {
-                        command.pre_exec(|| {
-                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
-                    }
-                    let _ = answer.send(command.spawn());
-                }
-            })
-            .expect("a thread can be spawned");
-        Mutex::new(tx)
-    });
-    let (answer_tx, answer_rx) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send((command, answer_tx))
-        .expect("the spawner thread lives as long as the process");
-    match answer_rx.recv().expect("the spawner answers") {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("redis-server not found: install it (apt-get install redis-server)")
-        }
-        Err(e) => panic!("cannot spawn redis-server: {e}"),
-    }
 }
