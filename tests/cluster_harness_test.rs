@@ -79,9 +79,8 @@ fn a_key_is_served_by_its_master_and_other_masters_redirect() {
     assert_eq!(err.code(), Some("MOVED"), "{err}");
     let mut get = redis::cmd("GET");
     get.arg(key);
-    let value = cluster
-        .query_following_redirects(other, &get)
-        .expect("the redirect is followed");
+    let value =
+        RedisCluster::query_following_redirects(other, &get).expect("the redirect is followed");
     assert_eq!(value, redis::Value::BulkString(b"v".to_vec()));
 }
 
@@ -153,7 +152,10 @@ fn migrating_a_slot_moves_it_and_its_keys_to_the_other_master() {
         .arg(key)
         .query::<Option<String>>(&mut cluster.connection(from))
         .expect_err("the old owner redirects");
-    assert_eq!(err.redirect_node().map(|(_, slot)| slot), Some(migration.slot));
+    assert_eq!(
+        err.redirect_node().map(|(_, slot)| slot),
+        Some(migration.slot)
+    );
 }
 
 #[test]
@@ -176,13 +178,15 @@ fn fcall_publish_runs_on_the_topics_master_following_moved() {
     let topic = "room:fcall";
     let owner = cluster.master_of(topic);
     let other = cluster.other_master_than(owner);
-    let first = cluster
-        .fcall_publish_via(other, topic, "msg", b"{}")
+    let first = RedisCluster::fcall_publish_via(other, topic, "msg", b"{}")
         .expect("MOVED is followed to the owner");
     let second = cluster
         .fcall_publish(topic, "msg", b"{}")
         .expect("the owner runs it");
-    assert_eq!((first, second), (redis::Value::Int(1), redis::Value::Int(2)));
+    assert_eq!(
+        (first, second),
+        (redis::Value::Int(1), redis::Value::Int(2))
+    );
     let count: i64 = redis::cmd("GET")
         .arg(topic)
         .query(&mut cluster.connection(owner))

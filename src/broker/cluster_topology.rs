@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
         assert_eq!(slot_of(b"channel:to:{room:1}"), slot_of(b"room:1"));
         // An empty tag hashes the whole key.
-        assert_eq!(slot_of(b"{}x"), crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOTS);
+        assert_eq!(
+            slot_of(b"{}x"),
+            crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOTS
+        );
     }
 
     fn reply(text: &str) -> redis::Value {
@@ -309,7 +312,10 @@ mod tests {
         let client = topology
             .client_for(&topology.masters()[1])
             .expect("a client");
-        assert_eq!(client.get_connection_info().redis_settings().password(), Some("pw"));
+        assert_eq!(
+            client.get_connection_info().redis_settings().password(),
+            Some("pw")
+        );
     }
 
     #[test]
@@ -322,7 +328,10 @@ mod tests {
             reply("*1\r\n*3\r\n:100\r\n:200\r\n*2\r\n$1\r\na\r\n:1\r\n"),
         );
         assert_eq!(topology.master_of_slot(99), None);
-        assert_eq!(topology.master_of_slot(150).map(|n| n.host.as_str()), Some("a"));
+        assert_eq!(
+            topology.master_of_slot(150).map(|n| n.host.as_str()),
+            Some("a")
+        );
         assert_eq!(topology.master_of_slot(201), None);
     }
 }

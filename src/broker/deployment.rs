@@ -188,7 +188,10 @@ fn connect_any_node(
         }
     }
     Err(last_error.unwrap_or_else(|| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no cluster node known"))
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no cluster node known",
+        ))
     }))
 }
 

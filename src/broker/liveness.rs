@@ -137,7 +137,11 @@ fn run_upkeep(
 
 /// Removes the members of every process in `reaping`, topic by topic; forgets each process
 /// whose topics are all done. Returns how many were forgotten.
-fn reap(links: &mut MasterLinks, shas: &LoadedScripts, reaping: Reaping) -> redis::RedisResult<i64> {
+fn reap(
+    links: &mut MasterLinks,
+    shas: &LoadedScripts,
+    reaping: Reaping,
+) -> redis::RedisResult<i64> {
     let mut forgotten = 0;
     for (node, topics) in reaping {
         let prefix = format!("{node}:");
@@ -155,9 +159,9 @@ fn reap(links: &mut MasterLinks, shas: &LoadedScripts, reaping: Reaping) -> redi
             })
             .collect();
         let replies = links.pipeline(&commands)?;
-        let all_done = replies
-            .iter()
-            .all(|reply| matches!(reply, Some(value) if !matches!(value, redis::Value::ServerError(_))));
+        let all_done = replies.iter().all(
+            |reply| matches!(reply, Some(value) if !matches!(value, redis::Value::ServerError(_))),
+        );
         if !all_done {
             continue;
         }

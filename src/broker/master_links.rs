@@ -83,8 +83,11 @@ impl MasterLinks {
         }
         if links.links.is_empty() {
             return Err(last_error.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotConnected, "no master in the slot map")
-                    .into()
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no master in the slot map",
+                )
+                .into()
             }));
         }
         Ok(links)
@@ -224,7 +227,10 @@ impl MasterLinks {
             }
         }
         for (node, indices) in sent {
-            let conn = self.links.get_mut(&node).expect("kept while its replies are read");
+            let conn = self
+                .links
+                .get_mut(&node)
+                .expect("kept while its replies are read");
             match read_replies(conn, indices.len(), deadline) {
                 Ok(values) => {
                     for (index, value) in indices.into_iter().zip(values) {

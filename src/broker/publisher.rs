@@ -177,7 +177,8 @@ impl RedisPublisher {
             }
             // On a cluster: a master that failed is looked up again, new masters connected.
             conn.follow_topology()?;
-            self.status.set_unreachable_masters(conn.unreachable_masters());
+            self.status
+                .set_unreachable_masters(conn.unreachable_masters());
             let snapshots = lock(&self.replica).take_snapshot_requests();
             if !snapshots.is_empty() {
                 batch.extend(
@@ -302,7 +303,11 @@ impl RedisPublisher {
             // A command Redis refused (OOM, NOSCRIPT, …) or a master that failed is not a
             // success.
             let reply = match reply {
-                Some(redis::Value::ServerError(_)) | None => None,
+                Some(redis::Value::ServerError(err)) => {
+                    debug!(code = err.code(), detail = ?err.details(), "redis refused a command");
+                    None
+                }
+                None => None,
                 Some(other) => Some(other),
             };
             self.answer(command, reply, seed);
@@ -332,9 +337,17 @@ impl RedisPublisher {
             UpstreamCommand::Publish(request) => {
                 cmd = redis::cmd("PUBLISH");
                 cmd.arg(&request.channel).arg(request.payload.as_ref());
-                // A cluster propagates a PUBLISH to every node: any master will do; the
-                // channel's slot spreads the load over them.
-                Route::key(&request.channel)
+                // A cluster propagates a PUBLISH to every node, so any master would do; the
+                // topic's own master is used, so that a topic's pushes fail exactly while its
+                // slot has no master (and spread over the masters as topics do).
+                match request
+                    .channel
+                    .strip_prefix("from:")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                {
+                    Some((topic, _event)) => Route::key(&super::function::sharded_channel(topic)),
+                    None => Route::key(&request.channel),
+                }
             }
             UpstreamCommand::PresenceJoin {
                 topic, presence, ..

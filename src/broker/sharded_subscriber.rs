@@ -507,7 +507,11 @@ impl Control {
 
     /// A plain TCP connection to `node`, authenticated as the deployment says, with its read
     /// thread started.
-    fn connect(&mut self, topology: &ClusterTopology, node: &NodeAddress) -> redis::RedisResult<()> {
+    fn connect(
+        &mut self,
+        topology: &ClusterTopology,
+        node: &NodeAddress,
+    ) -> redis::RedisResult<()> {
         let client = topology.client_for(node)?;
         let socket = connect_tcp(&node.host, node.port, client.get_connection_info())?;
         let read_half = socket.try_clone()?;
@@ -545,7 +549,11 @@ impl Control {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, info: &redis::ConnectionInfo) -> redis::RedisResult<TcpStream> {
+fn connect_tcp(
+    host: &str,
+    port: u16,
+    info: &redis::ConnectionInfo,
+) -> redis::RedisResult<TcpStream> {
     let address = (host, port)
         .to_socket_addrs()?
         .next()

@@ -10,6 +10,7 @@
 
 pub mod channel_server;
 pub mod cluster;
+pub mod failover;
 pub mod http;
 pub mod node;
 pub mod phoenix;

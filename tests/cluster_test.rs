@@ -1,0 +1,373 @@
+//! Redis Cluster mode against a real 6-node cluster (issue 13 §2–§4): 3 masters and 3 replicas
+//! from `redis-server` processes (tests/common/cluster.rs), shared by the tests of this binary,
+//! which take it one at a time.
+//!
+//! - Downstream through the publish function reaches clients whatever master owns the topic,
+//!   and only the process that has a subscriber of the topic receives it (its received counter
+//!   on `/metrics` moves, the other's does not); classic `PUBLISH` sent to any node still
+//!   reaches every process; the last leave unsubscribes on the topic's master.
+//! - `kill -9` of the master that owns a topic's slot: the replica is promoted, delivery resumes
+//!   within 3 s of the promotion, the joined client is never disconnected, every push is
+//!   answered (`ok` only if some node published it), `/healthz` says which part is degraded
+//!   meanwhile and is green after.
+//! - A slot migration of a topic with a subscriber: delivery continues, nothing twice.
+//! - Presence across processes, with the reaper's keys of one slot per call (no CROSSSLOT): a
+//!   killed process's member leaves.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::cluster::{key_slot, RedisCluster};
+use common::failover::{
+    answers, delivery_resumes, healthz, push_through_gap, received, Member, UpstreamWatcher,
+};
+use common::phoenix::wait_until;
+use common::{sign_token, ChannelServer, ServerOptions, TestSocket, TEST_JWT_SECRET};
+
+/// Issue 13 §4: delivery resumes within this of the promotion.
+const RESUME_BOUND: Duration = Duration::from_secs(3);
+
+fn sharded_channel(topic: &str) -> String {
+    format!("channel:to:{{{topic}}}")
+}
+
+fn start_server(cluster: &RedisCluster, opts: ServerOptions) -> ChannelServer {
+    let args = cluster.serve_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChannelServer::start_with_redis_args(&args, opts)
+}
+
+/// Presence off: its diffs would move every process's received counter.
+fn quiet_server(cluster: &RedisCluster) -> ChannelServer {
+    start_server(
+        cluster,
+        ServerOptions::default()
+            .shards(1)
+            .config("[channel]\npresence_enabled = false\n"),
+    )
+}
+
+/// Connections holding `SSUBSCRIBE` to `topic`'s sharded channel on the node on `port`.
+fn shard_subscribers_on(cluster: &RedisCluster, port: u16, topic: &str) -> i64 {
+    let (_, count): (String, i64) = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(sharded_channel(topic))
+        .query(&mut cluster.connection(port))
+        .expect("PUBSUB SHARDNUMSUB on a cluster node");
+    count
+}
+
+fn wait_for_shard_subscribers(cluster: &RedisCluster, topic: &str, count: i64) {
+    let master = cluster.master_of(&sharded_channel(topic));
+    wait_until(
+        Duration::from_secs(5),
+        &format!("{count} sharded subscriber(s) of {topic} on its master {master}"),
+        || shard_subscribers_on(cluster, master, topic) == count,
+    );
+}
+
+/// One topic name per master (each owned by a different master), made from `prefix`.
+fn one_topic_per_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    let mut by_master = std::collections::BTreeMap::new();
+    for i in 0.. {
+        let topic = format!("{prefix}:{i}");
+        by_master
+            .entry(cluster.master_of(&sharded_channel(&topic)))
+            .or_insert(topic);
+        if by_master.len() == cluster.masters().len() {
+            break;
+        }
+    }
+    by_master.into_values().collect()
+}
+
+fn fcall_probe(cluster: &RedisCluster, topic: &str, n: u64) -> bool {
+    cluster
+        .fcall_publish(topic, "probe", json!({ "n": n }).to_string())
+        .is_ok()
+}
+
+#[test]
+fn function_messages_reach_clients_on_every_master_and_only_the_serving_process() {
+    let cluster = RedisCluster::shared();
+    let (serving, idle) = (quiet_server(&cluster), quiet_server(&cluster));
+    let topics = one_topic_per_master(&cluster, "room:cluster-interest");
+    let mut client = TestSocket::connect(&serving.ws_url("2.0.0"));
+    for topic in &topics {
+        client.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "bob", 3600));
+    }
+    for topic in &topics {
+        wait_for_shard_subscribers(&cluster, topic, 1);
+    }
+    let (serving_before, idle_before) = (received(&serving), received(&idle));
+    for (n, topic) in topics.iter().enumerate() {
+        let position = cluster
+            .fcall_publish(topic, "n", json!({ "n": n }).to_string())
+            .unwrap_or_else(|e| panic!("FCALL on the master of {topic}: {e}"));
+        assert!(
+            matches!(position, redis::Value::BulkString(_)),
+            "{position:?}"
+        );
+    }
+    for (n, topic) in topics.iter().enumerate() {
+        assert_eq!(
+            client.recv_json(),
+            json!([null, null, topic, "n", { "n": n }])
+        );
+    }
+    assert_eq!(received(&serving) - serving_before, topics.len() as f64);
+    assert_eq!(
+        received(&idle) - idle_before,
+        0.0,
+        "a process without a subscriber of these topics received them"
+    );
+
+    // Classic PUBLISH on any node still reaches the client (and every process receives it).
+    let any_node = cluster.live_ports()[0];
+    let (serving_before, idle_before) = (received(&serving), received(&idle));
+    cluster.publish_on(any_node, &format!("to:{}:classic", topics[0]), r#"{"c":1}"#);
+    assert_eq!(
+        client.recv_json(),
+        json!([null, null, topics[0], "classic", { "c": 1 }])
+    );
+    wait_until(Duration::from_secs(5), "both processes received it", || {
+        received(&serving) - serving_before == 1.0 && received(&idle) - idle_before == 1.0
+    });
+
+    // The last leave unsubscribes on each topic's master.
+    for topic in &topics {
+        assert_eq!(client.leave(topic)[4]["status"], "ok");
+        assert_eq!(client.recv_json()[3], "phx_close");
+    }
+    for topic in &topics {
+        wait_for_shard_subscribers(&cluster, topic, 0);
+    }
+}
+
+#[test]
+fn the_function_is_installed_on_every_master() {
+    let cluster = RedisCluster::shared();
+    let _server = quiet_server(&cluster);
+    for master in cluster.masters() {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("library `channel` on master {master}"),
+            || {
+                let libraries: Value = redis::cmd("FUNCTION")
+                    .arg("LIST")
+                    .arg("LIBRARYNAME")
+                    .arg("channel")
+                    .query::<redis::Value>(&mut cluster.connection(master))
+                    .map(|v| json!(format!("{v:?}")))
+                    .unwrap_or(Value::Null);
+                libraries.to_string().contains("channel_publish")
+            },
+        );
+    }
+}
+
+#[test]
+fn a_killed_master_fails_over_and_delivery_resumes_within_3s_of_the_promotion() {
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:cluster-failover";
+    let server = start_server(&cluster, ServerOptions::default());
+    let mut alice = Member::join(&server, topic);
+    {
+        let cluster = &cluster;
+        delivery_resumes(
+            &mut alice,
+            Instant::now(),
+            RESUME_BOUND,
+            |n| fcall_probe(cluster, topic, n),
+            || cluster.logs(),
+        );
+    }
+    let watcher = UpstreamWatcher::start(
+        cluster
+            .ports()
+            .into_iter()
+            .map(RedisCluster::node_url)
+            .collect(),
+        topic,
+    );
+    let mut seen = HashSet::new();
+
+    // Push through the gap while the harness kills the topic's master and waits for the
+    // promotion (on its own thread: it blocks until the cluster agrees).
+    let (failover, pending, degraded) = std::thread::scope(|scope| {
+        let harness: &mut RedisCluster = &mut cluster;
+        let killer = scope.spawn(move || harness.kill_master_of(&sharded_channel(topic)));
+        let (pending, degraded) =
+            push_through_gap(&server, &mut alice, "gap", || killer.is_finished());
+        let failover = killer.join().expect("the kill and promotion went through");
+        (failover, pending, degraded)
+    });
+    let took = delivery_resumes(
+        &mut alice,
+        failover.promoted_at,
+        Duration::from_secs(15),
+        |n| fcall_probe(&cluster, topic, n),
+        || format!("{}\n{}", cluster.logs(), server.log()),
+    );
+    eprintln!(
+        "kill -9 of master {} (slot {}): {} promoted {:?} after the kill; delivery resumed \
+         {took:?} after the promotion",
+        failover.killed,
+        failover.slot,
+        failover.promoted,
+        failover.promoted_at - failover.killed_at
+    );
+    assert!(
+        took <= RESUME_BOUND,
+        "delivery resumed {took:?} after the promotion (bound {RESUME_BOUND:?})\n{}",
+        server.log()
+    );
+    let (gap_oks, unavailable) = answers(&mut alice, pending);
+    assert!(
+        unavailable > 0,
+        "pushes while the topic's slot had no master must be refused (oks {gap_oks:?})"
+    );
+    assert!(degraded, "/healthz must say 503 while a master is gone");
+    wait_until(RESUME_BOUND, "/healthz is 200 after the failover", || {
+        healthz(&server) == 200
+    });
+    let (pending, _) = push_through_gap(&server, &mut alice, "after", {
+        let mut n = 0;
+        move || {
+            n += 1;
+            n > 3
+        }
+    });
+    let (after_oks, _) = answers(&mut alice, pending);
+    assert_eq!(after_oks.len(), 3, "pushes after the failover are ok");
+    watcher.saw_every(&[gap_oks, after_oks].concat(), &mut seen);
+}
+
+#[test]
+fn a_slot_migration_keeps_delivering_and_delivers_nothing_twice() {
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:cluster-migrate";
+    let server = quiet_server(&cluster);
+    let mut client = TestSocket::connect(&server.ws_url("2.0.0"));
+    client.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "bob", 3600));
+    wait_for_shard_subscribers(&cluster, topic, 1);
+    let from = cluster.master_of(&sharded_channel(topic));
+    let to = cluster.other_master_than(from);
+
+    // Publish a numbered message every 10 ms through the migration and after it, until the
+    // client has one published after the slot moved.
+    let mut received_ns: Vec<u64> = Vec::new();
+    let mut published = 0u64;
+    let migration = std::thread::scope(|scope| {
+        let harness: &mut RedisCluster = &mut cluster;
+        let migrating = scope.spawn(move || harness.migrate_slot_of(&sharded_channel(topic), to));
+        let mut first_after = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "delivery did not continue after the migration"
+            );
+            if migrating.is_finished() && first_after.is_none() {
+                first_after = Some(published);
+            }
+            // Sent to the old owner, following MOVED/ASK as a cluster client does; during the
+            // move a publish may fail for a moment (then it is not counted).
+            let payload = json!({ "n": published }).to_string();
+            if RedisCluster::fcall_publish_via(from, topic, "n", payload).is_ok() {
+                published += 1;
+            }
+            while let Some(frame) =
+                common::phoenix::try_next(&mut client, Duration::from_millis(10))
+            {
+                let value = frame.json();
+                assert_eq!(value[3], "n", "{value}");
+                received_ns.push(value[4]["n"].as_u64().expect("n"));
+            }
+            if let Some(first) = first_after {
+                if received_ns.iter().any(|&n| n >= first) {
+                    break;
+                }
+            }
+        }
+        migrating.join().expect("the migration went through")
+    });
+    eprintln!(
+        "slot {} moved {} -> {}; {} published, {} received",
+        migration.slot,
+        migration.from,
+        migration.to,
+        published,
+        received_ns.len()
+    );
+    let unique: HashSet<u64> = received_ns.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        received_ns.len(),
+        "a message was delivered twice: {received_ns:?}"
+    );
+    let mut sorted = received_ns.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, received_ns, "order kept");
+    // Subscribed on the new owner, no longer on the old one.
+    wait_until(
+        Duration::from_secs(5),
+        "subscribed on the new owner only",
+        || {
+            shard_subscribers_on(&cluster, to, topic) == 1
+                && shard_subscribers_on(&cluster, from, topic) == 0
+        },
+    );
+    assert_eq!(key_slot(sharded_channel(topic).as_bytes()), migration.slot);
+}
+
+/// The next `presence_diff` payload on `socket` that satisfies `pred`.
+fn diff_where(socket: &mut TestSocket, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no matching presence_diff within {timeout:?}; frames: {seen:?}"
+        );
+        let Some(frame) = socket.try_recv_frame(left) else {
+            continue;
+        };
+        let value = frame.json();
+        seen.push(value.clone());
+        if value[3] == "presence_diff" && pred(&value[4]) {
+            return value[4].clone();
+        }
+    }
+}
+
+#[test]
+fn presence_spans_processes_and_a_killed_process_members_leave() {
+    let cluster = RedisCluster::shared();
+    let topic = "room:cluster-presence";
+    let a = start_server(&cluster, ServerOptions::default());
+    let mut b = start_server(&cluster, ServerOptions::default());
+    let mut alice = TestSocket::connect(&a.ws_url("2.0.0"));
+    alice.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "alice", 3600));
+    let mut bob = TestSocket::connect(&b.ws_url("2.0.0"));
+    bob.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "bob", 3600));
+    diff_where(&mut alice, Duration::from_secs(5), |d| {
+        d["joins"].get("bob").is_some()
+    });
+    let killed_at = Instant::now();
+    b.kill();
+    // The reaper's calls each touch one slot: the process keys' ({_processes}) and then the
+    // topic's. TTL 6 s by default; the leave must come within 10 s.
+    diff_where(&mut alice, Duration::from_secs(10), |d| {
+        d["leaves"].get("bob").is_some()
+    });
+    eprintln!(
+        "a killed process's member left {:?} after the kill",
+        killed_at.elapsed()
+    );
+}
