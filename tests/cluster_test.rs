@@ -149,6 +149,36 @@ fn function_messages_reach_clients_on_every_master_and_only_the_serving_process(
 }
 
 #[test]
+fn many_topics_joined_at_once_are_each_subscribed_on_their_slot_master() {
+    // One SSUBSCRIBE names channels of one slot only on a cluster (else CROSSSLOT): topics
+    // gained together are grouped by slot.
+    let cluster = RedisCluster::shared();
+    let server = quiet_server(&cluster);
+    let topics: Vec<String> = (0..40).map(|i| format!("room:cluster-many:{i}")).collect();
+    let mut client = TestSocket::connect(&server.ws_url("2.0.0"));
+    for (i, topic) in topics.iter().enumerate() {
+        let token = sign_token(TEST_JWT_SECRET, topic, "bob", 3600);
+        client
+            .send_json(&json!([i.to_string(), i.to_string(), topic, "phx_join", {"token": token}]));
+    }
+    for _ in &topics {
+        assert_eq!(client.recv_json()[4]["status"], "ok");
+    }
+    for topic in &topics {
+        wait_for_shard_subscribers(&cluster, topic, 1);
+    }
+    for (n, topic) in topics.iter().enumerate() {
+        cluster
+            .fcall_publish(topic, "n", json!({ "n": n }).to_string())
+            .unwrap_or_else(|e| panic!("FCALL on the master of {topic}: {e}"));
+        assert_eq!(
+            client.recv_json(),
+            json!([null, null, topic, "n", { "n": n }])
+        );
+    }
+}
+
+#[test]
 fn the_function_is_installed_on_every_master() {
     let cluster = RedisCluster::shared();
     let _server = quiet_server(&cluster);
@@ -370,4 +400,73 @@ fn presence_spans_processes_and_a_killed_process_members_leave() {
         "a killed process's member left {:?} after the kill",
         killed_at.elapsed()
     );
+}
+
+/// The next frame with `event` on `socket`, skipping others.
+fn next_event(socket: &mut TestSocket, event: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {event} within {within:?}");
+        let frame = socket.recv_json_timeout(left);
+        if frame[3] == json!(event) {
+            return frame;
+        }
+    }
+}
+
+/// Joins `topic` as `id` and waits for its presence state (the join is in Redis then).
+fn joined_with_presence(server: &ChannelServer, topic: &str, id: &str) -> TestSocket {
+    let mut socket = TestSocket::connect(&server.ws_url("2.0.0"));
+    socket.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, id, 3600));
+    if topic != "admin" {
+        next_event(&mut socket, "presence_state", Duration::from_secs(5));
+    }
+    socket
+}
+
+#[test]
+fn admin_list_and_disconnect_cover_every_master_and_process() {
+    let cluster = RedisCluster::shared();
+    let a = start_server(&cluster, ServerOptions::default());
+    let b = start_server(&cluster, ServerOptions::default());
+    let topics = one_topic_per_master(&cluster, "room:cluster-admin");
+    let mut sockets = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        let server = if i % 2 == 0 { &a } else { &b };
+        sockets.push(joined_with_presence(server, topic, "mallory"));
+    }
+    let mut admin = joined_with_presence(&a, "admin", "ops");
+    admin.send_json(&json!(["1", "7", "admin", "list", {}]));
+    let reply = next_event(&mut admin, "phx_reply", Duration::from_secs(5));
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    for topic in &topics {
+        assert_eq!(
+            reply[4]["response"]["topics"][topic],
+            json!({"members": 1, "metas": 1}),
+            "{topic} (on its own master) is listed: {reply}"
+        );
+    }
+    admin.send_json(&json!(["1", "8", "admin", "disconnect", {"id": "mallory"}]));
+    let reply = next_event(&mut admin, "phx_reply", Duration::from_secs(5));
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {
+            "id": "mallory", "disconnected": topics.len(), "processes": 2
+        }})
+    );
+    for socket in &mut sockets {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match socket.recv_frame_timeout(left) {
+                common::Frame::Close(Some((code, _))) => {
+                    assert_eq!(code, 4001);
+                    break;
+                }
+                common::Frame::Text(_) => continue,
+                other => panic!("expected close 4001, got {other:?}"),
+            }
+        }
+    }
 }

@@ -207,6 +207,8 @@ fn bad_calls_of_the_function_are_refused_and_publish_nothing() {
     assert!(call(&["1", "room:bad", "", "{}"]).contains("event"));
     assert!(call(&["1", "room:bad", "ev"]).contains("2 arguments"));
     assert!(call(&["0", "ev", "{}"]).contains("1 key"));
+    // A brace would put the sharded channel in another slot than the key on a cluster.
+    assert!(call(&["1", "room:{bad}", "ev", "{}"]).contains("\"{\" or \"}\""));
     client.expect_no_message(QUIET_PERIOD);
 }
 

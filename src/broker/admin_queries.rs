@@ -80,7 +80,8 @@ pub fn topics(links: &mut MasterLinks) -> redis::RedisResult<Value> {
 }
 
 /// Counts the sockets of `id` (distinct connections among its presences), then asks every
-/// process to close them. Returns `{"id", "disconnected", "processes"}`.
+/// process to close them. Returns `{"id", "disconnected", "processes"}`: the processes that
+/// got the request (on a cluster: the live processes, see below).
 pub fn disconnect(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value> {
     let mut sockets = HashSet::new();
     for (_, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
@@ -100,9 +101,22 @@ pub fn disconnect(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value
     publish
         .arg(CONTROL_CHANNEL)
         .arg(format!("{DISCONNECT_PREFIX}{id}"));
-    // A cluster propagates it to every node: every process's reader gets it.
-    let processes: i64 =
+    // A cluster propagates it to every node: every process's reader gets it. There PUBLISH
+    // counts only the receivers on the node it was sent to, so the processes asked are the
+    // live ones (every live process listens to the control channel).
+    let receivers: i64 =
         redis::FromRedisValue::from_redis_value(links.query(Route::AnyMaster, publish)?)?;
+    let processes = if links.is_cluster() {
+        let mut live = redis::cmd("EVAL");
+        live.arg(presence::scripts::LIVE_PROCESSES)
+            .arg(1)
+            .arg(presence::PROCESSES_KEY);
+        redis::FromRedisValue::from_redis_value(
+            links.query(Route::key(presence::PROCESSES_KEY), live)?,
+        )?
+    } else {
+        receivers
+    };
     Ok(json!({ "id": id, "disconnected": sockets.len(), "processes": processes }))
 }
 

@@ -31,6 +31,9 @@ local function channel_publish(keys, args)
   if payload == nil or #args ~= 2 then
     return redis.error_reply('ERR channel_publish: expected 2 arguments (event, payload)')
   end
+  if string.find(topic, '[{}]') then
+    return redis.error_reply('ERR channel_publish: a topic with "{" or "}" cannot be published with the function (its sharded channel would hash to another slot); use PUBLISH to:<topic>:<event>')
+  end
   if event == '' or string.find(event, '[:\n]') then
     return redis.error_reply('ERR channel_publish: the event must be non-empty, without ":" or a newline')
   end

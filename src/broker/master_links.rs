@@ -30,6 +30,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed connection attempt, a node is not tried again for this long (its commands
 /// fail at once meanwhile).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// While a failover is under way the slot map is read at most this often (not at every
+/// pipeline).
+const REREAD_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where a command goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct MasterLinks {
     refused: HashMap<NodeAddress, Instant>,
     /// A node failed or moved a slot: read the slot map again before the next use.
     stale: bool,
+    /// When the slot map was last read (it is read at most every [`REREAD_PAUSE`]).
+    last_read: Option<Instant>,
     set_up: SetUp,
 }
 
@@ -73,6 +78,7 @@ impl MasterLinks {
             links: HashMap::new(),
             refused: HashMap::new(),
             stale: false,
+            last_read: Some(Instant::now()),
             set_up,
         };
         let mut last_error = None;
@@ -151,7 +157,9 @@ impl MasterLinks {
         if !self.topology.is_cluster() {
             return Ok(());
         }
-        if self.stale {
+        let may_read = self.last_read.is_none_or(|at| at.elapsed() >= REREAD_PAUSE);
+        if self.stale && may_read {
+            self.last_read = Some(Instant::now());
             self.topology
                 .refresh()
                 .map_err(|err| std::io::Error::new(std::io::ErrorKind::NotConnected, err))?;
@@ -247,6 +255,7 @@ impl MasterLinks {
         if !moved.is_empty() {
             // The command did not run: the slot moved. Read the map and send it once more.
             self.stale = true;
+            self.last_read = None;
             self.follow_topology()?;
             let retry: Vec<(Route, redis::Cmd)> =
                 moved.iter().map(|&i| commands[i].clone()).collect();

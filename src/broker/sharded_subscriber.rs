@@ -36,7 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::cluster_topology::{ClusterTopology, NodeAddress};
+use super::cluster_topology::{slot_of, ClusterTopology, NodeAddress};
 use super::deployment::Connector;
 use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
@@ -381,7 +381,8 @@ impl Control {
                 continue;
             };
             link.leaving.extend(topics.iter().cloned());
-            if let Err(err) = send_batched(&mut link.socket, "SUNSUBSCRIBE", &topics) {
+            let by_slot = topology.is_cluster();
+            if let Err(err) = send_batched(&mut link.socket, "SUNSUBSCRIBE", &topics, by_slot) {
                 self.lose(&node, format!("cannot write to redis: {err}"));
             }
         }
@@ -407,7 +408,12 @@ impl Control {
                 // A topic asked to leave and wanted again: its coming `sunsubscribe` is ours.
                 link.leaving.remove(topic);
             }
-            match send_batched(&mut link.socket, "SSUBSCRIBE", &topics) {
+            match send_batched(
+                &mut link.socket,
+                "SSUBSCRIBE",
+                &topics,
+                topology.is_cluster(),
+            ) {
                 Ok(()) => {
                     for topic in topics {
                         self.placed.insert(topic, node.clone());
@@ -591,15 +597,37 @@ fn connect_tcp(
     Ok(socket)
 }
 
-/// Sends `command` for `topics`' sharded channels, at most [`BATCH`] channels a command.
-fn send_batched(socket: &mut TcpStream, command: &str, topics: &[String]) -> std::io::Result<()> {
+/// Sends `command` for `topics`' sharded channels, at most [`BATCH`] channels a command. On a
+/// cluster one command names channels of one slot only (Redis refuses the others with
+/// `CROSSSLOT`), so the topics are grouped by slot first.
+fn send_batched(
+    socket: &mut TcpStream,
+    command: &str,
+    topics: &[String],
+    one_slot_per_command: bool,
+) -> std::io::Result<()> {
+    let mut channels: Vec<(u16, String)> = topics
+        .iter()
+        .map(|topic| {
+            let channel = sharded_channel(topic);
+            let slot = if one_slot_per_command {
+                slot_of(channel.as_bytes())
+            } else {
+                0
+            };
+            (slot, channel)
+        })
+        .collect();
+    channels.sort_unstable();
     let mut bytes = Vec::new();
-    for chunk in topics.chunks(BATCH) {
-        let mut cmd = redis::cmd(command);
-        for topic in chunk {
-            cmd.arg(sharded_channel(topic));
+    for same_slot in channels.chunk_by(|a, b| a.0 == b.0) {
+        for chunk in same_slot.chunks(BATCH) {
+            let mut cmd = redis::cmd(command);
+            for (_, channel) in chunk {
+                cmd.arg(channel);
+            }
+            bytes.extend_from_slice(&cmd.get_packed_command());
         }
-        bytes.extend_from_slice(&cmd.get_packed_command());
     }
     if bytes.is_empty() {
         return Ok(());

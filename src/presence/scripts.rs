@@ -137,3 +137,12 @@ redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('DEL', 'presence:{_processes}:reaping:' .. ARGV[1])
 return 0
 "#;
+
+/// How many processes are alive now (their liveness not expired, by Redis's clock).
+///
+/// KEYS: the expiry set.
+pub const LIVE_PROCESSES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%.0f', now), '+inf')
+"#;

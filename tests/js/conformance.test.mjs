@@ -3,6 +3,9 @@
 // starts a private Redis and the server and sets:
 //   CHANNEL_URL  http://127.0.0.1:<port> of the running server
 //   REDIS_URL    redis://127.0.0.1:<port> of the Redis the server uses
+//   CHANNEL_URL_B (optional) a second process of the same deployment: sockets then alternate
+//                between the two (the Redis Cluster run of tests/phoenix_js.rs), so that two
+//                clients of one test sit on different processes
 // By hand: CHANNEL_URL=... REDIS_URL=... node --test conformance.test.mjs
 //
 // Each test is one behaviour a browser relies on; every wait has a deadline, and a refusal must
@@ -21,7 +24,11 @@ const REDIS_URL = process.env.REDIS_URL;
 if (!CHANNEL_URL || !REDIS_URL) {
   throw new Error("set CHANNEL_URL (http://host:port of the server) and REDIS_URL (redis://host:port)");
 }
-const SOCKET_ENDPOINT = CHANNEL_URL.replace(/^http/, "ws"); // phoenix.js appends /websocket
+// phoenix.js appends /websocket
+const SOCKET_ENDPOINTS = [CHANNEL_URL, process.env.CHANNEL_URL_B]
+  .filter(Boolean)
+  .map((url) => url.replace(/^http/, "ws"));
+let socketsOpened = 0;
 
 // phoenix.js gives up on a push after this long and reports `timeout`.
 const PUSH_TIMEOUT_MS = 5000;
@@ -56,6 +63,7 @@ async function mintToken(channel, id) {
 
 // A connected phoenix.js Socket on the ws transport. Resolves once the WebSocket is open.
 function openSocket() {
+  const SOCKET_ENDPOINT = SOCKET_ENDPOINTS[socketsOpened++ % SOCKET_ENDPOINTS.length];
   const socket = new Socket(SOCKET_ENDPOINT, {
     transport: WebSocket,
     timeout: PUSH_TIMEOUT_MS,

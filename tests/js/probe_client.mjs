@@ -8,6 +8,6 @@ socket.connect();
 for (const topic of topics) {
   const { body } = await postToken(url, topic, "probe");
   const ch = socket.channel(topic, { token: body.token });
-  ch.onMessage = (event, payload, ref) => { if (!event.startsWith("phx_") && !event.startsWith("presence")) console.log(Date.now(), topic, event, JSON.stringify(payload)); return payload; };
+  ch.onMessage = (event, payload, ref) => { if (!event.startsWith("phx_")) console.log(Date.now(), topic, event, JSON.stringify(payload)); return payload; };
   ch.join().receive("ok", () => console.log("joined", topic)).receive("error", (e) => console.log("join error", JSON.stringify(e)));
 }
