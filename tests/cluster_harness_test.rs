@@ -153,7 +153,10 @@ fn migrating_a_slot_moves_it_and_its_keys_to_the_other_master() {
         .arg(key)
         .query::<Option<String>>(&mut cluster.connection(from))
         .expect_err("the old owner redirects");
-    assert_eq!(err.redirect_node().map(|(_, slot)| slot), Some(migration.slot));
+    assert_eq!(
+        err.redirect_node().map(|(_, slot)| slot),
+        Some(migration.slot)
+    );
 }
 
 #[test]
@@ -182,7 +185,10 @@ fn fcall_publish_runs_on_the_topics_master_following_moved() {
     let second = cluster
         .fcall_publish(topic, "msg", b"{}")
         .expect("the owner runs it");
-    assert_eq!((first, second), (redis::Value::Int(1), redis::Value::Int(2)));
+    assert_eq!(
+        (first, second),
+        (redis::Value::Int(1), redis::Value::Int(2))
+    );
     let count: i64 = redis::cmd("GET")
         .arg(topic)
         .query(&mut cluster.connection(owner))

@@ -258,12 +258,8 @@ impl RedisCluster {
     /// The master serving `slot`, as the first live node that answers sees it.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
         let view = self.any_view();
-        master_of_slot_in(&view, slot).unwrap_or_else(|| {
-            panic!(
-                "no master serves slot {slot} in {view:?}\n{}",
-                self.logs()
-            )
-        })
+        master_of_slot_in(&view, slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot} in {view:?}\n{}", self.logs()))
     }
 
     /// The master serving `key`'s slot (for a topic: the node `FCALL channel_publish 1 <topic>`
@@ -320,7 +316,10 @@ impl RedisCluster {
         let killed_at = Instant::now();
         let deadline = killed_at + AGREE_TIMEOUT;
         let (promoted, promoted_at) = loop {
-            if let Some(port) = replicas.iter().copied().find(|p| role_of(*p) == Some(Role::Master))
+            if let Some(port) = replicas
+                .iter()
+                .copied()
+                .find(|p| role_of(*p) == Some(Role::Master))
             {
                 break (port, Instant::now());
             }
@@ -559,7 +558,10 @@ impl RedisCluster {
         let Some(view) = views.values().next() else {
             return false;
         };
-        if view.iter().any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake")) {
+        if view
+            .iter()
+            .any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake"))
+        {
             return false;
         }
         let masters: Vec<&NodeView> = view.iter().filter(|n| !n.slots.is_empty()).collect();
