@@ -1,17 +1,19 @@
 //! The Redis side of a run, spoken in raw RESP over blocking sockets on dedicated threads.
 //!
-//! Owns the open-loop publisher (downstream scenarios), the `PSUBSCRIBE from:*` receiver (upstream)
-//! and `INFO cpu`. A hand-written RESP writer/reader keeps the publisher cheap and pipelined; these
+//! Owns the open-loop publisher (downstream scenarios; classic `PUBLISH` or the publish function,
+//! each topic's commands sent to the master the run's topology names), the `PSUBSCRIBE from:*`
+//! receiver (upstream) and `INFO cpu`. A hand-written RESP writer/reader keeps the publisher cheap and pipelined; these
 //! threads never touch the WebSocket clients.
 
 use crate::resp::{encode_command, parse_resp, Resp};
+use crate::scenario::PublishPath;
 use crate::stamp::{find_stamp, now_us, payload_template, write_stamp, STAMP_POS};
 use crate::stats::ThreadStats;
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Redis's own CPU time (used_cpu_sys + used_cpu_user of `INFO cpu`) in µs.
@@ -76,15 +78,24 @@ impl WindowClock {
 pub struct Published {
     /// Messages stamped inside the window, per topic index.
     pub in_window: Vec<u64>,
+    /// Every message sent (warmup and window), per topic index.
+    pub per_topic: Vec<u64>,
     pub total: u64,
     pub errors: u64,
+    /// The first error Redis answered (a missing function, a `MOVED`…).
+    pub first_error: Option<String>,
 }
 
 /// What an open-loop publisher is asked to do.
 pub struct PublishPlan {
-    pub addr: SocketAddr,
+    /// The Redis masters publishes go to (one for a single Redis).
+    pub targets: Vec<SocketAddr>,
     /// Topic names; publishes go round-robin over them.
     pub topics: Vec<String>,
+    /// For each topic, the index into `targets` of the master serving its slot.
+    pub topic_target: Vec<usize>,
+    /// `PUBLISH to:<topic>:<event>` or `FCALL channel_publish 1 <topic> <event>`.
+    pub path: PublishPath,
     pub event: String,
     /// Publishes per second.
     pub rate: f64,
@@ -93,50 +104,77 @@ pub struct PublishPlan {
     pub stop_at_us: u64,
 }
 
-/// Publishes `rate` messages/s round-robin over `topics` to `to:<topic>:<event>` until `stop_at_us`,
-/// each stamped with its scheduled send time (open loop: a late publisher shows up as latency, not as
-/// a lower rate). Replies are read and counted on a second thread.
+/// Publishes `rate` messages/s round-robin over `topics` (`PUBLISH to:<topic>:<event>` or
+/// `FCALL channel_publish 1 <topic> <event>`, each on its topic's master) until `stop_at_us`,
+/// each stamped with its scheduled send time (open loop: a late publisher shows up as latency, not
+/// as a lower rate). Replies are read and counted on one more thread per master.
 pub fn publish_open_loop(
     plan: &PublishPlan,
     window: &WindowClock,
     sent_counter: &AtomicU64,
 ) -> Result<Published> {
     let PublishPlan {
-        addr,
+        ref targets,
         ref topics,
+        ref topic_target,
+        path,
         ref event,
         rate,
         message_bytes,
         stop_at_us,
     } = *plan;
-    let mut sock = TcpStream::connect(addr)
-        .with_context(|| format!("publisher: connecting to Redis {addr}"))?;
-    sock.set_nodelay(true)?;
-    let reader = sock.try_clone()?;
-    let errors = Arc::new(AtomicU64::new(0));
-    let replies = Arc::new(AtomicU64::new(0));
+    let replies = Arc::new(ReplyCount::default());
     let done = Arc::new(AtomicBool::new(false));
-    let reader_thread = {
-        let (errors, replies, done) = (errors.clone(), replies.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("lt-pub-replies".into())
-            .spawn(move || count_replies(reader, &errors, &replies, &done))?
-    };
-    // Pre-built commands per topic: `*3 $7 PUBLISH $n to:<topic>:<event> $m <payload>`, stamp patched in place.
+    let mut socks = Vec::new();
+    let mut readers = Vec::new();
+    for addr in targets {
+        let sock = TcpStream::connect(addr)
+            .with_context(|| format!("publisher: connecting to Redis {addr}"))?;
+        sock.set_nodelay(true)?;
+        let reader = sock.try_clone()?;
+        let (replies, done) = (replies.clone(), done.clone());
+        readers.push(
+            std::thread::Builder::new()
+                .name("lt-pub-replies".into())
+                .spawn(move || count_replies(reader, &replies, &done))?,
+        );
+        socks.push(sock);
+    }
+    // Pre-built commands per topic, the payload last, its stamp patched in place:
+    // `PUBLISH to:<topic>:<event> <payload>` or `FCALL channel_publish 1 <topic> <event> <payload>`.
     let template = payload_template(message_bytes);
     let mut cmds: Vec<(Vec<u8>, usize)> = topics
         .iter()
         .map(|t| {
             let mut c = Vec::new();
-            let chan = format!("to:{t}:{event}");
-            encode_command(&mut c, &[b"PUBLISH", chan.as_bytes(), &template]);
+            match path {
+                PublishPath::Publish => {
+                    let chan = format!("to:{t}:{event}");
+                    encode_command(&mut c, &[b"PUBLISH", chan.as_bytes(), &template]);
+                }
+                PublishPath::Function => encode_command(
+                    &mut c,
+                    &[
+                        b"FCALL",
+                        b"channel_publish",
+                        b"1",
+                        t.as_bytes(),
+                        event.as_bytes(),
+                        &template,
+                    ],
+                ),
+            }
             let pos = c.len() - 2 - template.len() + STAMP_POS;
             (c, pos)
         })
         .collect();
-    let mut out = Vec::with_capacity(64 * 1024);
+    let mut outs: Vec<Vec<u8>> = targets
+        .iter()
+        .map(|_| Vec::with_capacity(64 * 1024))
+        .collect();
     let mut published = Published {
         in_window: vec![0; topics.len()],
+        per_topic: vec![0; topics.len()],
         ..Default::default()
     };
     let t0 = now_us();
@@ -147,7 +185,7 @@ pub fn publish_open_loop(
         if now >= stop_at_us {
             break;
         }
-        out.clear();
+        let mut batch = 0;
         loop {
             let sched = t0 + (i as f64 * period_us) as u64;
             if sched > now || sched >= stop_at_us {
@@ -156,20 +194,24 @@ pub fn publish_open_loop(
             let topic = (i % topics.len() as u64) as usize;
             let (cmd, pos) = &mut cmds[topic];
             write_stamp(cmd, *pos, sched);
-            out.extend_from_slice(cmd);
+            outs[topic_target[topic]].extend_from_slice(cmd);
+            published.per_topic[topic] += 1;
+            batch += cmd.len();
             if window.contains(sched) {
                 published.in_window[topic] += 1;
             }
             i += 1;
-            if out.len() > 256 * 1024 {
+            if batch > 256 * 1024 {
                 break;
             }
         }
-        if !out.is_empty() {
-            sock.write_all(&out)
-                .context("publisher: writing to Redis")?;
-            sent_counter.store(i, Relaxed);
+        for (sock, out) in socks.iter_mut().zip(outs.iter_mut()) {
+            if !out.is_empty() {
+                sock.write_all(out).context("publisher: writing to Redis")?;
+                out.clear();
+            }
         }
+        sent_counter.store(i, Relaxed);
         let next = t0 + (i as f64 * period_us) as u64;
         let now = now_us();
         if next > now {
@@ -179,38 +221,54 @@ pub fn publish_open_loop(
         }
     }
     published.total = i;
-    // Let the replies arrive, then stop the reader.
+    // Let the replies arrive, then stop the readers.
     let deadline = now_us() + 2_000_000;
-    while replies.load(Relaxed) < i && now_us() < deadline {
+    while replies.replies.load(Relaxed) < i && now_us() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     done.store(true, Relaxed);
-    let _ = sock.shutdown(std::net::Shutdown::Both);
-    let _ = reader_thread.join();
-    published.errors = errors.load(Relaxed);
+    for sock in &socks {
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    published.errors = replies.errors.load(Relaxed);
+    published.first_error = replies.first_error.lock().ok().and_then(|g| g.clone());
     Ok(published)
 }
 
-fn count_replies(mut sock: TcpStream, errors: &AtomicU64, replies: &AtomicU64, done: &AtomicBool) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut partial_line = false;
+/// What the reply readers of a publisher counted.
+#[derive(Default)]
+struct ReplyCount {
+    replies: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+/// Counts the replies on `sock` (one RESP value each: `:N` for PUBLISH, a bulk string for FCALL)
+/// until `done` or the socket closes.
+fn count_replies(mut sock: TcpStream, count: &ReplyCount, done: &AtomicBool) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     while !done.load(Relaxed) {
-        let n = match sock.read(&mut buf) {
+        let n = match sock.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        // Replies to PUBLISH are one line each (`:N` or `-ERR …`): count line starts.
-        let mut line_start = !partial_line;
-        for &b in &buf[..n] {
-            if line_start {
-                replies.fetch_add(1, Relaxed);
-                if b == b'-' {
-                    errors.fetch_add(1, Relaxed);
+        buf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        while let Ok(Some((v, used))) = parse_resp(&buf[pos..]) {
+            pos += used;
+            count.replies.fetch_add(1, Relaxed);
+            if let Resp::Error(e) = v {
+                count.errors.fetch_add(1, Relaxed);
+                if let Ok(mut first) = count.first_error.lock() {
+                    first.get_or_insert_with(|| String::from_utf8_lossy(e).into_owned());
                 }
             }
-            line_start = b == b'\n';
         }
-        partial_line = !line_start;
+        buf.drain(..pos);
     }
 }
 
