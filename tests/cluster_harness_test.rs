@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::cluster::{crc16_xmodem, key_slot, RedisCluster, MASTERS, NODE_TIMEOUT_MS};
 
@@ -194,4 +196,39 @@ fn fcall_publish_runs_on_the_topics_master_following_moved() {
         .query(&mut cluster.connection(owner))
         .expect("the owner holds the topic's key");
     assert_eq!(count, 2);
+}
+
+#[test]
+fn shard_subscribers_counts_an_ssubscribe_on_the_slots_master() {
+    let cluster = RedisCluster::shared();
+    let channel = "channel:to:{room:sharded}";
+    assert_eq!(cluster.shard_subscribers(channel), 0);
+    let owner = cluster.master_of(channel);
+    assert_eq!(
+        owner,
+        cluster.master_of("room:sharded"),
+        "the hash tag picks the slot"
+    );
+    let mut subscriber = TcpStream::connect(("127.0.0.1", owner)).expect("the owner listens");
+    subscriber
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout is accepted");
+    let command = format!(
+        "*2\r\n$10\r\nSSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    subscriber
+        .write_all(command.as_bytes())
+        .expect("the command is written");
+    let mut confirmation = [0u8; 64];
+    let n = subscriber
+        .read(&mut confirmation)
+        .expect("SSUBSCRIBE is confirmed");
+    let text = String::from_utf8_lossy(&confirmation[..n]);
+    assert!(text.contains("ssubscribe"), "{text:?}");
+    assert_eq!(cluster.shard_subscribers(channel), 1);
+    drop(subscriber);
+    common::phoenix::wait_until(Duration::from_secs(5), "the subscription to go", || {
+        cluster.shard_subscribers(channel) == 0
+    });
 }

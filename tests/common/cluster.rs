@@ -79,6 +79,8 @@ impl Node {
             .args(["--cluster-replica-validity-factor", "0"])
             // Replicas stay with their master: the topology only changes when a test changes it.
             .args(["--cluster-allow-replica-migration", "no"])
+            // A node that comes back syncs at once (the default waits 5 s for more replicas).
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir)
             .current_dir(&self.dir)
@@ -478,6 +480,19 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("PUBLISH {channel} on {port} failed: {e}"))
     }
 
+    /// How many connections hold `SSUBSCRIBE` to the sharded `channel`, as the master serving
+    /// its slot counts them (`PUBSUB SHARDNUMSUB`; a sharded channel lives on its slot's
+    /// nodes only).
+    pub fn shard_subscribers(&self, channel: &str) -> i64 {
+        let owner = self.master_of(channel);
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel)
+            .query(&mut connect(owner))
+            .unwrap_or_else(|e| panic!("PUBSUB SHARDNUMSUB {channel} on {owner}: {e}"));
+        count
+    }
+
     /// Every live node's `CLUSTER NODES`, by the node's port.
     pub fn views(&self) -> BTreeMap<u16, Vec<NodeView>> {
         self.live_ports()
@@ -555,15 +570,17 @@ impl RedisCluster {
         {
             return false;
         }
-        let Some(view) = views.values().next() else {
-            return false;
-        };
-        if view
-            .iter()
-            .any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake"))
+        // No node sees another failing or still in handshake.
+        if views
+            .values()
+            .flatten()
+            .any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake" || f == "noaddr"))
         {
             return false;
         }
+        let Some(view) = views.values().next() else {
+            return false;
+        };
         let masters: Vec<&NodeView> = view.iter().filter(|n| !n.slots.is_empty()).collect();
         masters.len() == MASTERS
             && masters.iter().all(|m| {
