@@ -232,3 +232,43 @@ fn shard_subscribers_counts_an_ssubscribe_on_the_slots_master() {
         cluster.shard_subscribers(channel) == 0
     });
 }
+
+#[test]
+fn a_slot_being_migrated_answers_ask_for_moved_keys_and_the_helper_follows_it() {
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:asking";
+    let kept = "{room:asking}:kept";
+    let absent = "{room:asking}:absent";
+    let from = cluster.master_of(topic);
+    let _: () = redis::cmd("SET")
+        .arg(kept)
+        .arg("v")
+        .query(&mut cluster.connection(from))
+        .expect("the owner accepts the write");
+    let to = cluster.other_master_than(from);
+    let pending = cluster.begin_slot_migration(topic, to);
+    let mut source = cluster.connection(from);
+    let still_there: Option<String> = redis::cmd("GET")
+        .arg(kept)
+        .query(&mut source)
+        .expect("the source serves a key it still has");
+    assert_eq!(still_there.as_deref(), Some("v"));
+    let err = redis::cmd("GET")
+        .arg(absent)
+        .query::<Option<String>>(&mut source)
+        .expect_err("the source sends a key it does not have to the target");
+    assert_eq!(err.code(), Some("ASK"), "{err}");
+    let mut get = redis::cmd("GET");
+    get.arg(absent);
+    assert_eq!(
+        cluster.query_following_redirects(from, &get),
+        Ok(redis::Value::Nil),
+        "ASKING on the target answers for the slot"
+    );
+    let migration = cluster.finish_slot_migration(pending);
+    assert_eq!(
+        (migration.from, migration.to, migration.keys_moved),
+        (from, to, 1)
+    );
+    assert_eq!(cluster.master_of(topic), to);
+}

@@ -160,6 +160,16 @@ pub struct Migration {
     pub keys_moved: usize,
 }
 
+/// A slot between `SETSLOT MIGRATING`/`IMPORTING` and `SETSLOT NODE`
+/// ([`RedisCluster::begin_slot_migration`]).
+#[derive(Debug)]
+pub struct PendingMigration {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    to_id: String,
+}
+
 /// Three masters, three replicas.
 pub struct RedisCluster {
     nodes: Vec<Node>,
@@ -360,15 +370,41 @@ impl RedisCluster {
     /// key of the slot, then `SETSLOT NODE` on the target, the source and the other masters.
     /// Returns once every node agrees that `to` serves the slot.
     pub fn migrate_slot_of(&mut self, key: &str, to: u16) -> Migration {
+        let pending = self.begin_slot_migration(key, to);
+        self.finish_slot_migration(pending)
+    }
+
+    /// The first half of [`Self::migrate_slot_of`]: `SETSLOT IMPORTING` on the target and
+    /// `MIGRATING` on the source, nothing moved yet. Until [`Self::finish_slot_migration`], the
+    /// source serves the slot's keys it still has and answers `ASK` (towards the target) for
+    /// the others, so a test can act while the slot is between the two. Finish it in the same
+    /// test: a slot left half-migrated stays so for the next tests.
+    pub fn begin_slot_migration(&mut self, key: &str, to: u16) -> PendingMigration {
         let slot = key_slot(key.as_bytes());
         let from = self.master_of_slot(slot);
         assert_ne!(from, to, "slot {slot} of {key:?} is already on {to}");
         let from_id = my_id(from);
         let to_id = my_id(to);
-        let mut target = connect(to);
+        cluster_setslot(&mut connect(to), slot, &["IMPORTING", &from_id]);
+        cluster_setslot(&mut connect(from), slot, &["MIGRATING", &to_id]);
+        PendingMigration {
+            slot,
+            from,
+            to,
+            to_id,
+        }
+    }
+
+    /// The second half of [`Self::migrate_slot_of`]: `MIGRATE` of every key of the slot, then
+    /// `SETSLOT NODE` everywhere; returns once every node agrees that the target serves it.
+    pub fn finish_slot_migration(&mut self, pending: PendingMigration) -> Migration {
+        let PendingMigration {
+            slot,
+            from,
+            to,
+            to_id,
+        } = pending;
         let mut source = connect(from);
-        cluster_setslot(&mut target, slot, &["IMPORTING", &from_id]);
-        cluster_setslot(&mut source, slot, &["MIGRATING", &to_id]);
         let mut keys_moved = 0;
         loop {
             let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
@@ -394,7 +430,7 @@ impl RedisCluster {
                 .unwrap_or_else(|e| panic!("MIGRATE of slot {slot} from {from} to {to}: {e}"));
         }
         // The target first, so that it serves the slot before the source starts redirecting.
-        cluster_setslot(&mut target, slot, &["NODE", &to_id]);
+        cluster_setslot(&mut connect(to), slot, &["NODE", &to_id]);
         cluster_setslot(&mut source, slot, &["NODE", &to_id]);
         for master in self.masters() {
             if master != from && master != to {
