@@ -367,6 +367,112 @@ mod tests {
         assert_eq!(parse_info_cpu("# CPU\r\n"), None);
     }
 
+    /// A loopback "Redis" that records each command's arguments and answers an empty bulk
+    /// string (what `FCALL channel_publish` returns), or `-MOVED …` for a command that names
+    /// `moved_topic`. Returns its address and what it recorded once its client closed.
+    fn recording_redis(
+        moved_topic: &'static str,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                let n = match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return seen,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut pos = 0;
+                while let Ok(Some((Resp::Array(items), used))) = parse_resp(&buf[pos..]) {
+                    pos += used;
+                    let args: Vec<String> = items
+                        .iter()
+                        .map(|i| match i {
+                            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect();
+                    let reply: &[u8] = if args.iter().any(|a| a == moved_topic) {
+                        b"-MOVED 866 127.0.0.1:1\r\n"
+                    } else {
+                        b"$0\r\n\r\n"
+                    };
+                    if s.write_all(reply).is_err() {
+                        return seen;
+                    }
+                    seen.push(args);
+                }
+                buf.drain(..pos);
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn function_publishes_go_to_each_topics_master_and_replies_are_counted() {
+        let (a, seen_a) = recording_redis("none");
+        let (b, seen_b) = recording_redis("t2");
+        let topics: Vec<String> = ["t0", "t1", "t2"].iter().map(|t| t.to_string()).collect();
+        let plan = PublishPlan {
+            targets: vec![a, b],
+            topics,
+            topic_target: vec![0, 1, 1],
+            path: PublishPath::Function,
+            event: "msg".into(),
+            rate: 600.0,
+            message_bytes: 64,
+            stop_at_us: now_us() + 100_000,
+        };
+        let sent = AtomicU64::new(0);
+        let published = publish_open_loop(&plan, &WindowClock::default(), &sent).unwrap();
+        let (seen_a, seen_b) = (seen_a.join().unwrap(), seen_b.join().unwrap());
+        assert!(published.total >= 30, "{published:?}");
+        assert_eq!(published.per_topic.iter().sum::<u64>(), published.total);
+        assert_eq!(seen_a.len() as u64, published.per_topic[0]);
+        assert_eq!(
+            seen_b.len() as u64,
+            published.per_topic[1] + published.per_topic[2]
+        );
+        for args in &seen_a {
+            assert_eq!(&args[..5], ["FCALL", "channel_publish", "1", "t0", "msg"]);
+            assert!(args[5].starts_with("{\"t\":"), "{args:?}");
+        }
+        assert!(seen_b.iter().all(|a| a[3] == "t1" || a[3] == "t2"));
+        // Every `-MOVED` answer is an error, and the first one is kept.
+        assert_eq!(published.errors, published.per_topic[2]);
+        assert_eq!(
+            published.first_error.as_deref(),
+            Some("MOVED 866 127.0.0.1:1")
+        );
+    }
+
+    #[test]
+    fn classic_publishes_name_the_topics_channel() {
+        let (a, seen) = recording_redis("none");
+        let plan = PublishPlan {
+            targets: vec![a],
+            topics: vec!["room:1".into()],
+            topic_target: vec![0],
+            path: PublishPath::Publish,
+            event: "ev".into(),
+            rate: 200.0,
+            message_bytes: 64,
+            stop_at_us: now_us() + 50_000,
+        };
+        let published =
+            publish_open_loop(&plan, &WindowClock::default(), &AtomicU64::new(0)).unwrap();
+        let seen = seen.join().unwrap();
+        assert_eq!(seen.len() as u64, published.total);
+        assert!(seen
+            .iter()
+            .all(|a| a.len() == 3 && a[0] == "PUBLISH" && a[1] == "to:room:1:ev"));
+        assert_eq!(published.errors, 0);
+    }
+
     #[test]
     fn window_contains_half_open_interval() {
         let w = WindowClock::default();
