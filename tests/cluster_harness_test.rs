@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::cluster::{crc16_xmodem, key_slot, RedisCluster, MASTERS, NODE_TIMEOUT_MS};
 
@@ -192,4 +194,79 @@ fn fcall_publish_runs_on_the_topics_master_following_moved() {
         .query(&mut cluster.connection(owner))
         .expect("the owner holds the topic's key");
     assert_eq!(count, 2);
+}
+
+#[test]
+fn shard_subscribers_counts_an_ssubscribe_on_the_slots_master() {
+    let cluster = RedisCluster::shared();
+    let channel = "channel:to:{room:sharded}";
+    assert_eq!(cluster.shard_subscribers(channel), 0);
+    let owner = cluster.master_of(channel);
+    assert_eq!(
+        owner,
+        cluster.master_of("room:sharded"),
+        "the hash tag picks the slot"
+    );
+    let mut subscriber = TcpStream::connect(("127.0.0.1", owner)).expect("the owner listens");
+    subscriber
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout is accepted");
+    let command = format!(
+        "*2\r\n$10\r\nSSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    subscriber
+        .write_all(command.as_bytes())
+        .expect("the command is written");
+    let mut confirmation = [0u8; 64];
+    let n = subscriber
+        .read(&mut confirmation)
+        .expect("SSUBSCRIBE is confirmed");
+    let text = String::from_utf8_lossy(&confirmation[..n]);
+    assert!(text.contains("ssubscribe"), "{text:?}");
+    assert_eq!(cluster.shard_subscribers(channel), 1);
+    drop(subscriber);
+    common::phoenix::wait_until(Duration::from_secs(5), "the subscription to go", || {
+        cluster.shard_subscribers(channel) == 0
+    });
+}
+
+#[test]
+fn a_slot_being_migrated_answers_ask_for_moved_keys_and_the_helper_follows_it() {
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:asking";
+    let kept = "{room:asking}:kept";
+    let absent = "{room:asking}:absent";
+    let from = cluster.master_of(topic);
+    let _: () = redis::cmd("SET")
+        .arg(kept)
+        .arg("v")
+        .query(&mut cluster.connection(from))
+        .expect("the owner accepts the write");
+    let to = cluster.other_master_than(from);
+    let pending = cluster.begin_slot_migration(topic, to);
+    let mut source = cluster.connection(from);
+    let still_there: Option<String> = redis::cmd("GET")
+        .arg(kept)
+        .query(&mut source)
+        .expect("the source serves a key it still has");
+    assert_eq!(still_there.as_deref(), Some("v"));
+    let err = redis::cmd("GET")
+        .arg(absent)
+        .query::<Option<String>>(&mut source)
+        .expect_err("the source sends a key it does not have to the target");
+    assert_eq!(err.code(), Some("ASK"), "{err}");
+    let mut get = redis::cmd("GET");
+    get.arg(absent);
+    assert_eq!(
+        RedisCluster::query_following_redirects(from, &get),
+        Ok(redis::Value::Nil),
+        "ASKING on the target answers for the slot"
+    );
+    let migration = cluster.finish_slot_migration(pending);
+    assert_eq!(
+        (migration.from, migration.to, migration.keys_moved),
+        (from, to, 1)
+    );
+    assert_eq!(cluster.master_of(topic), to);
 }

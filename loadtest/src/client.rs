@@ -28,8 +28,9 @@ const READ_RESERVE: usize = 4096;
 
 /// What every client of a run shares (read-only after start, or atomics).
 pub struct RunShared {
-    pub addr: SocketAddr,
-    pub host: String,
+    /// The server processes; a client connects to `servers[spec.server]` (one for every kind
+    /// but `cluster`).
+    pub servers: Vec<ServerAddr>,
     pub ws_path: String,
     pub event: String,
     pub message_bytes: usize,
@@ -46,11 +47,20 @@ pub struct RunShared {
     pub live_per_topic: Vec<AtomicI64>,
 }
 
-/// One client to run: its index in the run, topic index and topic name.
+/// One server process: where to connect, and the `Host` header to send.
+#[derive(Debug, Clone)]
+pub struct ServerAddr {
+    pub addr: SocketAddr,
+    pub host: String,
+}
+
+/// One client to run: its index in the run, topic index and topic name, and the server process
+/// it joins through (an index into [`RunShared::servers`]).
 pub struct ClientSpec {
     pub index: usize,
     pub topic_index: usize,
     pub topic: String,
+    pub server: usize,
 }
 
 /// Everything one load thread needs.
@@ -87,12 +97,18 @@ pub fn run_thread(plan: ThreadPlan) -> Result<()> {
             .source_ips
             .get(thread % shared.source_ips.len().max(1))
             .copied();
-        let tokens = Rc::new(TokenClient::new(shared.addr, shared.host.clone(), source));
+        // One keep-alive token client per server process: a token comes from the process the
+        // client joins.
+        let tokens: Vec<Rc<TokenClient>> = shared
+            .servers
+            .iter()
+            .map(|s| Rc::new(TokenClient::new(s.addr, s.host.clone(), source)))
+            .collect();
         for spec in clients {
             let ctx = ClientCtx {
                 stats: stats.clone(),
                 shared: shared.clone(),
-                tokens: tokens.clone(),
+                tokens: tokens[spec.server % tokens.len()].clone(),
                 sem: sem.clone(),
                 control: control.clone(),
             };
@@ -160,8 +176,9 @@ async fn establish(ctx: &ClientCtx, spec: &ClientSpec) -> Result<Conn> {
     } else {
         Some(sh.source_ips[spec.index % sh.source_ips.len()])
     };
-    let mut stream = connect(sh.addr, source).await?;
-    let req = ws::upgrade_request(&sh.host, &sh.ws_path, spec.index as u64 ^ now_us());
+    let server = &sh.servers[spec.server % sh.servers.len()];
+    let mut stream = connect(server.addr, source).await?;
+    let req = ws::upgrade_request(&server.host, &sh.ws_path, spec.index as u64 ^ now_us());
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(READ_RESERVE);
     let head_len = loop {

@@ -12,7 +12,7 @@
 //! each command by its sequence number. Stdin closing means stop. Children print nothing else on
 //! stdout; their stderr is the parent's.
 
-use crate::client::{run_thread, ClientSpec, RunShared, ThreadPlan};
+use crate::client::{run_thread, ClientSpec, RunShared, ServerAddr, ThreadPlan};
 use crate::redis::WindowClock;
 use crate::scenario::{Kind, Scenario};
 use crate::stats::{
@@ -24,7 +24,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver};
@@ -42,7 +42,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerSpec {
     pub scenario: Scenario,
-    pub url: String,
+    /// The server processes' URLs (one but for the cluster kind).
+    pub urls: Vec<String>,
     pub proc_index: usize,
     pub procs: usize,
     pub source_ips: Vec<IpAddr>,
@@ -85,15 +86,9 @@ pub enum FromWorker {
 }
 
 /// The clients' view of the run, shared by this process's load threads.
-pub fn run_shared(
-    sc: &Scenario,
-    addr: SocketAddr,
-    host: String,
-    source_ips: Vec<IpAddr>,
-) -> RunShared {
+pub fn run_shared(sc: &Scenario, servers: Vec<ServerAddr>, source_ips: Vec<IpAddr>) -> RunShared {
     RunShared {
-        addr,
-        host,
+        servers,
         ws_path: sc.ws_path.clone(),
         event: sc.event.clone(),
         message_bytes: sc.message_bytes,
@@ -143,6 +138,7 @@ impl LocalLoad {
                 index: i,
                 topic_index: t,
                 topic: sc.topic_name(t),
+                server: sc.server_of_topic(t),
             });
         }
         let in_flight = sc.join_in_flight.div_ceil(threads).max(1);
@@ -213,6 +209,16 @@ impl LocalLoad {
             }
         }
     }
+}
+
+/// `http://host:port` URLs → the clients' connect addresses and Host headers.
+pub fn server_addrs(urls: &[String]) -> Result<Vec<ServerAddr>> {
+    urls.iter()
+        .map(|u| {
+            let (addr, host) = crate::net::parse_http_url(u)?;
+            Ok(ServerAddr { addr, host })
+        })
+        .collect()
 }
 
 fn encode_hist(h: &Histogram<u64>) -> Result<String> {
@@ -545,8 +551,8 @@ pub fn worker_main() -> Result<()> {
     let first = lines.next().context("no worker spec on stdin")??;
     let spec: WorkerSpec = serde_json::from_str(&first).context("parsing the worker spec")?;
     let sc = spec.scenario;
-    let (addr, host) = crate::net::parse_http_url(&spec.url)?;
-    let shared = Arc::new(run_shared(&sc, addr, host, spec.source_ips));
+    let servers = server_addrs(&spec.urls)?;
+    let shared = Arc::new(run_shared(&sc, servers, spec.source_ips));
     let mine: Vec<usize> = (0..sc.clients)
         .filter(|i| i % spec.procs == spec.proc_index)
         .collect();
@@ -659,7 +665,7 @@ mod tests {
         }
         let spec = WorkerSpec {
             scenario: Scenario::parse("kind = \"fanout\"\nclients = 7\n", "f").unwrap(),
-            url: "http://127.0.0.1:1".into(),
+            urls: vec!["http://127.0.0.1:1".into()],
             proc_index: 1,
             procs: 2,
             source_ips: vec!["127.0.0.2".parse().unwrap()],

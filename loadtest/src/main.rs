@@ -12,6 +12,7 @@ mod report;
 mod resp;
 mod run;
 mod scenario;
+mod servers;
 mod slow;
 mod soak;
 mod stamp;
@@ -19,6 +20,7 @@ mod stats;
 mod step_search;
 mod timeline;
 mod token;
+mod topology;
 mod ws;
 
 use anyhow::{Context, Result};
@@ -44,12 +46,28 @@ enum Cmd {
     Run {
         /// Scenario TOML (see loadtest/scenarios/).
         scenario: PathBuf,
-        /// The server's HTTP base URL (POST /token and GET /websocket live under it).
+        /// The server's HTTP base URL (POST /token and GET /websocket live under it); for the
+        /// cluster kind without --spawn, one URL per process, comma-separated.
         #[arg(long, default_value = "http://127.0.0.1:2347")]
         url: String,
         /// The Redis the server uses.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// A Redis Cluster instead of --redis: seed nodes, HOST:PORT[,HOST:PORT…]. Publishes go
+        /// to the master serving each topic's slot; every master's CPU is read.
+        #[arg(long, value_name = "HOST:PORT,...")]
+        redis_cluster: Option<String>,
+        /// Start the server processes here: `<binary> serve --shards S` on free ports (as many
+        /// as the scenario's [cluster] processes, else one), on --redis or --redis-cluster;
+        /// they are stopped at the end. Replaces --url and --server-pid.
+        #[arg(long, value_name = "CHANNEL_BINARY")]
+        spawn: Option<PathBuf>,
+        /// The tokens' secret given to spawned servers (CHANNEL_JWT_SECRET).
+        #[arg(long, default_value = "loadtest-secret")]
+        jwt_secret: String,
+        /// Cluster kind: `function` (FCALL channel_publish) or `publish` (classic PUBLISH).
+        #[arg(long)]
+        publish: Option<scenario::PublishPath>,
         /// Output directory.
         #[arg(long, default_value = "loadtest-out")]
         out: PathBuf,
@@ -121,6 +139,10 @@ fn main() -> Result<()> {
             scenario,
             url,
             redis,
+            redis_cluster,
+            spawn,
+            jwt_secret,
+            publish,
             out,
             server_pid,
             source_ips,
@@ -148,7 +170,16 @@ fn main() -> Result<()> {
                 threads,
                 slow_clients,
                 no_step,
+                publish,
             });
+            if redis_cluster.is_some()
+                && matches!(sc.kind, scenario::Kind::Burst | scenario::Kind::Soak)
+            {
+                anyhow::bail!("--redis-cluster does not apply to burst and soak scenarios");
+            }
+            if spawn.is_some() && matches!(sc.kind, scenario::Kind::Burst | scenario::Kind::Soak) {
+                anyhow::bail!("--spawn does not apply to burst and soak scenarios");
+            }
             if sc.kind == scenario::Kind::Burst {
                 let summary = burst::run(burst::BurstArgs {
                     scenario: sc,
@@ -176,15 +207,52 @@ fn main() -> Result<()> {
                 Some(s) => net::parse_source_ips(&s)?,
                 None => Vec::new(),
             };
+            sc.validate()?;
+            let topology = match &redis_cluster {
+                Some(list) => topology::Topology::discover(&topology::parse_seed_list(list)?)?,
+                None => topology::Topology::single(net::parse_redis_url(&redis)?),
+            };
+            if redis_cluster.is_some() {
+                eprintln!(
+                    "redis cluster: {} master(s) {:?}",
+                    topology.masters.len(),
+                    topology.masters
+                );
+            }
+            // Kept until the run ends: dropping it stops the servers.
+            let spawned = match &spawn {
+                Some(binary) => Some(servers::SpawnedServers::start(&servers::SpawnPlan {
+                    binary,
+                    processes: sc.server_processes(),
+                    shards: sc.cluster_params().shards,
+                    redis: match &redis_cluster {
+                        Some(list) => servers::RedisTarget::Cluster(list),
+                        None => servers::RedisTarget::Single(&redis),
+                    },
+                    jwt_secret: &jwt_secret,
+                    log_dir: &out,
+                })?),
+                None => None,
+            };
+            let (urls, server_pids) = match &spawned {
+                Some(s) => (s.urls.clone(), s.pids()),
+                None => (
+                    servers::parse_url_list(&url)?,
+                    server_pid.into_iter().collect(),
+                ),
+            };
             let summary = run::run(run::RunArgs {
                 scenario: sc,
-                url,
-                redis,
+                urls,
+                redis: redis_cluster.unwrap_or(redis),
+                topology,
                 out,
-                server_pid,
+                server_pids,
                 source_ips,
                 procs,
-            })?;
+            });
+            drop(spawned);
+            let summary = summary?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

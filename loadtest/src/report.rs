@@ -69,6 +69,49 @@ pub struct Window {
     /// 1, or 2 when this window measured again a step whose first window failed (see `step_retries`).
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Cluster kind: what each server process received from Redis during the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_process: Option<Vec<ProcessReceived>>,
+    /// Cluster kind: each Redis master's CPU during the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_master: Option<Vec<MasterCpu>>,
+}
+
+/// What one server process of a cluster run received from Redis during a step: counted from
+/// before the publisher starts (warmup included) to after the drain, against every message
+/// published in that time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReceived {
+    pub url: String,
+    /// Topics this process serves (topic t is served by process t mod processes).
+    pub topics: usize,
+    /// Messages published in the step (warmup and window), to every topic.
+    pub published: u64,
+    /// Of those, the messages published to its topics: its share.
+    pub own_published: u64,
+    /// Increase of its `channel_redis_messages_received_total` over the step (None: the server
+    /// has no such metric).
+    pub received: Option<u64>,
+    /// `received / own_published`: 1 when it receives only its topics' messages, `processes`
+    /// when it receives every message.
+    pub ratio_to_own_share: Option<f64>,
+    /// `received / published`: the fraction of all the step's messages it received.
+    pub share_of_all: Option<f64>,
+}
+
+/// One Redis master's CPU in a window of a cluster run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MasterCpu {
+    /// `host:port`.
+    pub addr: String,
+    /// Topics whose slot this master serves (where their publishes were sent).
+    pub topics: usize,
+    /// Messages sent to it with a stamp inside the window.
+    pub published: u64,
+    /// `used_cpu_sys + used_cpu_user` increase over the window, in % of one core.
+    pub cpu_percent: Option<f64>,
+    /// That CPU per message sent to it, in µs.
+    pub cpu_us_per_message: Option<f64>,
 }
 
 fn first_attempt() -> u32 {

@@ -2,16 +2,18 @@
 //! (join → warmup → window → drain, per step), samples CPU and memory, prints progress, and builds
 //! the summary. It owns time; the load threads own sockets.
 
-use crate::fleet::{run_shared, Fleet, WorkerSpec};
-use crate::net::{parse_http_url, parse_redis_url, raise_fd_limit, split_source_ips, FD_MARGIN};
+use crate::fleet::{run_shared, server_addrs, Fleet, WorkerSpec};
+use crate::net::{raise_fd_limit, split_source_ips, FD_MARGIN};
 use crate::redis::{publish_open_loop, redis_cpu_us, subscribe_and_measure};
 use crate::redis::{PublishPlan, WindowClock};
-use crate::report::{write_outputs, Latency, Summary, Window};
-use crate::scenario::{Kind, Scenario};
+use crate::report::{write_outputs, Latency, MasterCpu, ProcessReceived, Summary, Window};
+use crate::scenario::{Kind, PublishPath, Scenario};
+use crate::servers::received_count;
 use crate::slow::SlowGroup;
 use crate::stamp::now_us;
 use crate::stats::{self, process_cpu_us, process_rss_bytes, ThreadStats};
 use crate::step_search::{StepSearch, Verdict};
+use crate::topology::Topology;
 use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
 use std::net::{IpAddr, SocketAddr};
@@ -23,10 +25,15 @@ use std::time::Duration;
 /// Where and how to run a scenario.
 pub struct RunArgs {
     pub scenario: Scenario,
-    pub url: String,
+    /// The server processes' HTTP base URLs: one, or `[cluster] processes` for the cluster kind.
+    pub urls: Vec<String>,
+    /// The Redis as given (`redis://…` or the cluster's seeds), for the report.
     pub redis: String,
+    /// The Redis masters and which topic goes to which.
+    pub topology: Topology,
     pub out: PathBuf,
-    pub server_pid: Option<u32>,
+    /// The server processes' pids, for their CPU time and RSS (summed); may be empty.
+    pub server_pids: Vec<u32>,
     pub source_ips: Vec<IpAddr>,
     /// Load processes (this one and `procs - 1` `loadtest worker` children); 0 = as many as the
     /// open-file limit requires.
@@ -37,14 +44,19 @@ struct Probe {
     t_us: u64,
     server_cpu: Option<u64>,
     load_cpu: u64,
+    /// Summed over the masters.
     redis_cpu: Option<u64>,
+    /// Cluster kind: per master.
+    redis_cpu_per_master: Vec<Option<u64>>,
 }
 
 struct Coordinator {
     sc: Scenario,
     url: String,
-    server_pid: Option<u32>,
-    redis_addr: SocketAddr,
+    server_pids: Vec<u32>,
+    topology: Topology,
+    /// Cluster kind: the server processes whose `/metrics` are read at each probe.
+    metrics_servers: Vec<(String, SocketAddr)>,
     /// Every load thread of every load process.
     fleet: Fleet,
     t_start: u64,
@@ -61,12 +73,28 @@ struct Coordinator {
 
 impl Coordinator {
     fn probe(&self) -> Probe {
+        let cluster = self.sc.kind == Kind::Cluster;
+        let per_master: Vec<Option<u64>> = self
+            .topology
+            .masters
+            .iter()
+            .map(|m| redis_cpu_us(*m))
+            .collect();
         Probe {
             t_us: now_us(),
-            server_cpu: self.server_pid.and_then(process_cpu_us),
+            server_cpu: sum_over(&self.server_pids, process_cpu_us),
             load_cpu: self.fleet.cpu_us(),
-            redis_cpu: redis_cpu_us(self.redis_addr),
+            redis_cpu: per_master.iter().copied().sum(),
+            redis_cpu_per_master: if cluster { per_master } else { Vec::new() },
         }
+    }
+
+    /// Cluster kind: each server process's received counter (empty for other kinds).
+    fn received_counts(&self) -> Vec<Option<u64>> {
+        self.metrics_servers
+            .iter()
+            .map(|(_, a)| received_count(*a))
+            .collect()
     }
 
     fn delivered_now(&self) -> u64 {
@@ -100,11 +128,9 @@ impl Coordinator {
         } else {
             t.max_latency_us
         };
-        let rss = self.server_pid.and_then(process_rss_bytes);
+        let rss = sum_over(&self.server_pids, process_rss_bytes);
         self.rss_max = self.rss_max.max(rss);
-        let cpu = self
-            .server_pid
-            .and_then(process_cpu_us)
+        let cpu = sum_over(&self.server_pids, process_cpu_us)
             .map(|c| format!(" srv_cpu_s={:.1}", c as f64 / 1e6))
             .unwrap_or_default();
         eprintln!(
@@ -181,7 +207,10 @@ impl Coordinator {
         let end = start + (duration * 1e6) as u64;
         self.fleet.begin_window(start, end)?;
         let dropped_before = self.fleet.totals().dropped;
-        let loaded = if self.sc.kind.is_downstream() {
+        // Read before the publisher starts and after the drain, so that a process that falls
+        // behind and catches up later is counted for what it received of this step, no more.
+        let received_before = self.received_counts();
+        let mut loaded = if self.sc.kind.is_downstream() {
             self.publish_through(rate, warm, start, end)?
         } else {
             self.push_through(rate, start, end)?
@@ -195,6 +224,11 @@ impl Coordinator {
             .sum();
         let sent: u64 = loaded.published.in_window.iter().sum();
         let (delivered, hist) = self.drain(expected)?;
+        loaded.received = received_before
+            .into_iter()
+            .zip(self.received_counts())
+            .map(|(a, b)| Some(b?.saturating_sub(a?)))
+            .collect();
         let dropped = self.fleet.totals().dropped.saturating_sub(dropped_before);
         let win = self.figures(rate, &loaded, (sent, expected, delivered, dropped), &hist);
         print_window(&win);
@@ -204,9 +238,16 @@ impl Coordinator {
     /// Downstream: publishes at `rate` from `start - warm` until `end` (the slow clients, if any,
     /// stop reading inside the warmup), probing at the window's edges.
     fn publish_through(&mut self, rate: f64, warm: u64, start: u64, end: u64) -> Result<Loaded> {
+        let topics: Vec<String> = (0..self.sc.topics).map(|t| self.sc.topic_name(t)).collect();
         let plan = PublishPlan {
-            addr: self.redis_addr,
-            topics: (0..self.sc.topics).map(|t| self.sc.topic_name(t)).collect(),
+            targets: self.topology.masters.clone(),
+            topic_target: topics.iter().map(|t| self.topology.master_of(t)).collect(),
+            topics,
+            path: if self.sc.kind == Kind::Cluster {
+                self.sc.cluster_params().publish
+            } else {
+                PublishPath::Publish
+            },
             event: self.sc.event.clone(),
             rate,
             message_bytes: self.sc.message_bytes,
@@ -235,8 +276,9 @@ impl Coordinator {
             .map_err(|_| anyhow!("publisher thread panicked"))??;
         if published.errors > 0 {
             eprintln!(
-                "Redis answered {} PUBLISH commands with an error",
-                published.errors
+                "Redis answered {} publishes with an error, the first: {}",
+                published.errors,
+                published.first_error.as_deref().unwrap_or("?")
             );
         }
         Ok(Loaded {
@@ -244,6 +286,7 @@ impl Coordinator {
             p0,
             p1,
             live,
+            received: Vec::new(),
         })
     }
 
@@ -263,12 +306,12 @@ impl Coordinator {
         Ok(Loaded {
             published: crate::redis::Published {
                 in_window: vec![self.fleet.totals().pushes_sent],
-                total: 0,
-                errors: 0,
+                ..Default::default()
             },
             p0,
             p1,
             live: vec![1],
+            received: Vec::new(),
         })
     }
 
@@ -352,8 +395,76 @@ impl Coordinator {
             redis_cpu_us_per_delivery: per(p0.redis_cpu, p1.redis_cpu),
             sustainable,
             attempt: 1,
+            per_process: (self.sc.kind == Kind::Cluster).then(|| self.per_process(loaded)),
+            per_master: (self.sc.kind == Kind::Cluster)
+                .then(|| self.per_master(&loaded.published.in_window, secs, p0, p1)),
         }
     }
+
+    /// Cluster kind: what each server process received from Redis over the step (warmup,
+    /// window and drain) against the messages published to its topics.
+    fn per_process(&self, loaded: &Loaded) -> Vec<ProcessReceived> {
+        let per_topic = &loaded.published.per_topic;
+        let sent: u64 = per_topic.iter().sum();
+        self.metrics_servers
+            .iter()
+            .enumerate()
+            .map(|(k, (url, _))| {
+                let mine = |t: &usize| self.sc.server_of_topic(*t) == k;
+                let own_published: u64 = (0..per_topic.len())
+                    .filter(mine)
+                    .map(|t| per_topic[t])
+                    .sum();
+                let received = loaded.received.get(k).copied().flatten();
+                let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
+                ProcessReceived {
+                    url: url.clone(),
+                    topics: (0..per_topic.len()).filter(mine).count(),
+                    published: sent,
+                    own_published,
+                    received,
+                    ratio_to_own_share: received.and_then(|r| ratio(r, own_published)),
+                    share_of_all: received.and_then(|r| ratio(r, sent)),
+                }
+            })
+            .collect()
+    }
+
+    /// Cluster kind: each master's CPU over the window, and per message sent to it.
+    fn per_master(&self, in_window: &[u64], secs: f64, p0: &Probe, p1: &Probe) -> Vec<MasterCpu> {
+        self.topology
+            .masters
+            .iter()
+            .enumerate()
+            .map(|(m, addr)| {
+                let topics: Vec<usize> = (0..in_window.len())
+                    .filter(|t| self.topology.master_of(&self.sc.topic_name(*t)) == m)
+                    .collect();
+                let published: u64 = topics.iter().map(|t| in_window[*t]).sum();
+                let cpu = match (p0.redis_cpu_per_master[m], p1.redis_cpu_per_master[m]) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                    _ => None,
+                };
+                MasterCpu {
+                    addr: addr.to_string(),
+                    topics: topics.len(),
+                    published,
+                    cpu_percent: cpu.filter(|_| secs > 0.0).map(|c| c as f64 / 1e4 / secs),
+                    cpu_us_per_message: cpu
+                        .filter(|_| published > 0)
+                        .map(|c| c as f64 / published as f64),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The sum of `f` over every pid; None when there is none or one is missing.
+fn sum_over(pids: &[u32], f: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| f(*p)).sum()
 }
 
 /// What a window's load produced: the messages stamped inside it, the probes at its edges, and
@@ -363,6 +474,9 @@ struct Loaded {
     p0: Probe,
     p1: Probe,
     live: Vec<i64>,
+    /// Cluster kind: per server process, the increase of its received counter from before the
+    /// publisher started to after the drain.
+    received: Vec<Option<u64>>,
 }
 
 fn print_window(win: &Window) {
@@ -381,6 +495,28 @@ fn print_window(win: &Window) {
         fmt_us(win.load_cpu_us_per_delivery),
         if win.sustainable { "ok" } else { "NOT SUSTAINED" }
     );
+    for p in win.per_process.iter().flatten() {
+        eprintln!(
+            "  process {}: {} topics, received {} (of {} published, {} to its topics: {}x its share, {} of all)",
+            p.url,
+            p.topics,
+            p.received.map_or("-".into(), |r| r.to_string()),
+            p.published,
+            p.own_published,
+            p.ratio_to_own_share.map_or("-".into(), |r| format!("{r:.2}")),
+            p.share_of_all.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+        );
+    }
+    for m in win.per_master.iter().flatten() {
+        eprintln!(
+            "  redis master {}: {} topics, {} messages, cpu {} ({} per message)",
+            m.addr,
+            m.topics,
+            m.published,
+            m.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+            fmt_us(m.cpu_us_per_message),
+        );
+    }
 }
 
 fn fmt_us(v: Option<f64>) -> String {
@@ -474,9 +610,21 @@ impl Subscriber {
 pub fn run(args: RunArgs) -> Result<Summary> {
     let sc = &args.scenario;
     sc.validate()?;
-    let (addr, host) = parse_http_url(&args.url)?;
-    let redis_addr = parse_redis_url(&args.redis)?;
-    let layout = Layout::of(sc, args.procs, &args.source_ips, addr.ip())?;
+    let servers = server_addrs(&args.urls)?;
+    if servers.len() != sc.server_processes() {
+        bail!(
+            "{} server URL(s) for a scenario of {} process(es)",
+            servers.len(),
+            sc.server_processes()
+        );
+    }
+    let redis_addr = *args
+        .topology
+        .masters
+        .first()
+        .ok_or_else(|| anyhow!("no Redis master"))?;
+    let url = args.urls.join(",");
+    let layout = Layout::of(sc, args.procs, &args.source_ips, servers[0].addr.ip())?;
     let procs = layout.procs;
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -484,15 +632,23 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         .unwrap_or(0);
     eprintln!(
         "loadtest {} ({:?}): {} clients on {} topic(s), {procs} process(es) x {} thread(s), server {} , redis {}",
-        sc.name, sc.kind, sc.clients, sc.topics, layout.threads, args.url, args.redis
+        sc.name, sc.kind, sc.clients, sc.topics, layout.threads, url, args.redis
     );
+    if sc.kind == Kind::Cluster {
+        eprintln!(
+            "cluster: {} server process(es), {} Redis master(s) {:?}, publishing with {:?}",
+            servers.len(),
+            args.topology.masters.len(),
+            args.topology.masters,
+            sc.cluster_params().publish
+        );
+    }
 
-    let rss_before = args.server_pid.and_then(process_rss_bytes);
+    let rss_before = sum_over(&args.server_pids, process_rss_bytes);
     let mut ips_per_proc = layout.ips_per_proc.into_iter();
     let shared = Arc::new(run_shared(
         sc,
-        addr,
-        host.clone(),
+        servers.clone(),
         ips_per_proc.next().unwrap_or_default(),
     ));
     let subscriber = Subscriber::start(sc, redis_addr, shared.window.clone())?;
@@ -504,7 +660,7 @@ pub fn run(args: RunArgs) -> Result<Summary> {
         .enumerate()
         .map(|(k, source_ips)| WorkerSpec {
             scenario: proc_sc.clone(),
-            url: args.url.clone(),
+            urls: args.urls.clone(),
             proc_index: k + 1,
             procs,
             source_ips,
@@ -514,11 +670,21 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     let fleet = Fleet::start(&proc_sc, mine, shared, &children)?;
 
     let t_start = now_us();
+    let metrics_servers = if sc.kind == Kind::Cluster {
+        args.urls
+            .iter()
+            .cloned()
+            .zip(servers.iter().map(|s| s.addr))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut co = Coordinator {
         sc: sc.clone(),
-        url: args.url.clone(),
-        server_pid: args.server_pid,
-        redis_addr,
+        url: url.clone(),
+        server_pids: args.server_pids.clone(),
+        topology: args.topology.clone(),
+        metrics_servers,
         fleet,
         t_start,
         published: Arc::new(AtomicU64::new(0)),
@@ -529,7 +695,12 @@ pub fn run(args: RunArgs) -> Result<Summary> {
     };
     let joins = join_phase(&mut co, &args, started_unix_s, rss_before);
     if sc.slow_clients > 0 && joins.joined > 0 {
-        co.slow = Some(SlowGroup::start(sc, addr, host.clone(), sc.topic_name(0))?);
+        co.slow = Some(SlowGroup::start(
+            sc,
+            servers[0].addr,
+            servers[0].host.clone(),
+            sc.topic_name(0),
+        )?);
         let per_shard = co.slow.as_ref().map(|g| g.per_shard()).unwrap_or_default();
         eprintln!(
             "slow clients: {} joined, per shard (x-channel-shard) {per_shard:?}; they stop reading {} s into the warmup",
@@ -606,7 +777,7 @@ fn join_phase(
         scenario: sc.name.clone(),
         kind: format!("{:?}", sc.kind).to_lowercase(),
         url: co.url.clone(),
-        server_pid: args.server_pid,
+        server_pid: args.server_pids.first().copied(),
         started_unix_s,
         params: Some(sc.clone()),
         clients: sc.clients,
@@ -648,7 +819,9 @@ fn measure(
             measure_idle(co, args, &mut report.summary, rss_before);
             report.plot.push(("join latency".into(), join_hist.clone()));
         }
-        Kind::Fanout | Kind::Topics | Kind::Upstream => measure_steps(co, &args.scenario, report)?,
+        Kind::Fanout | Kind::Topics | Kind::Upstream | Kind::Cluster => {
+            measure_steps(co, &args.scenario, report)?
+        }
     }
     Ok(())
 }
@@ -664,11 +837,11 @@ fn measure_idle(
     let settle_until = now_us() + (sc.settle * 1e6) as u64;
     co.wait_until(settle_until, "settle");
     let p0 = co.probe();
-    let rss_joined = args.server_pid.and_then(process_rss_bytes);
+    let rss_joined = sum_over(&args.server_pids, process_rss_bytes);
     let hold_until = now_us() + (sc.duration * 1e6) as u64;
     co.wait_until(hold_until, "hold");
     let p1 = co.probe();
-    let rss_end = args.server_pid.and_then(process_rss_bytes);
+    let rss_end = sum_over(&args.server_pids, process_rss_bytes);
     let rss = rss_joined.max(rss_end);
     summary.server_rss_joined_bytes = rss;
     let joined = co.fleet.totals().joined;
@@ -772,7 +945,7 @@ fn keep_stepping(search: &mut StepSearch, rate: f64, attempt: u32, ok: bool) -> 
 /// After the measured part, whatever its outcome: the last RSS figures, the slow clients' report,
 /// the first error; stops the fleet and the subscriber.
 fn finish(mut co: Coordinator, summary: &mut Summary, subscriber: Subscriber, result: &Result<()>) {
-    summary.server_rss_after_bytes = co.server_pid.and_then(process_rss_bytes);
+    summary.server_rss_after_bytes = sum_over(&co.server_pids, process_rss_bytes);
     summary.server_rss_max_bytes = co.rss_max.max(summary.server_rss_after_bytes);
     if let Some(slow) = co.slow.take() {
         let r = slow.finish();

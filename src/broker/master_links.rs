@@ -224,12 +224,9 @@ impl MasterLinks {
                 self.stale = true;
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for &index in &indices {
-                pipe.add_command(commands[index].1.clone());
-            }
+            let packed = pack(indices.iter().map(|&index| &commands[index].1));
             let conn = self.links.get_mut(&node).expect("connected just above");
-            match conn.send_packed_command(&pipe.get_packed_pipeline()) {
+            match conn.send_packed_command(&packed) {
                 Ok(()) => sent.push((node, indices)),
                 Err(err) => self.drop_link(&node, &err),
             }
@@ -270,12 +267,9 @@ impl MasterLinks {
                 let Some(conn) = self.links.get_mut(&node) else {
                     continue;
                 };
-                let mut pipe = redis::pipe();
-                for &k in &ks {
-                    pipe.add_command(retry[k].1.clone());
-                }
+                let packed = pack(ks.iter().map(|&k| &retry[k].1));
                 let result = conn
-                    .send_packed_command(&pipe.get_packed_pipeline())
+                    .send_packed_command(&packed)
                     .and_then(|()| read_replies(conn, ks.len(), Instant::now() + IO_DEADLINE));
                 match result {
                     Ok(values) => again.extend(ks.into_iter().zip(values)),
@@ -308,11 +302,7 @@ impl MasterLinks {
                 std::io::Error::new(std::io::ErrorKind::NotConnected, "no connection").into(),
             );
         };
-        let mut pipe = redis::pipe();
-        for (_, cmd) in commands {
-            pipe.add_command(cmd.clone());
-        }
-        conn.send_packed_command(&pipe.get_packed_pipeline())?;
+        conn.send_packed_command(&pack(commands.iter().map(|(_, cmd)| cmd)))?;
         let values = read_replies(conn, commands.len(), Instant::now() + IO_DEADLINE)?;
         Ok(values.into_iter().map(Some).collect())
     }
@@ -364,6 +354,15 @@ impl MasterLinks {
         self.links.remove(node);
         self.stale = true;
     }
+}
+
+/// The commands as one pipeline's bytes (packed in place, no copy of a command).
+fn pack<'a>(commands: impl Iterator<Item = &'a redis::Cmd>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for cmd in commands {
+        cmd.write_packed_command(&mut bytes);
+    }
+    bytes
 }
 
 /// True for a `MOVED` (or `ASK`) redirection: the command did not run on this node.

@@ -79,6 +79,8 @@ impl Node {
             .args(["--cluster-replica-validity-factor", "0"])
             // Replicas stay with their master: the topology only changes when a test changes it.
             .args(["--cluster-allow-replica-migration", "no"])
+            // A node that comes back syncs at once (the default waits 5 s for more replicas).
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir)
             .current_dir(&self.dir)
@@ -156,6 +158,16 @@ pub struct Migration {
     pub to: u16,
     /// Keys of the slot moved with `MIGRATE`.
     pub keys_moved: usize,
+}
+
+/// A slot between `SETSLOT MIGRATING`/`IMPORTING` and `SETSLOT NODE`
+/// ([`RedisCluster::begin_slot_migration`]).
+#[derive(Debug)]
+pub struct PendingMigration {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    to_id: String,
 }
 
 /// Three masters, three replicas.
@@ -358,15 +370,41 @@ impl RedisCluster {
     /// key of the slot, then `SETSLOT NODE` on the target, the source and the other masters.
     /// Returns once every node agrees that `to` serves the slot.
     pub fn migrate_slot_of(&mut self, key: &str, to: u16) -> Migration {
+        let pending = self.begin_slot_migration(key, to);
+        self.finish_slot_migration(pending)
+    }
+
+    /// The first half of [`Self::migrate_slot_of`]: `SETSLOT IMPORTING` on the target and
+    /// `MIGRATING` on the source, nothing moved yet. Until [`Self::finish_slot_migration`], the
+    /// source serves the slot's keys it still has and answers `ASK` (towards the target) for
+    /// the others, so a test can act while the slot is between the two. Finish it in the same
+    /// test: a slot left half-migrated stays so for the next tests.
+    pub fn begin_slot_migration(&mut self, key: &str, to: u16) -> PendingMigration {
         let slot = key_slot(key.as_bytes());
         let from = self.master_of_slot(slot);
         assert_ne!(from, to, "slot {slot} of {key:?} is already on {to}");
         let from_id = my_id(from);
         let to_id = my_id(to);
-        let mut target = connect(to);
+        cluster_setslot(&mut connect(to), slot, &["IMPORTING", &from_id]);
+        cluster_setslot(&mut connect(from), slot, &["MIGRATING", &to_id]);
+        PendingMigration {
+            slot,
+            from,
+            to,
+            to_id,
+        }
+    }
+
+    /// The second half of [`Self::migrate_slot_of`]: `MIGRATE` of every key of the slot, then
+    /// `SETSLOT NODE` everywhere; returns once every node agrees that the target serves it.
+    pub fn finish_slot_migration(&mut self, pending: PendingMigration) -> Migration {
+        let PendingMigration {
+            slot,
+            from,
+            to,
+            to_id,
+        } = pending;
         let mut source = connect(from);
-        cluster_setslot(&mut target, slot, &["IMPORTING", &from_id]);
-        cluster_setslot(&mut source, slot, &["MIGRATING", &to_id]);
         let mut keys_moved = 0;
         loop {
             let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
@@ -392,7 +430,7 @@ impl RedisCluster {
                 .unwrap_or_else(|e| panic!("MIGRATE of slot {slot} from {from} to {to}: {e}"));
         }
         // The target first, so that it serves the slot before the source starts redirecting.
-        cluster_setslot(&mut target, slot, &["NODE", &to_id]);
+        cluster_setslot(&mut connect(to), slot, &["NODE", &to_id]);
         cluster_setslot(&mut source, slot, &["NODE", &to_id]);
         for master in self.masters() {
             if master != from && master != to {
@@ -476,6 +514,19 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("PUBLISH {channel} on {port} failed: {e}"))
     }
 
+    /// How many connections hold `SSUBSCRIBE` to the sharded `channel`, as the master serving
+    /// its slot counts them (`PUBSUB SHARDNUMSUB`; a sharded channel lives on its slot's
+    /// nodes only).
+    pub fn shard_subscribers(&self, channel: &str) -> i64 {
+        let owner = self.master_of(channel);
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel)
+            .query(&mut connect(owner))
+            .unwrap_or_else(|e| panic!("PUBSUB SHARDNUMSUB {channel} on {owner}: {e}"));
+        count
+    }
+
     /// Every live node's `CLUSTER NODES`, by the node's port.
     pub fn views(&self) -> BTreeMap<u16, Vec<NodeView>> {
         self.live_ports()
@@ -553,15 +604,17 @@ impl RedisCluster {
         {
             return false;
         }
-        let Some(view) = views.values().next() else {
-            return false;
-        };
-        if view
-            .iter()
-            .any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake"))
+        // No node sees another failing or still in handshake.
+        if views
+            .values()
+            .flatten()
+            .any(|n| n.is_failing() || n.flags.iter().any(|f| f == "handshake" || f == "noaddr"))
         {
             return false;
         }
+        let Some(view) = views.values().next() else {
+            return false;
+        };
         let masters: Vec<&NodeView> = view.iter().filter(|n| !n.slots.is_empty()).collect();
         masters.len() == MASTERS
             && masters.iter().all(|m| {

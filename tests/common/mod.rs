@@ -1,11 +1,13 @@
 //! Shared support for the integration tests: a private `redis-server`, the `channel` binary as a
-//! child process, a small HTTP client, a synchronous WebSocket client, a Redis subscriber, and
-//! the Node side of the phoenix.js tests.
+//! child process, a small HTTP client, a synchronous WebSocket client, a Redis subscriber, the
+//! Node side of the phoenix.js tests, and the deployments shared by the tests of one binary (a
+//! Sentinel deployment, `sentinel.rs`; a six-node Redis Cluster, `cluster.rs`).
 //!
 //! Every test file includes it with `mod common;`. It owns processes and sockets for the length
-//! of one test and must never leave one behind: every child is killed on `Drop`, and every
-//! receive has a deadline so that a test fails instead of hanging. It never touches the Redis on
-//! port 6379.
+//! of one test and must never leave one behind: every child is killed on `Drop` (a shared
+//! deployment's, which lives in a `static`, by the kernel when the test process ends:
+//! `whole_process.rs`), and every receive has a deadline so that a test fails instead of
+//! hanging. It never touches the Redis on port 6379.
 #![allow(dead_code, unused_imports)]
 
 pub mod channel_server;

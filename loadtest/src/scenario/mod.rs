@@ -5,16 +5,18 @@
 //! their own files. This module sits below every scenario runner and must never import one.
 
 mod burst_params;
+mod cluster_params;
 mod soak_params;
 
 pub use burst_params::{BurstParams, POSITIONS};
+pub use cluster_params::{ClusterParams, PublishPath};
 pub use soak_params::SoakParams;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The seven kinds of load the tool knows.
+/// The eight kinds of load the tool knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -32,12 +34,16 @@ pub enum Kind {
     Soak,
     /// Pipelined bursts to one topic with reading clients and a few non-readers (`burst.rs`).
     Burst,
+    /// As `topics`, over several server processes each serving 1/N of the topics, publishing
+    /// through the publish function or classic PUBLISH (`[cluster]`); per-process received
+    /// messages and per-master Redis CPU.
+    Cluster,
 }
 
 impl Kind {
     /// Whether the measured messages flow from Redis to the clients.
     pub fn is_downstream(self) -> bool {
-        matches!(self, Kind::Fanout | Kind::Topics)
+        matches!(self, Kind::Fanout | Kind::Topics | Kind::Cluster)
     }
 }
 
@@ -154,6 +160,9 @@ pub struct Scenario {
     /// Burst settings (kind = "burst" only).
     #[serde(default)]
     pub burst: Option<BurstParams>,
+    /// Processes and publish path (kind = "cluster" only; defaults when absent).
+    #[serde(default)]
+    pub cluster: Option<ClusterParams>,
 }
 
 fn d_clients() -> usize {
@@ -233,6 +242,8 @@ pub struct Overrides {
     pub threads: Option<usize>,
     pub slow_clients: Option<usize>,
     pub no_step: bool,
+    /// Cluster: the publish path.
+    pub publish: Option<PublishPath>,
 }
 
 impl Scenario {
@@ -288,6 +299,13 @@ impl Scenario {
         if o.no_step {
             self.step = None;
         }
+        if let Some(p) = o.publish {
+            if self.kind == Kind::Cluster {
+                self.cluster
+                    .get_or_insert_with(ClusterParams::default)
+                    .publish = p;
+            }
+        }
     }
 
     /// Rejects numbers that cannot be run.
@@ -314,7 +332,10 @@ impl Scenario {
         if self.topic_prefix.is_empty() {
             bail!("topic_prefix must not be empty");
         }
-        let needs_rate = matches!(self.kind, Kind::Fanout | Kind::Topics | Kind::Upstream);
+        let needs_rate = matches!(
+            self.kind,
+            Kind::Fanout | Kind::Topics | Kind::Upstream | Kind::Cluster
+        );
         if needs_rate && (self.rate.is_nan() || self.rate <= 0.0) {
             bail!("rate must be positive");
         }
@@ -351,9 +372,15 @@ impl Scenario {
         if self.burst.is_some() && self.kind != Kind::Burst {
             bail!("[burst] applies to kind = \"burst\" only");
         }
+        if self.cluster.is_some() && self.kind != Kind::Cluster {
+            bail!("[cluster] applies to kind = \"cluster\" only");
+        }
+        if self.kind == Kind::Cluster {
+            self.cluster_params().validate(self.topics)?;
+        }
         if let Some(step) = &self.step {
             if !needs_rate {
-                bail!("[step] applies to fanout, topics and upstream only");
+                bail!("[step] applies to fanout, topics, upstream and cluster only");
             }
             if step.rates.is_empty()
                 && (step.start <= 0.0 || step.factor <= 1.0 || step.max < step.start)
@@ -370,6 +397,26 @@ impl Scenario {
     /// Topic of client `i`.
     pub fn topic_of(&self, client: usize) -> usize {
         client % self.topics
+    }
+
+    /// The `[cluster]` table, or its defaults.
+    pub fn cluster_params(&self) -> ClusterParams {
+        self.cluster.clone().unwrap_or_default()
+    }
+
+    /// Server processes the clients are spread over: `[cluster] processes` for the cluster
+    /// kind, else 1.
+    pub fn server_processes(&self) -> usize {
+        if self.kind == Kind::Cluster {
+            self.cluster_params().processes
+        } else {
+            1
+        }
+    }
+
+    /// The server process (index into the server URLs) that serves topic `n`.
+    pub fn server_of_topic(&self, n: usize) -> usize {
+        n % self.server_processes()
     }
 
     /// Name of topic `n`.
@@ -504,5 +551,48 @@ mod tests {
             }
         }
         assert!(n >= 5, "expected at least 5 scenarios in {}", dir.display());
+    }
+
+    #[test]
+    fn cluster_table_spreads_topics_over_processes_and_takes_the_publish_override() {
+        let mut s = Scenario::parse(
+            "kind = \"cluster\"\nclients = 800\ntopics = 400\n[cluster]\npublish = \"publish\"\n",
+            "cluster",
+        )
+        .unwrap();
+        s.validate().unwrap();
+        let c = s.cluster_params();
+        assert_eq!(
+            (c.processes, c.shards, c.publish),
+            (4, 1, PublishPath::Publish)
+        );
+        assert_eq!(s.server_processes(), 4);
+        assert_eq!(
+            (0..8).map(|t| s.server_of_topic(t)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 0, 1, 2, 3]
+        );
+        s.apply(&Overrides {
+            publish: Some(PublishPath::Function),
+            ..Default::default()
+        });
+        assert_eq!(s.cluster_params().publish, PublishPath::Function);
+        // Without the table: the defaults; other kinds have one server process.
+        let d = Scenario::parse("kind = \"cluster\"\nclients = 8\ntopics = 4\n", "c").unwrap();
+        assert_eq!(d.cluster_params().publish, PublishPath::Function);
+        assert_eq!(d.server_processes(), 4);
+        let t = Scenario::parse("kind = \"topics\"\nclients = 8\ntopics = 4\n", "t").unwrap();
+        assert_eq!((t.server_processes(), t.server_of_topic(3)), (1, 0));
+        for bad in [
+            "kind = \"cluster\"\nclients = 8\ntopics = 3\n",
+            "kind = \"topics\"\nclients = 8\ntopics = 4\n[cluster]\nprocesses = 2\n",
+            "kind = \"cluster\"\nclients = 8\ntopics = 4\n[cluster]\npublish = \"fcall\"\n",
+        ] {
+            assert!(
+                Scenario::parse(bad, "x")
+                    .and_then(|s| s.validate())
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 }
