@@ -470,3 +470,61 @@ fn admin_list_and_disconnect_cover_every_master_and_process() {
         }
     }
 }
+
+#[test]
+fn losing_the_whole_cluster_is_losing_redis_and_everything_comes_back() {
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:cluster-lost";
+    let server = start_server(&cluster, ServerOptions::default());
+    let mut alice = Member::join(&server, topic);
+    delivery_resumes(
+        &mut alice,
+        Instant::now(),
+        RESUME_BOUND,
+        |n| fcall_probe(&cluster, topic, n),
+        || cluster.logs(),
+    );
+    cluster.kill_every_node();
+    // As with a lost single Redis: pushes are refused (never a false ok), /healthz says so, the
+    // client stays connected.
+    let (pending, degraded) = push_through_gap(&server, &mut alice, "lost", {
+        let mut n = 0;
+        move || {
+            n += 1;
+            n > 20
+        }
+    });
+    let (oks, unavailable) = answers(&mut alice, pending);
+    assert!(
+        oks.is_empty(),
+        "pushes answered ok with no Redis at all: {oks:?}"
+    );
+    assert_eq!(unavailable, 20);
+    assert!(degraded, "/healthz must say 503 while the cluster is gone");
+    let back = Instant::now();
+    cluster.make_whole();
+    // The nodes kept no data: the function is installed again by the publisher's reconnect.
+    let took = delivery_resumes(
+        &mut alice,
+        back,
+        Duration::from_secs(30),
+        |n| fcall_probe(&cluster, topic, n),
+        || format!("{}\n{}", cluster.logs(), server.log()),
+    );
+    eprintln!("the whole cluster back: delivery resumed {took:?} after the restart began");
+    wait_until(Duration::from_secs(10), "/healthz is 200 again", || {
+        healthz(&server) == 200
+    });
+    let (pending, _) = push_through_gap(&server, &mut alice, "after", {
+        let mut n = 0;
+        move || {
+            n += 1;
+            n > 3
+        }
+    });
+    assert_eq!(
+        answers(&mut alice, pending).0.len(),
+        3,
+        "pushes are ok again"
+    );
+}

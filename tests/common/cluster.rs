@@ -566,8 +566,16 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no cluster node answers CLUSTER NODES\n{}", self.logs()))
     }
 
+    /// `kill -9` of every node: the whole cluster is lost (data too: nodes keep no dump).
+    /// [`Self::make_whole`] brings them back with their identities and slots.
+    pub fn kill_every_node(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
     /// Restarts every killed node, then waits until the cluster is whole.
-    fn make_whole(&mut self) {
+    pub fn make_whole(&mut self) {
         for node in self.nodes.iter_mut().filter(|n| !n.is_running()) {
             node.start();
         }
