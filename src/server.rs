@@ -57,14 +57,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .collect(),
         system,
         metrics: crate::metrics::Metrics::new(shard_count),
+        console_logins: crate::console::LoginLimiter::default(),
+        started_at: Instant::now(),
     });
     let executors = crate::shard::start(&shared)?;
     info!(addr = %shared.config.listen_addr(), shards = shard_count, "listening");
     if let Some(interval) = shared.config.admin_stats_interval() {
         let figures = Arc::clone(&shared);
-        crate::admin::spawn_stats_ticker(interval, shared.shards.clone(), move || {
-            figures.process_figures()
-        })
+        let publisher = Arc::clone(&shared);
+        crate::admin::spawn_stats_ticker(
+            interval,
+            shared.shards.clone(),
+            move || figures.process_figures(),
+            move |payload| publish_admin_stats(&publisher, payload),
+        )
         .context("cannot start the admin stats ticker")?;
     }
 
@@ -93,6 +99,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Hands this process's admin `stats` to Redis as a downstream message of the `admin` topic, so
+/// that every process delivers it to its admins; false when Redis cannot take it now.
+fn publish_admin_stats(shared: &Shared, payload: String) -> bool {
+    let redis = &shared.redis;
+    redis.status.can_publish()
+        && redis
+            .publish
+            .try_send(crate::broker::UpstreamCommand::Publish(
+                crate::broker::PublishRequest {
+                    channel: format!("to:{}:stats", crate::auth::ADMIN_CHANNEL),
+                    payload: payload.into(),
+                    origin: None,
+                },
+            ))
+            .is_ok()
 }
 
 fn wait_for_termination_signal() -> anyhow::Result<()> {

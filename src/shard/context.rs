@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::inbox::{InterestChange, Shards};
 use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 
+use super::admin_tail::Tails;
 use super::connection::Conn;
 use super::presence_delivery::PendingDiffs;
 use super::topic_table::TopicTable;
@@ -44,6 +45,10 @@ pub struct Shared {
     pub system: Arc<crate::system::SystemChannel>,
     /// Prometheus metrics: per-shard handles and the `/metrics` rendering.
     pub metrics: crate::metrics::Metrics,
+    /// Failed `POST /console/login` attempts, by client address (all shards share them).
+    pub console_logins: crate::console::LoginLimiter,
+    /// When the process started (the admin channel's `uptime_secs`).
+    pub started_at: std::time::Instant,
 }
 
 impl Shared {
@@ -81,6 +86,10 @@ impl Shared {
             redis_reconnects: self.redis.status.reconnects(),
             inbox_drops: self.shards.dropped()
                 + self.redis.reader_stats.inbox_drops.load(Ordering::Relaxed),
+            uptime_secs: self.started_at.elapsed().as_secs(),
+            redis_mode: self.config.redis_deployment().mode(),
+            joins: self.metrics.joins_total(),
+            latency_counts: self.metrics.latency_counts(),
         }
     }
 }
@@ -106,6 +115,8 @@ pub struct ShardContext {
     pub pushes_in_flight: Cell<u64>,
     /// Presence diffs waiting for their topic's batching window to end.
     pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
+    /// Admin connections tailing a topic (`tail`).
+    pub tails: RefCell<Tails>,
 }
 
 impl ShardContext {
@@ -123,6 +134,7 @@ impl ShardContext {
             shutting_down: Cell::new(false),
             pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
+            tails: RefCell::new(Tails::default()),
         }
     }
 
@@ -151,17 +163,34 @@ impl ShardContext {
         format!("{}.{}.{conn}.{n}", self.shared.node, self.id)
     }
 
-    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.
+    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic (a topic
+    /// an admin tails is already wanted).
     pub fn subscribe(&self, topic: &str, conn: &Rc<Conn>) {
-        if self.topics.borrow_mut().subscribe(topic, conn) {
+        if self.topics.borrow_mut().subscribe(topic, conn) && !self.tails.borrow().watches(topic) {
             self.tell_interest(topic, true);
         }
     }
 
-    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic.
+    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic
+    /// (unless an admin tails it).
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
-        if self.topics.borrow_mut().unsubscribe(topic, conn_id) {
+        if self.topics.borrow_mut().unsubscribe(topic, conn_id)
+            && !self.tails.borrow().watches(topic)
+        {
             self.tell_interest(topic, false);
+        }
+    }
+
+    /// Makes admin connection `conn_id` tail `topic` (or nothing), keeping the shard's Redis
+    /// interest in a tailed topic that has no local subscriber.
+    pub fn set_tail(&self, conn_id: u64, topic: Option<String>) {
+        let change = self.tails.borrow_mut().set(conn_id, topic);
+        let unsubscribed = |t: &str| self.topics.borrow().subscribers(t).is_none();
+        if let Some(stopped) = change.stopped.filter(|t| unsubscribed(t)) {
+            self.tell_interest(&stopped, false);
+        }
+        if let Some(started) = change.started.filter(|t| unsubscribed(t)) {
+            self.tell_interest(&started, true);
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod admin;
+mod admin_tail;
 pub(crate) mod connection;
 pub(crate) mod context;
 mod dispatch;
