@@ -59,6 +59,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         metrics: crate::metrics::Metrics::new(shard_count),
         console_logins: crate::console::LoginLimiter::default(),
         started_at: Instant::now(),
+        topic_rates: (0..shard_count)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
     });
     let executors = crate::shard::start(&shared)?;
     info!(addr = %shared.config.listen_addr(), shards = shard_count, "listening");

@@ -2,8 +2,10 @@
 //! `playwright-core` from Node (`tests/js/console.test.mjs`), against two server processes
 //! sharing one private Redis: login refused and accepted, a phoenix.js client's join in the
 //! topics panel and on the topic's page within 2 s, the live tail, the publish form, the
-//! disconnect, hostile names shown as text, both processes in the overview. The run writes a
-//! screenshot of each panel to docs/console/.
+//! disconnect, hostile names shown as text, both processes in the overview. The run takes a
+//! screenshot of each panel, into `<target>/console-screenshots/`, or into the directory
+//! `CONSOLE_SCREENSHOTS` names: `CONSOLE_SCREENSHOTS=docs/console cargo test --test
+//! console_test` retakes the ones the README shows (a plain test run leaves the tree clean).
 //!
 //! Needs Debian's `chromium` (`apt-get install chromium`; `CHROMIUM` names another binary) and
 //! the npm packages of tests/js (installed from the lock file when missing). One browser is
@@ -49,9 +51,11 @@ fn the_console_shows_and_controls_the_deployment_in_a_real_browser() {
     };
     let first = ChannelServer::start(&redis, options());
     let second = ChannelServer::start(&redis, options());
-    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docs")
-        .join("console");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let screenshots = match std::env::var_os("CONSOLE_SCREENSHOTS") {
+        Some(dir) => root.join(dir),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots"),
+    };
 
     let mut node = Command::new("node");
     node.arg("--test").arg("--test-reporter=spec");

@@ -56,6 +56,9 @@ pub struct ProcessFigures {
     /// The Redis-receive → queued-on-every-socket histogram, all shards: the count of each
     /// bucket of [`crate::metrics::LATENCY_BUCKETS`] (not cumulative), then the overflow.
     pub latency_counts: Vec<u64>,
+    /// The busiest topics' messages per second over the last stats interval (a topic's rate
+    /// is the largest of its shards': each of them gets every message).
+    pub topic_rates: Vec<(String, f64)>,
 }
 
 /// This process's side of the state: connections per shard, channels, Redis.
@@ -88,6 +91,11 @@ pub fn process_state(figures: &ProcessFigures) -> Value {
             "bounds_secs": crate::metrics::LATENCY_BUCKETS,
             "counts": figures.latency_counts,
         },
+        "topic_rates": figures
+            .topic_rates
+            .iter()
+            .map(|(topic, rate)| (topic.clone(), json!(rate)))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 

@@ -49,6 +49,9 @@ pub struct Shared {
     pub console_logins: crate::console::LoginLimiter,
     /// When the process started (the admin channel's `uptime_secs`).
     pub started_at: std::time::Instant,
+    /// Every shard's busiest topics with their messages per second over the last stats
+    /// interval, by shard index ([`super::topic_rates`]).
+    pub topic_rates: Vec<std::sync::Mutex<Vec<(String, f64)>>>,
 }
 
 impl Shared {
@@ -90,6 +93,12 @@ impl Shared {
             redis_mode: self.config.redis_deployment().mode(),
             joins: self.metrics.joins_total(),
             latency_counts: self.metrics.latency_counts(),
+            topic_rates: super::topic_rates::busiest(self.topic_rates.iter().flat_map(|rates| {
+                rates
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })),
         }
     }
 }

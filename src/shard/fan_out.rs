@@ -35,7 +35,7 @@ pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast, write: Write) {
         super::admin_tail::deliver(ctx, broadcast);
     }
     let topics = ctx.topics.borrow();
-    let Some(subscribers) = topics.subscribers(broadcast.topic()) else {
+    let Some(subscribers) = topics.deliver_to(broadcast.topic()) else {
         return;
     };
     for conn in subscribers.values() {

@@ -148,8 +148,6 @@ test("a phoenix.js join shows in the topics panel and on the topic's page within
   const joinedAt = Date.now();
   await inPage((t) => [...document.querySelectorAll("tr.topic-row")].some((r) => r.dataset.topic === t), topic, LIVE_MS);
   assert.ok(Date.now() - joinedAt <= LIVE_MS);
-  await page.fill("#topics-search", "");
-  await screenshot("topics");
   await page.evaluate((t) => { location.hash = `#/topic/${encodeURIComponent(t)}`; }, topic);
   await inPage((i) => [...document.querySelectorAll("tr.member-row")].some((r) => r.dataset.id === i), id, LIVE_MS);
   const nodes = await page.textContent("tr.member-row .member-nodes");
@@ -190,6 +188,26 @@ test("a refused confirmation publishes nothing", async () => {
   await redis.command("PUBLISH", `to:${topic}:control`, "{}");
   await control;
   assert.equal(got, false);
+});
+
+test("the topics panel shows a busy topic's messages per second", async () => {
+  const topic = unique("busy");
+  await joinedClient(SECOND_URL, topic, unique("reader"));
+  await page.evaluate(() => { location.hash = "#/topics"; });
+  await page.fill("#topics-search", topic);
+  const rateShown = () => page.evaluate((t) => {
+    const row = [...document.querySelectorAll("tr.topic-row")].find((r) => r.dataset.topic === t);
+    return row ? Number(row.querySelector(".topic-rate").textContent) : 0;
+  }, topic);
+  const deadline = Date.now() + 10000;
+  // The rate is measured over a stats interval (1 s here): keep the topic busy until it shows.
+  while (!((await rateShown()) > 0)) {
+    assert.ok(Date.now() < deadline, "no message rate shown for a busy topic");
+    for (let i = 0; i < 10; i++) await redis.command("PUBLISH", `to:${topic}:tick`, "{}");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await page.fill("#topics-search", "");
+  await screenshot("topics");
 });
 
 test("disconnect closes the client's socket", async () => {

@@ -50,6 +50,20 @@ export class Deployment {
     else this.topics.set(topic, { members: Math.min(known.members, metas), metas });
   }
 
+  /** Messages per second by topic: for each topic the largest rate a live process reports
+   *  (each process with a subscriber gets every message of the topic). A topic no process
+   *  reports has none (only the busiest 500 topics of each process are reported). */
+  topicRates() {
+    const rates = new Map();
+    for (const { stats, silent } of this.liveProcesses()) {
+      if (silent || !stats.topic_rates) continue;
+      for (const [topic, r] of Object.entries(stats.topic_rates)) {
+        if (typeof r === 'number' && r > (rates.get(topic) || 0)) rates.set(topic, r);
+      }
+    }
+    return rates;
+  }
+
   /** The processes heard from recently, by node name. */
   liveProcesses(now = Date.now()) {
     for (const [node, p] of this.processes) {

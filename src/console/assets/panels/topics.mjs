@@ -1,4 +1,5 @@
-// Topics: every topic of the deployment with members (distinct ids) and joins, searchable,
+// Topics: every topic of the deployment with members (distinct ids), joins and messages per
+// second (the `topic_rates` of the processes' stats), searchable,
 // sortable, 50 per page (only the page is in the DOM, so 1,000 or 100,000 topics cost the
 // same to show).
 
@@ -16,6 +17,7 @@ export class TopicsPanel {
     this.search = el('input', { id: 'topics-search', type: 'search', placeholder: 'Search topics', spellcheck: 'false' });
     this.sortSelect = el('select', { id: 'topics-sort' },
       el('option', { value: 'members', text: 'Most members' }),
+      el('option', { value: 'rate', text: 'Busiest' }),
       el('option', { value: 'metas', text: 'Most joins' }),
       el('option', { value: 'name', text: 'Name' }));
     this.summary = el('p', { className: 'muted', id: 'topics-summary' });
@@ -36,12 +38,15 @@ export class TopicsPanel {
 
   render() {
     const needle = this.search.value.trim().toLowerCase();
+    const rates = this.deployment.topicRates();
+    const rate = { get: (name) => rates.get(name) || 0 };
     let rows = [...this.deployment.topics.entries()];
     if (needle) rows = rows.filter(([name]) => name.toLowerCase().includes(needle));
     const bySort = {
       members: (a, b) => b[1].members - a[1].members || a[0].localeCompare(b[0]),
       metas: (a, b) => b[1].metas - a[1].metas || a[0].localeCompare(b[0]),
       name: (a, b) => a[0].localeCompare(b[0]),
+      rate: (a, b) => rate.get(b[0]) - rate.get(a[0]) || a[0].localeCompare(b[0]),
     };
     rows.sort(bySort[this.sort]);
     const pages = Math.max(Math.ceil(rows.length / PAGE_SIZE), 1);
@@ -56,9 +61,10 @@ export class TopicsPanel {
       body.append(el('tr', { className: 'topic-row', dataset: { topic: name } },
         el('td', {}, link),
         el('td', { className: 'num', text: fmt.count(counts.members) }),
-        el('td', { className: 'num', text: fmt.count(counts.metas) })));
+        el('td', { className: 'num', text: fmt.count(counts.metas) }),
+        el('td', { className: 'num topic-rate', text: fmt.rate(rate.get(name)) })));
     }
-    const head = el('thead', {}, el('tr', {}, el('th', { text: 'Topic' }), el('th', { text: 'Members' }), el('th', { text: 'Joins' })));
+    const head = el('thead', {}, el('tr', {}, el('th', { text: 'Topic' }), el('th', { text: 'Members', className: 'num' }), el('th', { text: 'Joins', className: 'num' }), el('th', { text: 'Messages/s', className: 'num' })));
     clear(this.list).append(
       el('table', { id: 'topics-table' }, head, body),
       pager(this.page, pages, (page) => { this.page = page; this.render(); }),
