@@ -68,6 +68,7 @@ fn the_console_shows_and_controls_the_deployment_in_a_real_browser() {
         .env("SECOND_URL", second.url())
         .env("REDIS_URL", redis.url())
         .env("ADMIN_KEY", ADMIN_KEY)
+        .env("JWT_SECRET", common::TEST_JWT_SECRET)
         .env("CHROMIUM", &browser)
         .env("SCREENSHOT_DIR", &screenshots)
         .env("NO_COLOR", "1");

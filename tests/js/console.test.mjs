@@ -5,6 +5,7 @@
 //   SECOND_URL     http://127.0.0.1:<port> of the second server
 //   REDIS_URL      redis://127.0.0.1:<port> of the Redis both use
 //   ADMIN_KEY      the admin_key both are configured with
+//   JWT_SECRET     their jwt_secret (the scale test signs a thousand tokens itself)
 //   CHROMIUM       the browser binary (Debian's /usr/bin/chromium)
 //   SCREENSHOT_DIR where each panel's screenshot is written (docs/console/)
 //
@@ -13,7 +14,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import WebSocket from "ws";
@@ -22,9 +23,9 @@ import { chromium } from "playwright-core";
 import { RedisConnection } from "./resp.mjs";
 import { postToken } from "./token.mjs";
 
-const { CONSOLE_URL, SECOND_URL, REDIS_URL, ADMIN_KEY, CHROMIUM, SCREENSHOT_DIR } = process.env;
-if (!CONSOLE_URL || !SECOND_URL || !REDIS_URL || !ADMIN_KEY) {
-  throw new Error("set CONSOLE_URL, SECOND_URL, REDIS_URL and ADMIN_KEY (cargo test --test console_test does)");
+const { CONSOLE_URL, SECOND_URL, REDIS_URL, ADMIN_KEY, JWT_SECRET, CHROMIUM, SCREENSHOT_DIR } = process.env;
+if (!CONSOLE_URL || !SECOND_URL || !REDIS_URL || !ADMIN_KEY || !JWT_SECRET) {
+  throw new Error("set CONSOLE_URL, SECOND_URL, REDIS_URL, ADMIN_KEY and JWT_SECRET (cargo test --test console_test does)");
 }
 const WAIT_MS = 5000;
 const LIVE_MS = 2000;
@@ -244,6 +245,74 @@ test("hostile topic names, ids and payloads are shown as text and run nothing", 
   assert.equal(await page.evaluate(() => document.querySelectorAll("img").length), 0);
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
   client.socket.disconnect();
+});
+
+// An HS256 token for `channel` and `id`, signed here (POST /token a thousand times would be
+// the slow part of the scale test).
+function sign(channel, id) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part({ id, channel, iat: now, exp: now + 600 })}`;
+  return `${unsigned}.${createHmac("sha256", JWT_SECRET).update(unsigned).digest("base64url")}`;
+}
+
+// A raw WebSocket (no phoenix.js: a thousand of them stay cheap) that joins `topics` as `id`
+// and resolves once every join is answered ok.
+function rawJoins(url, id, topics) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${url.replace(/^http/, "ws")}/socket/websocket?vsn=2.0.0`);
+    cleanups.push(() => ws.terminate());
+    let pending = topics.length;
+    ws.on("error", reject);
+    ws.on("open", () => {
+      topics.forEach((topic, i) => ws.send(JSON.stringify([String(i), String(i), topic, "phx_join", { token: sign(topic, id) }])));
+    });
+    ws.on("message", (data) => {
+      const [, , , event, payload] = JSON.parse(data.toString());
+      if (event !== "phx_reply") return;
+      if (payload.status !== "ok") reject(new Error(`join refused: ${JSON.stringify(payload)}`));
+      pending -= 1;
+      if (pending === 0) resolve(ws);
+    });
+  });
+}
+
+test("1,000 topics and a 1,000-member topic keep the page responsive and paginated", async () => {
+  const run = randomBytes(3).toString("hex");
+  // The page measures its own longest stall (a timer that should fire every 50 ms) meanwhile.
+  await page.evaluate(() => {
+    window.__stall = 0;
+    let last = performance.now();
+    window.__watchdog = setInterval(() => {
+      const now = performance.now();
+      window.__stall = Math.max(window.__stall, now - last - 50);
+      last = now;
+    }, 50);
+  });
+  await page.evaluate(() => { location.hash = "#/topics"; });
+  await page.fill("#topics-search", `many-${run}`);
+  const topicSockets = [];
+  for (let s = 0; s < 10; s++) {
+    const topics = Array.from({ length: 100 }, (_, i) => `many-${run}-${s * 100 + i}`);
+    topicSockets.push(rawJoins(s % 2 ? SECOND_URL : CONSOLE_URL, `many-${s}`, topics));
+  }
+  await Promise.all(topicSockets);
+  const crowd = `crowd-${run}`;
+  const members = [];
+  for (let i = 0; i < 1000; i++) members.push(rawJoins(i % 2 ? SECOND_URL : CONSOLE_URL, `member-${i}`, [crowd]));
+  await Promise.all(members);
+  await inPage(() => document.getElementById("topics-summary").textContent.startsWith("1,000 topics"), undefined, 15000);
+  assert.ok(await page.evaluate(() => document.querySelectorAll("tr.topic-row").length) <= 50, "one page of rows in the DOM");
+  await page.click(".pager-next");
+  await inPage(() => /page 2 of 20/.test(document.getElementById("topics-list").textContent));
+  await page.evaluate((t) => { location.hash = `#/topic/${encodeURIComponent(t)}`; }, crowd);
+  await inPage(() => document.getElementById("members-summary")?.textContent.startsWith("1,000 member"), undefined, 15000);
+  assert.ok(await page.evaluate(() => document.querySelectorAll("tr.member-row").length) <= 100, "one page of members in the DOM");
+  const stall = await page.evaluate(() => { clearInterval(window.__watchdog); return window.__stall; });
+  console.log(`scale test: the page's longest stall was ${Math.round(stall)} ms`);
+  assert.ok(stall < 1000, `the page stalled for ${Math.round(stall)} ms`);
+  await page.evaluate(() => { location.hash = "#/topics"; });
+  await page.fill("#topics-search", "");
 });
 
 test("the latency panel draws the histogram of the messages delivered", async () => {
