@@ -62,17 +62,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         topic_rates: (0..shard_count)
             .map(|_| std::sync::Mutex::new(Vec::new()))
             .collect(),
+        admin_shards: std::sync::atomic::AtomicU64::new(0),
+        stats_wanted_until_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let executors = crate::shard::start(&shared)?;
     info!(addr = %shared.config.listen_addr(), shards = shard_count, "listening");
     if let Some(interval) = shared.config.admin_stats_interval() {
         let figures = Arc::clone(&shared);
-        let publisher = Arc::clone(&shared);
         crate::admin::spawn_stats_ticker(
             interval,
             shared.shards.clone(),
             move || figures.process_figures(),
-            move |payload| publish_admin_stats(&publisher, payload),
+            StatsOutlet(Arc::clone(&shared)),
         )
         .context("cannot start the admin stats ticker")?;
     }
@@ -104,21 +105,40 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands this process's admin `stats` to Redis as a downstream message of the `admin` topic, so
-/// that every process delivers it to its admins; false when Redis cannot take it now.
-fn publish_admin_stats(shared: &Shared, payload: String) -> bool {
-    let redis = &shared.redis;
-    redis.status.can_publish()
-        && redis
-            .publish
-            .try_send(crate::broker::UpstreamCommand::Publish(
-                crate::broker::PublishRequest {
-                    channel: format!("to:{}:stats", crate::auth::ADMIN_CHANNEL),
-                    payload: payload.into(),
-                    origin: None,
-                },
-            ))
-            .is_ok()
+/// Where the admin stats ticker looks and publishes: this process's admin shards, the
+/// deployment's requests for stats, and the Redis publisher's queue.
+struct StatsOutlet(Arc<Shared>);
+
+impl crate::admin::StatsOutlet for StatsOutlet {
+    fn has_local_admins(&self) -> bool {
+        self.0
+            .admin_shards
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+    }
+
+    fn stats_wanted(&self) -> bool {
+        let until = self
+            .0
+            .stats_wanted_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.0.uptime_ms() < until
+    }
+
+    fn publish(&self, topic: &str, event: &str, payload: String) -> bool {
+        let redis = &self.0.redis;
+        redis.status.can_publish()
+            && redis
+                .publish
+                .try_send(crate::broker::UpstreamCommand::Publish(
+                    crate::broker::PublishRequest {
+                        channel: format!("to:{topic}:{event}"),
+                        payload: payload.into(),
+                        origin: None,
+                    },
+                ))
+                .is_ok()
+    }
 }
 
 fn wait_for_termination_signal() -> anyhow::Result<()> {

@@ -472,3 +472,28 @@ fn stats_carry_the_message_rate_of_busy_topics() {
         assert!(Instant::now() < deadline, "no rate for room:10: {stats}");
     }
 }
+
+#[test]
+fn stats_go_to_redis_only_while_an_admin_listens_somewhere() {
+    let redis = RedisServer::start();
+    let published = redis.subscribe("to:*");
+    let a = server(&redis);
+    let _b = server(&redis);
+    // Stats every second, and nobody asks: nothing is published.
+    published.expect_nothing(Duration::from_millis(2500));
+    let mut admin = joined(&a, "admin", "ops");
+    let want = published.recv_timeout(Duration::from_secs(5));
+    assert_eq!(want.channel, "to:channel:admin-stats:want");
+    // Both processes answer, the one without admins included.
+    let mut nodes = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = published.recv_timeout(left);
+        if message.channel == "to:admin:stats" {
+            let stats: Value = serde_json::from_slice(&message.payload).expect("JSON stats");
+            nodes.insert(stats["node"].as_str().expect("a node").to_owned());
+        }
+    }
+    admin.close(1000, "");
+}

@@ -34,6 +34,17 @@ pub use command::{parse_command, Command};
 /// The admin topic: the channel that only admin tokens join.
 pub use crate::auth::ADMIN_CHANNEL as ADMIN_TOPIC;
 
+/// The topic on which a process with admin members asks every process for its stats
+/// (`PUBLISH to:channel:admin-stats:want`, every stats interval while it has admins). Shard 0
+/// of every process listens to it for the life of the process; a process publishes its `stats`
+/// to Redis only within [`STATS_WANTED_FOR`] stats intervals of the last request, so that a
+/// deployment without admins publishes nothing.
+pub const STATS_WANTED_TOPIC: &str = "channel:admin-stats";
+/// The event of the request on [`STATS_WANTED_TOPIC`].
+pub const STATS_WANTED_EVENT: &str = "want";
+/// Stats intervals a request keeps a process publishing.
+pub const STATS_WANTED_FOR: u32 = 3;
+
 /// This process's figures, gathered by the caller.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessFigures {
@@ -147,16 +158,28 @@ pub fn tail_message(broadcast: &Broadcast, skipped: u64) -> String {
     .to_string()
 }
 
+/// What the stats ticker needs from the process besides its figures.
+pub trait StatsOutlet: Send + 'static {
+    /// Whether this process has admin members now.
+    fn has_local_admins(&self) -> bool;
+    /// Whether some admin of the deployment asked for stats within the last
+    /// [`STATS_WANTED_FOR`] intervals.
+    fn stats_wanted(&self) -> bool;
+    /// Hands a downstream message (`to:<topic>:<event>`) to Redis; false when Redis cannot
+    /// take it now.
+    fn publish(&self, topic: &str, event: &str, payload: String) -> bool;
+}
+
 /// Sends every admin of the deployment this process's `stats` every `interval`, from a thread
-/// of its own: one wake-up and one small JSON per interval. `publish` hands the payload to
-/// Redis (`to:admin:stats`, so admins connected to any process get it); when it cannot, the
-/// stats go to this process's admins only. Built even when nobody listens (the shards then
-/// drop it, as for any topic without subscribers).
+/// of its own: one wake-up and one small JSON per interval. While this process has admin
+/// members it asks every process for stats ([`STATS_WANTED_TOPIC`]); while stats are wanted it
+/// publishes its own to Redis (`to:admin:stats`, so admins connected anywhere get them), else
+/// it sends them to its own admins only (the shards drop them when there are none).
 pub fn spawn_stats_ticker(
     interval: Duration,
     shards: Shards,
     figures: impl Fn() -> ProcessFigures + Send + 'static,
-    publish: impl Fn(String) -> bool + Send + 'static,
+    outlet: impl StatsOutlet,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("admin-stats".into())
@@ -167,6 +190,9 @@ pub fn spawn_stats_ticker(
             let mut previous_at = Instant::now();
             loop {
                 std::thread::sleep(interval);
+                if outlet.has_local_admins() {
+                    outlet.publish(STATS_WANTED_TOPIC, STATS_WANTED_EVENT, "{}".to_owned());
+                }
                 let now = Instant::now();
                 let current_figures = figures();
                 let current = StatsSnapshot::sum(&current_figures.per_shard);
@@ -180,7 +206,7 @@ pub fn spawn_stats_ticker(
                 previous_joins = current_figures.joins;
                 previous_at = now;
                 let payload = stats.to_string();
-                if publish(payload.clone()) {
+                if outlet.stats_wanted() && outlet.publish(ADMIN_TOPIC, "stats", payload.clone()) {
                     continue;
                 }
                 let broadcast =

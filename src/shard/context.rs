@@ -52,6 +52,12 @@ pub struct Shared {
     /// Every shard's busiest topics with their messages per second over the last stats
     /// interval, by shard index ([`super::topic_rates`]).
     pub topic_rates: Vec<std::sync::Mutex<Vec<(String, f64)>>>,
+    /// The shards that have `admin` members, one bit per shard (the stats ticker asks the
+    /// deployment for stats while it is not 0).
+    pub admin_shards: std::sync::atomic::AtomicU64,
+    /// Until when (milliseconds since `started_at`) some admin of the deployment wants this
+    /// process's stats in Redis ([`crate::admin::STATS_WANTED_TOPIC`]).
+    pub stats_wanted_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -78,6 +84,21 @@ impl Shared {
             system_ticks: self.system.ticks(),
             system_listening_shards: self.system.listening_shards(),
         }
+    }
+
+    /// Milliseconds since the process started.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Some admin asked for stats now: keep publishing them to Redis for a while.
+    pub fn stats_wanted_now(&self) {
+        let Some(interval) = self.config.admin_stats_interval() else {
+            return;
+        };
+        let lease = interval.as_millis() as u64 * u64::from(crate::admin::STATS_WANTED_FOR);
+        self.stats_wanted_until_ms
+            .store(self.uptime_ms().saturating_add(lease), Ordering::Relaxed);
     }
 
     /// This process's figures for the `admin` channel's `state` and `stats`.
@@ -207,11 +228,32 @@ impl ShardContext {
         self.shared
             .system
             .shard_interest(self.id, topic, interested);
+        if topic == crate::admin::ADMIN_TOPIC {
+            let bit = 1u64 << self.id;
+            match interested {
+                true => self.shared.admin_shards.fetch_or(bit, Ordering::Relaxed),
+                false => self.shared.admin_shards.fetch_and(!bit, Ordering::Relaxed),
+            };
+        }
+        if topic == crate::admin::STATS_WANTED_TOPIC && self.id == 0 {
+            // Shard 0 listens to it for the life of the process ([`Self::listen_for_stats_requests`]).
+            return;
+        }
         // The reader owns the receiving end for the life of the process.
         let _ = self.shared.redis.interest.send(InterestChange {
             shard: self.id,
             topic: topic.to_owned(),
             interested,
+        });
+    }
+
+    /// Shard 0 of every process listens to [`crate::admin::STATS_WANTED_TOPIC`] for the life
+    /// of the process, whoever joins or leaves it, so that an admin anywhere can ask for stats.
+    pub fn listen_for_stats_requests(&self) {
+        let _ = self.shared.redis.interest.send(InterestChange {
+            shard: self.id,
+            topic: crate::admin::STATS_WANTED_TOPIC.to_owned(),
+            interested: true,
         });
     }
 

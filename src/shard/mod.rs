@@ -95,6 +95,9 @@ async fn run_shard(
     glommio::spawn_local(sweeper::idle_sweeper(Rc::clone(&ctx))).detach();
     if let Some(period) = ctx.shared.config.admin_stats_interval() {
         glommio::spawn_local(topic_rates::sampler(Rc::clone(&ctx), period)).detach();
+        if id == 0 {
+            ctx.listen_for_stats_requests();
+        }
     }
 
     futures_lite::future::or(accept_loop(Rc::clone(&ctx), &listener), async {

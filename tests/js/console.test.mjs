@@ -279,16 +279,30 @@ function rawJoins(url, id, topics) {
 
 test("1,000 topics and a 1,000-member topic keep the page responsive and paginated", async () => {
   const run = randomBytes(3).toString("hex");
-  // The page measures its own longest stall (a timer that should fire every 50 ms) meanwhile.
+  // The page records its longest task (Long Tasks API: main-thread work of 50 ms or more) and,
+  // for the log, how late a 50 ms timer ran at worst (that also counts time the loaded machine
+  // did not give the browser at all).
   await page.evaluate(() => {
-    window.__stall = 0;
+    window.__longestTask = 0;
+    window.__lateness = 0;
+    window.__observer = new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) window.__longestTask = Math.max(window.__longestTask, entry.duration);
+    });
+    window.__observer.observe({ type: "longtask" });
+    // A deliberate 80 ms task, so that the test knows the observer sees long tasks at all.
+    setTimeout(() => {
+      const start = performance.now();
+      while (performance.now() - start < 80);
+    }, 0);
     let last = performance.now();
     window.__watchdog = setInterval(() => {
       const now = performance.now();
-      window.__stall = Math.max(window.__stall, now - last - 50);
+      window.__lateness = Math.max(window.__lateness, now - last - 50);
       last = now;
     }, 50);
   });
+  await inPage(() => window.__longestTask >= 80);
+  await page.evaluate(() => { window.__longestTask = 0; });
   await page.evaluate(() => { location.hash = "#/topics"; });
   await page.fill("#topics-search", `many-${run}`);
   const topicSockets = [];
@@ -308,9 +322,13 @@ test("1,000 topics and a 1,000-member topic keep the page responsive and paginat
   await page.evaluate((t) => { location.hash = `#/topic/${encodeURIComponent(t)}`; }, crowd);
   await inPage(() => document.getElementById("members-summary")?.textContent.startsWith("1,000 member"), undefined, 15000);
   assert.ok(await page.evaluate(() => document.querySelectorAll("tr.member-row").length) <= 100, "one page of members in the DOM");
-  const stall = await page.evaluate(() => { clearInterval(window.__watchdog); return window.__stall; });
-  console.log(`scale test: the page's longest stall was ${Math.round(stall)} ms`);
-  assert.ok(stall < 1000, `the page stalled for ${Math.round(stall)} ms`);
+  const { longestTask, lateness } = await page.evaluate(() => {
+    clearInterval(window.__watchdog);
+    window.__observer.disconnect();
+    return { longestTask: window.__longestTask, lateness: window.__lateness };
+  });
+  console.log(`scale test: longest task ${Math.round(longestTask)} ms, worst timer lateness ${Math.round(lateness)} ms`);
+  assert.ok(longestTask < 1000, `the page was busy for ${Math.round(longestTask)} ms at once`);
   await page.evaluate(() => { location.hash = "#/topics"; });
   await page.fill("#topics-search", "");
 });
