@@ -68,7 +68,7 @@ export function drawLines(canvas, times, lines, windowMs, format = String) {
 export function drawBars(canvas, labels, values) {
   const { ctx, width, height } = prepare(canvas);
   const top = 16;
-  const bottom = height - 28;
+  const bottom = height - 46;
   const left = 8;
   const slot = (width - left * 2) / Math.max(values.length, 1);
   const max = niceMax(Math.max(0, ...values));
