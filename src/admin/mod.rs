@@ -235,4 +235,21 @@ mod tests {
         let state = join_state(&figures, Err("backend unavailable".into()));
         assert_eq!(state["topics_error"], "backend unavailable");
     }
+
+    #[test]
+    fn a_tail_message_carries_json_as_json_and_bytes_as_base64() {
+        let json_message = Broadcast::new("room:1", "news", br#"{"n":1}"#);
+        let value: Value =
+            serde_json::from_str(&tail_message(&json_message, 0)).expect("the message is JSON");
+        assert_eq!(
+            value,
+            json!({"topic": "room:1", "event": "news", "payload": {"n": 1}, "binary": false, "skipped": 0})
+        );
+        let binary = Broadcast::new("room:1", "blob", &[0xff, 0x00, 0x01]);
+        let value: Value =
+            serde_json::from_str(&tail_message(&binary, 3)).expect("the message is JSON");
+        assert_eq!(value["payload"], json!("/wAB"));
+        assert_eq!(value["binary"], json!(true));
+        assert_eq!(value["skipped"], json!(3));
+    }
 }

@@ -28,6 +28,10 @@ if (!CONSOLE_URL || !SECOND_URL || !REDIS_URL || !ADMIN_KEY || !JWT_SECRET) {
   throw new Error("set CONSOLE_URL, SECOND_URL, REDIS_URL, ADMIN_KEY and JWT_SECRET (cargo test --test console_test does)");
 }
 const WAIT_MS = 5000;
+// The scale test: 1,000 members on one topic, and CONSOLE_SCALE_CONNECTIONS more sockets (0
+// unless set, for a manual run) spread over its 1,000 topics, 1 topic each.
+const SCALE_MEMBERS = 1000;
+const SCALE_CONNECTIONS = Number(process.env.CONSOLE_SCALE_CONNECTIONS || 0);
 const LIVE_MS = 2000;
 const EVIL = "<img src=x onerror=window.__pwned=1>";
 
@@ -277,7 +281,7 @@ function rawJoins(url, id, topics) {
   });
 }
 
-test("1,000 topics and a 1,000-member topic keep the page responsive and paginated", async () => {
+test(`1,000 topics, a 1,000-member topic and ${SCALE_CONNECTIONS + SCALE_MEMBERS + 10} sockets keep the page responsive and paginated`, async () => {
   const run = randomBytes(3).toString("hex");
   // The page records its longest task (Long Tasks API: main-thread work of 50 ms or more) and,
   // for the log, how late a 50 ms timer ran at worst (that also counts time the loaded machine
@@ -313,14 +317,29 @@ test("1,000 topics and a 1,000-member topic keep the page responsive and paginat
   await Promise.all(topicSockets);
   const crowd = `crowd-${run}`;
   const members = [];
-  for (let i = 0; i < 1000; i++) members.push(rawJoins(i % 2 ? SECOND_URL : CONSOLE_URL, `member-${i}`, [crowd]));
+  // In batches of 100, so that a large count does not open every socket at once.
+  for (let i = 0; i < SCALE_MEMBERS; i++) {
+    members.push(rawJoins(i % 2 ? SECOND_URL : CONSOLE_URL, `member-${i}`, [crowd]));
+    if (members.length % 100 === 0) await Promise.all(members.slice(-100));
+  }
   await Promise.all(members);
+  const extra = [];
+  for (let i = 0; i < SCALE_CONNECTIONS; i++) {
+    extra.push(rawJoins(i % 2 ? SECOND_URL : CONSOLE_URL, `extra-${i}`, [`many-${run}-${i % 1000}`]));
+    if (extra.length % 100 === 0) await Promise.all(extra.slice(-100));
+  }
+  await Promise.all(extra);
+  await page.evaluate(() => { location.hash = "#/overview"; });
+  const sockets = SCALE_CONNECTIONS + SCALE_MEMBERS + 10;
+  await inPage((n) => Number(document.querySelector("#card-connections .card-value").textContent.replace(/,/g, "")) >= n, sockets, 15000);
+  await page.evaluate(() => { location.hash = "#/topics"; });
   await inPage(() => document.getElementById("topics-summary").textContent.startsWith("1,000 topics"), undefined, 15000);
   assert.ok(await page.evaluate(() => document.querySelectorAll("tr.topic-row").length) <= 50, "one page of rows in the DOM");
   await page.click(".pager-next");
   await inPage(() => /page 2 of 20/.test(document.getElementById("topics-list").textContent));
   await page.evaluate((t) => { location.hash = `#/topic/${encodeURIComponent(t)}`; }, crowd);
-  await inPage(() => document.getElementById("members-summary")?.textContent.startsWith("1,000 member"), undefined, 15000);
+  const expected = `${SCALE_MEMBERS.toLocaleString("en-US")} member`;
+  await inPage((text) => document.getElementById("members-summary")?.textContent.startsWith(text), expected, 15000);
   assert.ok(await page.evaluate(() => document.querySelectorAll("tr.member-row").length) <= 100, "one page of members in the DOM");
   const { longestTask, lateness } = await page.evaluate(() => {
     clearInterval(window.__watchdog);
