@@ -71,9 +71,14 @@ export class TopicPanel {
     if (this.topic) this.session.request('tail', { topic: null }).catch(() => {});
   }
 
+  /** Reads the members again at most once a second while joins and leaves keep coming (each
+   *  read is one HVALS of the topic on the server's publisher thread). */
   scheduleMembers() {
-    clearTimeout(this.membersTimer);
-    this.membersTimer = setTimeout(() => this.loadMembers(), 200);
+    if (this.membersTimer) return;
+    this.membersTimer = setTimeout(() => {
+      this.membersTimer = null;
+      this.loadMembers();
+    }, 1000);
   }
 
   async loadMembers() {
