@@ -157,6 +157,10 @@ test("a phoenix.js join shows in the topics panel and on the topic's page within
   await inPage((i) => [...document.querySelectorAll("tr.member-row")].some((r) => r.dataset.id === i), id, LIVE_MS);
   const nodes = await page.textContent("tr.member-row .member-nodes");
   assert.ok(nodes.length > 0, "the member's process is shown");
+  // A member joining while the page is open appears without a reload, within 2 s.
+  const later = unique("bea");
+  await joinedClient(CONSOLE_URL, topic, later);
+  await inPage((i) => [...document.querySelectorAll("tr.member-row")].some((r) => r.dataset.id === i), later, LIVE_MS);
 
   // A message published to Redis by a backend shows in the live tail.
   await inPage(() => document.getElementById("tail-state").textContent.startsWith("Messages"));
