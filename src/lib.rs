@@ -6,6 +6,7 @@
 //! - [`shard`]    one glommio executor per core: listener, connections, sessions, topic table,
 //!   fan-out.
 //! - `admin`, `system`: the predefined channels' features (pure functions and their tickers).
+//! - [`console`]  the operator console's page and login (a client of `admin`; no power of its own).
 //! - [`broker`]   everything that talks to Redis: subscriber, publisher, presence store, admin
 //!   queries, reconnects.
 //! - [`presence`] the presence model and this process's copy of it (no Redis, no shard).
@@ -26,6 +27,7 @@ pub mod auth;
 pub(crate) mod bounded_queue;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod heap;
 pub mod http;
 pub(crate) mod inbox;

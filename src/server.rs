@@ -57,14 +57,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .collect(),
         system,
         metrics: crate::metrics::Metrics::new(shard_count),
+        console_logins: crate::console::LoginLimiter::default(),
+        started_at: Instant::now(),
+        topic_rates: (0..shard_count)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
+        admin_shards: std::sync::atomic::AtomicU64::new(0),
+        stats_wanted_until_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let executors = crate::shard::start(&shared)?;
     info!(addr = %shared.config.listen_addr(), shards = shard_count, "listening");
     if let Some(interval) = shared.config.admin_stats_interval() {
         let figures = Arc::clone(&shared);
-        crate::admin::spawn_stats_ticker(interval, shared.shards.clone(), move || {
-            figures.process_figures()
-        })
+        crate::admin::spawn_stats_ticker(
+            interval,
+            shared.shards.clone(),
+            move || figures.process_figures(),
+            StatsOutlet(Arc::clone(&shared)),
+        )
         .context("cannot start the admin stats ticker")?;
     }
 
@@ -93,6 +103,42 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Where the admin stats ticker looks and publishes: this process's admin shards, the
+/// deployment's requests for stats, and the Redis publisher's queue.
+struct StatsOutlet(Arc<Shared>);
+
+impl crate::admin::StatsOutlet for StatsOutlet {
+    fn has_local_admins(&self) -> bool {
+        self.0
+            .admin_shards
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+    }
+
+    fn stats_wanted(&self) -> bool {
+        let until = self
+            .0
+            .stats_wanted_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.0.uptime_ms() < until
+    }
+
+    fn publish(&self, topic: &str, event: &str, payload: String) -> bool {
+        let redis = &self.0.redis;
+        redis.status.can_publish()
+            && redis
+                .publish
+                .try_send(crate::broker::UpstreamCommand::Publish(
+                    crate::broker::PublishRequest {
+                        channel: format!("to:{topic}:{event}"),
+                        payload: payload.into(),
+                        origin: None,
+                    },
+                ))
+                .is_ok()
+    }
 }
 
 fn wait_for_termination_signal() -> anyhow::Result<()> {

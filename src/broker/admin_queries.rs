@@ -1,6 +1,7 @@
 //! The admin channel's questions that only Redis can answer for the whole deployment: which
-//! topics have members, and how many sockets a client id has. Run on the publisher thread
-//! (they are rare and may scan), answered through the asking shard's inbox.
+//! topics have members, who they are, which sockets and topics a client id has, and how many
+//! sockets a disconnect closes. Run on the publisher thread (they are rare and may scan),
+//! answered through the asking shard's inbox.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -25,6 +26,83 @@ pub enum AdminQuery {
     Topics,
     /// Close every socket of this client id in every process.
     Disconnect(String),
+    /// One topic's presence members, with their metas and processes.
+    Presence(String),
+    /// One client id's sockets (with their process) and the topics each joined.
+    Client(String),
+}
+
+/// Most metas one `presence` answer lists (the count is always complete).
+pub const MAX_LISTED_METAS: usize = 10_000;
+
+/// The process part of a `phx_ref` (`<node>.<shard>.<conn>.<n>` → `<node>`).
+fn node_of_phx_ref(phx_ref: &str) -> &str {
+    let mut parts = phx_ref.rsplitn(4, '.');
+    let node = parts.nth(3);
+    node.unwrap_or(phx_ref)
+}
+
+/// `{"topic", "members": [{"id", "metas": [{"phx_ref", "online_at", "node"}]}], "metas",
+/// "truncated"}`: the topic's presence entries grouped by id (ids sorted), at most
+/// [`MAX_LISTED_METAS`] metas listed.
+pub fn presence(conn: &mut redis::Connection, topic: &str) -> redis::RedisResult<Value> {
+    let key = format!("presence:{{{topic}}}:members");
+    let values: Vec<Vec<u8>> = redis::cmd("HVALS").arg(&key).query(conn)?;
+    let mut members: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for value in values.iter().take(MAX_LISTED_METAS) {
+        let Ok(entry) = serde_json::from_slice::<Value>(value) else {
+            continue;
+        };
+        let Some(id) = entry.get("key").and_then(Value::as_str) else {
+            continue;
+        };
+        let mut meta = entry.get("meta").cloned().unwrap_or(Value::Null);
+        if let Some(phx_ref) = meta.get("phx_ref").and_then(Value::as_str) {
+            let node = node_of_phx_ref(phx_ref).to_owned();
+            meta["node"] = json!(node);
+        }
+        members.entry(id.to_owned()).or_default().push(meta);
+    }
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|(id, metas)| json!({ "id": id, "metas": metas }))
+        .collect();
+    Ok(json!({
+        "topic": topic,
+        "members": members,
+        "metas": values.len(),
+        "truncated": values.len() > MAX_LISTED_METAS,
+    }))
+}
+
+/// `{"id", "sockets": [{"socket", "node", "topics": [...]}]}`: every socket of `id` found in
+/// presence (a socket joined to no channel is not there), with the topics it joined.
+pub fn client(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<Value> {
+    let mut sockets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for (topic, values) in scan_members(conn)? {
+        for value in &values {
+            let Ok(entry) = serde_json::from_slice::<Value>(value) else {
+                continue;
+            };
+            if entry.get("key").and_then(Value::as_str) != Some(id) {
+                continue;
+            }
+            if let Some(phx_ref) = entry.pointer("/meta/phx_ref").and_then(Value::as_str) {
+                let socket = presence::socket_of_phx_ref(phx_ref).to_owned();
+                let node = node_of_phx_ref(phx_ref).to_owned();
+                let (_, topics) = sockets.entry(socket).or_insert((node, Vec::new()));
+                topics.push(topic.clone());
+            }
+        }
+    }
+    let sockets: Vec<Value> = sockets
+        .into_iter()
+        .map(|(socket, (node, mut topics))| {
+            topics.sort();
+            json!({ "socket": socket, "node": node, "topics": topics })
+        })
+        .collect();
+    Ok(json!({ "id": id, "sockets": sockets }))
 }
 
 /// Every topic's presence entries on one node, by scanning the members hashes (on a cluster,
@@ -133,6 +211,8 @@ impl RedisPublisher {
         let result = match &query {
             AdminQuery::Topics => topics(conn),
             AdminQuery::Disconnect(id) => disconnect(conn, id),
+            AdminQuery::Presence(topic) => presence(conn, topic),
+            AdminQuery::Client(id) => client(conn, id),
         };
         let shard = ticket.shard;
         match result {
@@ -152,5 +232,17 @@ impl RedisPublisher {
                 Err(err)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_of_a_presence_is_its_phx_ref_without_shard_conn_and_count() {
+        assert_eq!(node_of_phx_ref("n1.0.12.3"), "n1");
+        assert_eq!(node_of_phx_ref("host.a.b.1.2.3"), "host.a.b");
+        assert_eq!(node_of_phx_ref("odd"), "odd");
     }
 }

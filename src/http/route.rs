@@ -17,6 +17,12 @@ pub enum Route {
     Healthz,
     /// `GET /metrics`: answer [`super::metrics_response`].
     Metrics,
+    /// `GET /console` or `GET /console/<file>`: the operator console's files
+    /// (`console::asset_response`; 404 for a file it does not have).
+    Console,
+    /// `POST /console/login`: read the body (≤ `max_token_body_bytes`), then
+    /// `console::handle_login`.
+    ConsoleLogin,
     /// Unknown path: answer [`super::not_found`].
     NotFound,
     /// Known path, wrong method: answer [`super::method_not_allowed`] with
@@ -29,6 +35,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/websocket" | "/socket/websocket" | "/healthz" | "/metrics" => Some("GET"),
         "/token" => Some("POST, OPTIONS"),
+        "/console/login" => Some("POST"),
+        "/console" => Some("GET"),
+        path if path.starts_with("/console/") => Some("GET"),
         _ => None,
     }
 }
@@ -41,6 +50,9 @@ pub fn route(head: &RequestHead) -> Route {
         ("OPTIONS", "/token") => Route::TokenPreflight,
         ("GET", "/healthz") => Route::Healthz,
         ("GET", "/metrics") => Route::Metrics,
+        ("POST", "/console/login") => Route::ConsoleLogin,
+        ("GET", "/console/login") => Route::MethodNotAllowed,
+        ("GET", path) if path == "/console" || path.starts_with("/console/") => Route::Console,
         (_, path) if allowed_methods(path).is_some() => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
@@ -69,6 +81,14 @@ mod tests {
         assert_eq!(route(&head("OPTIONS", "/token")), Route::TokenPreflight);
         assert_eq!(route(&head("GET", "/healthz")), Route::Healthz);
         assert_eq!(route(&head("GET", "/metrics?x=1")), Route::Metrics);
+        assert_eq!(route(&head("GET", "/console")), Route::Console);
+        assert_eq!(route(&head("GET", "/console/app.mjs")), Route::Console);
+        assert_eq!(route(&head("POST", "/console/login")), Route::ConsoleLogin);
+        assert_eq!(
+            route(&head("GET", "/console/login")),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(&head("POST", "/console")), Route::MethodNotAllowed);
     }
 
     #[test]

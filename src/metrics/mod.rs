@@ -171,6 +171,35 @@ impl Metrics {
         &self.shards[id]
     }
 
+    /// Joins answered ok since start, all shards.
+    pub fn joins_total(&self) -> u64 {
+        self.shards.iter().map(|s| s.joins.get()).sum()
+    }
+
+    /// The downstream latency histogram of all shards: the count of each bucket of
+    /// [`LATENCY_BUCKETS`] (not cumulative), then the count above the last bound.
+    pub fn latency_counts(&self) -> Vec<u64> {
+        use prometheus::core::Metric as _;
+        let mut cumulative = vec![0u64; LATENCY_BUCKETS.len()];
+        let mut total = 0u64;
+        for shard in &self.shards {
+            let metric = shard.downstream_latency.metric();
+            let histogram = metric.get_histogram();
+            total += histogram.get_sample_count();
+            for (sum, bucket) in cumulative.iter_mut().zip(histogram.get_bucket()) {
+                *sum += bucket.cumulative_count();
+            }
+        }
+        let mut counts = Vec::with_capacity(cumulative.len() + 1);
+        let mut below = 0;
+        for c in cumulative {
+            counts.push(c.saturating_sub(below));
+            below = c;
+        }
+        counts.push(total.saturating_sub(below));
+        counts
+    }
+
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -218,5 +247,24 @@ mod tests {
         assert_eq!(shard.refusals[2].get(), 1);
         assert_eq!(shard.refusals[REFUSAL_REASONS.len()].get(), 1);
         assert_eq!(metrics.shard(0).refusals[0].get(), 0);
+    }
+
+    #[test]
+    fn latency_counts_are_per_bucket_over_all_shards() {
+        let metrics = Metrics::new(2);
+        metrics.shard(0).downstream_latency.observe(0.000_005);
+        metrics.shard(1).downstream_latency.observe(0.000_005);
+        metrics.shard(1).downstream_latency.observe(0.003);
+        metrics.shard(1).downstream_latency.observe(7.0);
+        let counts = metrics.latency_counts();
+        assert_eq!(counts.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(counts[0], 2);
+        let bucket_of_3ms = LATENCY_BUCKETS
+            .iter()
+            .position(|b| *b >= 0.003)
+            .expect("a bucket");
+        assert_eq!(counts[bucket_of_3ms], 1);
+        assert_eq!(counts[LATENCY_BUCKETS.len()], 1);
+        assert_eq!(counts.iter().sum::<u64>(), 4);
     }
 }

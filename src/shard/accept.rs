@@ -65,6 +65,15 @@ pub async fn serve(ctx: Rc<ShardContext>, mut stream: TcpStream) {
             let exposition = crate::metrics::render(&ctx.shared.metrics, &ctx.shared.scrape());
             let _ = respond(&mut stream, &http::metrics_response(exposition)).await;
         }
+        Route::Console => {
+            let response =
+                crate::console::asset_response(&head.path).unwrap_or_else(http::not_found);
+            let _ = respond(&mut stream, &response).await;
+        }
+        Route::ConsoleLogin => {
+            let response = console_login(&ctx, &mut stream, &head, leftover).await;
+            let _ = respond(&mut stream, &response).await;
+        }
         Route::NotFound => {
             let _ = respond(&mut stream, &http::error_response(404, "not found")).await;
         }
@@ -167,23 +176,13 @@ async fn token(
     ctx: &ShardContext,
     stream: &mut TcpStream,
     head: &RequestHead,
-    mut body: Vec<u8>,
+    body: Vec<u8>,
 ) -> HttpResponse {
     let shared = &ctx.shared;
-    let max = shared.config.limits.max_token_body_bytes;
-    let length = head.content_length.unwrap_or(body.len());
-    if length > max {
-        return http::payload_too_large(max);
-    }
-    while body.len() < length {
-        let filled = body.len();
-        body.resize(length, 0);
-        match stream.read(&mut body[filled..]).await {
-            Ok(0) | Err(_) => return http::error_response(400, "body shorter than Content-Length"),
-            Ok(n) => body.truncate(filled + n),
-        }
-    }
-    body.truncate(length);
+    let body = match read_body(ctx, stream, head, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let mut response = handle_token_request(
         &shared.authority,
         &shared.config,
@@ -192,6 +191,60 @@ async fn token(
     );
     http::add_cors(&mut response);
     response
+}
+
+/// `POST /console/login`, limited by the client's address.
+async fn console_login(
+    ctx: &ShardContext,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    body: Vec<u8>,
+) -> HttpResponse {
+    let body = match read_body(ctx, stream, head, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(peer) = stream.peer_addr() else {
+        return http::error_response(400, "connection error");
+    };
+    let shared = &ctx.shared;
+    crate::console::handle_login(
+        &shared.authority,
+        &shared.config,
+        &shared.console_logins,
+        peer.ip(),
+        &body,
+    )
+}
+
+/// The request body after `leftover` (at most `max_token_body_bytes`, as `Content-Length`
+/// says), or the error to answer.
+async fn read_body(
+    ctx: &ShardContext,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    mut body: Vec<u8>,
+) -> Result<Vec<u8>, HttpResponse> {
+    let max = ctx.shared.config.limits.max_token_body_bytes;
+    let length = head.content_length.unwrap_or(body.len());
+    if length > max {
+        return Err(http::payload_too_large(max));
+    }
+    while body.len() < length {
+        let filled = body.len();
+        body.resize(length, 0);
+        match stream.read(&mut body[filled..]).await {
+            Ok(0) | Err(_) => {
+                return Err(http::error_response(
+                    400,
+                    "body shorter than Content-Length",
+                ))
+            }
+            Ok(n) => body.truncate(filled + n),
+        }
+    }
+    body.truncate(length);
+    Ok(body)
 }
 
 async fn respond(stream: &mut TcpStream, response: &HttpResponse) -> std::io::Result<()> {

@@ -1,6 +1,7 @@
 //! The shard's side of the `admin` channel ([`crate::admin`]): which connection asked, where
 //! each answer goes, and the local effects of admin commands (closing a client's sockets,
-//! telling local admin members the Redis state).
+//! tails, publishing, renewing the admin's token, telling local admin members the Redis
+//! state).
 //!
 //! What it must never do: decide what an admin command means or what an answer looks like
 //! (that is [`crate::admin`]), or wait for Redis: questions go to the publisher's queue and
@@ -12,9 +13,9 @@ use tracing::info;
 
 use super::connection::Conn;
 use super::context::ShardContext;
-use crate::admin::{self, ADMIN_TOPIC};
+use crate::admin::{self, Command, ADMIN_TOPIC};
 use crate::broker::admin_queries::AdminQuery;
-use crate::broker::UpstreamCommand;
+use crate::broker::{PublishRequest, UpstreamCommand};
 use crate::inbox::{AdminAnswerAs, AdminTicket};
 use crate::protocol::close_code::DISCONNECTED_BY_ADMIN;
 use crate::protocol::{push, reply, Broadcast, Inbound, Refusal, ReplyStatus};
@@ -30,7 +31,7 @@ pub fn on_join(ctx: &ShardContext, conn: &Conn, join_ref: Option<&str>) {
     ask(ctx, AdminQuery::Topics, ticket);
 }
 
-/// A push on `admin`: `list` or `disconnect {"id": …}`.
+/// A push on `admin`: one of [`Command`].
 pub fn handle_push(ctx: &ShardContext, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     let ticket = AdminTicket {
         shard: ctx.id,
@@ -41,9 +42,70 @@ pub fn handle_push(ctx: &ShardContext, conn: &Rc<Conn>, msg: &Inbound<'_>) {
         },
     };
     match admin::parse_command(msg.event.as_ref(), &msg.payload) {
-        Ok(query) => ask(ctx, query, ticket),
+        Ok(Command::Ask(query)) => ask(ctx, query, ticket),
+        Ok(Command::Tail(topic)) => {
+            let answer_json = serde_json::json!({ "topic": topic });
+            ctx.set_tail(conn.id, topic);
+            answer(ctx, ticket, Ok(answer_json));
+        }
+        Ok(Command::Publish {
+            topic,
+            event,
+            payload,
+        }) => {
+            let result = publish(ctx, &topic, &event, payload);
+            answer(ctx, ticket, result);
+        }
+        Ok(Command::RenewToken) => {
+            let result = renew_token(ctx, conn);
+            answer(ctx, ticket, result);
+        }
         Err(reason) => answer(ctx, ticket, Err(reason.into())),
     }
+}
+
+/// Hands a downstream message to Redis (`to:<topic>:<event>`), as a backend would publish it:
+/// every process delivers it to the topic's subscribers. Answered once queued.
+fn publish(
+    ctx: &ShardContext,
+    topic: &str,
+    event: &str,
+    payload: String,
+) -> Result<serde_json::Value, String> {
+    let redis = &ctx.shared.redis;
+    let request = PublishRequest {
+        channel: format!("to:{topic}:{event}"),
+        payload: payload.into(),
+        origin: None,
+    };
+    let queued = redis.status.can_publish()
+        && redis
+            .publish
+            .try_send(UpstreamCommand::Publish(request))
+            .is_ok();
+    if !queued {
+        return Err(Refusal::BackendUnavailable.to_string());
+    }
+    info!(shard = ctx.id, topic, event, "admin published a message");
+    Ok(serde_json::json!({ "topic": topic, "event": event, "queued": true }))
+}
+
+/// A fresh console-lifetime admin token for the admin's own id: it already holds the channel,
+/// so this gives it nothing new; it lets a page reconnect after its first token expired.
+fn renew_token(ctx: &ShardContext, conn: &Conn) -> Result<serde_json::Value, String> {
+    let id = conn
+        .channels
+        .borrow()
+        .get(ADMIN_TOPIC)
+        .map(|c| c.presence.key.clone())
+        .ok_or("not joined to admin")?;
+    let lifetime = crate::console::CONSOLE_TOKEN_SECS;
+    let token = ctx
+        .shared
+        .authority
+        .mint_for(ADMIN_TOPIC, &id, lifetime)
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({ "token": token, "id": id, "expires_in": lifetime }))
 }
 
 /// Hands `query` to the Redis core, or answers `backend unavailable` at once.

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::inbox::{InterestChange, Shards};
 use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 
+use super::admin_tail::Tails;
 use super::connection::Conn;
 use super::presence_delivery::PendingDiffs;
 use super::topic_table::TopicTable;
@@ -44,6 +45,19 @@ pub struct Shared {
     pub system: Arc<crate::system::SystemChannel>,
     /// Prometheus metrics: per-shard handles and the `/metrics` rendering.
     pub metrics: crate::metrics::Metrics,
+    /// Failed `POST /console/login` attempts, by client address (all shards share them).
+    pub console_logins: crate::console::LoginLimiter,
+    /// When the process started (the admin channel's `uptime_secs`).
+    pub started_at: std::time::Instant,
+    /// Every shard's busiest topics with their messages per second over the last stats
+    /// interval, by shard index ([`super::topic_rates`]).
+    pub topic_rates: Vec<std::sync::Mutex<Vec<(String, f64)>>>,
+    /// The shards that have `admin` members, one bit per shard (the stats ticker asks the
+    /// deployment for stats while it is not 0).
+    pub admin_shards: std::sync::atomic::AtomicU64,
+    /// Until when (milliseconds since `started_at`) some admin of the deployment wants this
+    /// process's stats in Redis ([`crate::admin::STATS_WANTED_TOPIC`]).
+    pub stats_wanted_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -72,6 +86,21 @@ impl Shared {
         }
     }
 
+    /// Milliseconds since the process started.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Some admin asked for stats now: keep publishing them to Redis for a while.
+    pub fn stats_wanted_now(&self) {
+        let Some(interval) = self.config.admin_stats_interval() else {
+            return;
+        };
+        let lease = interval.as_millis() as u64 * u64::from(crate::admin::STATS_WANTED_FOR);
+        self.stats_wanted_until_ms
+            .store(self.uptime_ms().saturating_add(lease), Ordering::Relaxed);
+    }
+
     /// This process's figures for the `admin` channel's `state` and `stats`.
     pub fn process_figures(&self) -> crate::admin::ProcessFigures {
         crate::admin::ProcessFigures {
@@ -81,6 +110,16 @@ impl Shared {
             redis_reconnects: self.redis.status.reconnects(),
             inbox_drops: self.shards.dropped()
                 + self.redis.reader_stats.inbox_drops.load(Ordering::Relaxed),
+            uptime_secs: self.started_at.elapsed().as_secs(),
+            redis_mode: self.config.redis_deployment().mode(),
+            joins: self.metrics.joins_total(),
+            latency_counts: self.metrics.latency_counts(),
+            topic_rates: super::topic_rates::busiest(self.topic_rates.iter().flat_map(|rates| {
+                rates
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })),
         }
     }
 }
@@ -106,6 +145,8 @@ pub struct ShardContext {
     pub pushes_in_flight: Cell<u64>,
     /// Presence diffs waiting for their topic's batching window to end.
     pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
+    /// Admin connections tailing a topic (`tail`).
+    pub tails: RefCell<Tails>,
 }
 
 impl ShardContext {
@@ -123,6 +164,7 @@ impl ShardContext {
             shutting_down: Cell::new(false),
             pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
+            tails: RefCell::new(Tails::default()),
         }
     }
 
@@ -151,17 +193,34 @@ impl ShardContext {
         format!("{}.{}.{conn}.{n}", self.shared.node, self.id)
     }
 
-    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.
+    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic (a topic
+    /// an admin tails is already wanted).
     pub fn subscribe(&self, topic: &str, conn: &Rc<Conn>) {
-        if self.topics.borrow_mut().subscribe(topic, conn) {
+        if self.topics.borrow_mut().subscribe(topic, conn) && !self.tails.borrow().watches(topic) {
             self.tell_interest(topic, true);
         }
     }
 
-    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic.
+    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic
+    /// (unless an admin tails it).
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
-        if self.topics.borrow_mut().unsubscribe(topic, conn_id) {
+        if self.topics.borrow_mut().unsubscribe(topic, conn_id)
+            && !self.tails.borrow().watches(topic)
+        {
             self.tell_interest(topic, false);
+        }
+    }
+
+    /// Makes admin connection `conn_id` tail `topic` (or nothing), keeping the shard's Redis
+    /// interest in a tailed topic that has no local subscriber.
+    pub fn set_tail(&self, conn_id: u64, topic: Option<String>) {
+        let change = self.tails.borrow_mut().set(conn_id, topic);
+        let unsubscribed = |t: &str| self.topics.borrow().subscribers(t).is_none();
+        if let Some(stopped) = change.stopped.filter(|t| unsubscribed(t)) {
+            self.tell_interest(&stopped, false);
+        }
+        if let Some(started) = change.started.filter(|t| unsubscribed(t)) {
+            self.tell_interest(&started, true);
         }
     }
 
@@ -169,11 +228,32 @@ impl ShardContext {
         self.shared
             .system
             .shard_interest(self.id, topic, interested);
+        if topic == crate::admin::ADMIN_TOPIC {
+            let bit = 1u64 << self.id;
+            match interested {
+                true => self.shared.admin_shards.fetch_or(bit, Ordering::Relaxed),
+                false => self.shared.admin_shards.fetch_and(!bit, Ordering::Relaxed),
+            };
+        }
+        if topic == crate::admin::STATS_WANTED_TOPIC && self.id == 0 {
+            // Shard 0 listens to it for the life of the process ([`Self::listen_for_stats_requests`]).
+            return;
+        }
         // The reader owns the receiving end for the life of the process.
         let _ = self.shared.redis.interest.send(InterestChange {
             shard: self.id,
             topic: topic.to_owned(),
             interested,
+        });
+    }
+
+    /// Shard 0 of every process listens to [`crate::admin::STATS_WANTED_TOPIC`] for the life
+    /// of the process, whoever joins or leaves it, so that an admin anywhere can ask for stats.
+    pub fn listen_for_stats_requests(&self) {
+        let _ = self.shared.redis.interest.send(InterestChange {
+            shard: self.id,
+            topic: crate::admin::STATS_WANTED_TOPIC.to_owned(),
+            interested: true,
         });
     }
 

@@ -27,6 +27,9 @@ pub(super) async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::on
                     broadcast,
                     received_at,
                 } => {
+                    if broadcast.topic() == crate::admin::STATS_WANTED_TOPIC {
+                        ctx.shared.stats_wanted_now();
+                    }
                     fan_out(&ctx, &broadcast, write_mode(&inbox));
                     ctx.metrics().downstream_queued(received_at);
                 }

@@ -2,7 +2,8 @@
 //!
 //! What it must never do: encode, copy or allocate per subscriber. Every subscriber gets the
 //! same shared bytes ([`crate::protocol::Broadcast::frame_for`]); the only per-subscriber
-//! work is one non-blocking `send` or one queue push.
+//! work is one non-blocking `send` or one queue push. Admins tailing the topic get their own
+//! copy ([`super::admin_tail`]), checked with one branch when nobody tails anything.
 
 use crate::inbox::ShardInbox;
 use crate::protocol::Broadcast;
@@ -30,8 +31,11 @@ pub(crate) enum Write {
 
 /// Sends one broadcast's pre-encoded frame to every local subscriber of its topic.
 pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast, write: Write) {
+    if !ctx.tails.borrow().is_empty() {
+        super::admin_tail::deliver(ctx, broadcast);
+    }
     let topics = ctx.topics.borrow();
-    let Some(subscribers) = topics.subscribers(broadcast.topic()) else {
+    let Some(subscribers) = topics.deliver_to(broadcast.topic()) else {
         return;
     };
     for conn in subscribers.values() {

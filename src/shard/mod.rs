@@ -12,6 +12,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod admin;
+mod admin_tail;
 pub(crate) mod connection;
 pub(crate) mod context;
 mod dispatch;
@@ -21,6 +22,7 @@ pub(crate) mod presence_delivery;
 pub(crate) mod runtime_check;
 pub(crate) mod session;
 mod sweeper;
+pub(crate) mod topic_rates;
 pub(crate) mod topic_table;
 
 use std::rc::Rc;
@@ -91,6 +93,12 @@ async fn run_shard(
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
     glommio::spawn_local(dispatch::inbox_loop(Rc::clone(&ctx), stop_tx)).detach();
     glommio::spawn_local(sweeper::idle_sweeper(Rc::clone(&ctx))).detach();
+    if let Some(period) = ctx.shared.config.admin_stats_interval() {
+        glommio::spawn_local(topic_rates::sampler(Rc::clone(&ctx), period)).detach();
+        if id == 0 {
+            ctx.listen_for_stats_requests();
+        }
+    }
 
     futures_lite::future::or(accept_loop(Rc::clone(&ctx), &listener), async {
         let _ = stop_rx.await;

@@ -191,6 +191,9 @@ fn leave(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     let removed = conn.channels.borrow_mut().remove(topic);
     send_reply(conn, msg, ReplyStatus::Ok, "{}");
     if let Some(old) = removed {
+        if topic == crate::admin::ADMIN_TOPIC {
+            ctx.set_tail(conn.id, None);
+        }
         ctx.unsubscribe(topic, conn.id);
         ShardStats::sub(&ctx.stats().channels, 1);
         presence_delivery::request_leave(ctx, topic, old.presence.clone());
@@ -296,6 +299,7 @@ pub fn push_result(ctx: &ShardContext, ack: PushAck, outcome: PushOutcome) {
 
 /// Leaves every channel of a connection that is going away.
 pub fn leave_all(ctx: &ShardContext, conn: &Conn) {
+    ctx.set_tail(conn.id, None);
     let channels = std::mem::take(&mut *conn.channels.borrow_mut());
     ShardStats::sub(&ctx.stats().channels, channels.len() as u64);
     for (topic, channel) in channels {

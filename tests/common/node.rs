@@ -41,10 +41,10 @@ pub fn node_version() -> (u32, u32) {
     (major, minor)
 }
 
-/// Installs `tests/js/node_modules` from the lock file unless both packages are there.
+/// Installs `tests/js/node_modules` from the lock file unless every package is there.
 pub fn ensure_npm_packages() {
     let dir = js_dir();
-    let installed = ["phoenix", "ws"].iter().all(|p| {
+    let installed = ["phoenix", "ws", "playwright-core"].iter().all(|p| {
         dir.join("node_modules")
             .join(p)
             .join("package.json")
