@@ -45,9 +45,12 @@ fn node_of_phx_ref(phx_ref: &str) -> &str {
 /// `{"topic", "members": [{"id", "metas": [{"phx_ref", "online_at", "node"}]}], "metas",
 /// "truncated"}`: the topic's presence entries grouped by id (ids sorted), at most
 /// [`MAX_LISTED_METAS`] metas listed.
-pub fn presence(conn: &mut redis::Connection, topic: &str) -> redis::RedisResult<Value> {
-    let key = format!("presence:{{{topic}}}:members");
-    let values: Vec<Vec<u8>> = redis::cmd("HVALS").arg(&key).query(conn)?;
+pub fn presence(links: &mut MasterLinks, topic: &str) -> redis::RedisResult<Value> {
+    let key = presence::members_key(topic);
+    let mut hvals = redis::cmd("HVALS");
+    hvals.arg(&key);
+    let values: Vec<Vec<u8>> =
+        redis::FromRedisValue::from_redis_value(links.query(Route::key(&key), hvals)?)?;
     let mut members: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for value in values.iter().take(MAX_LISTED_METAS) {
         let Ok(entry) = serde_json::from_slice::<Value>(value) else {
@@ -77,9 +80,9 @@ pub fn presence(conn: &mut redis::Connection, topic: &str) -> redis::RedisResult
 
 /// `{"id", "sockets": [{"socket", "node", "topics": [...]}]}`: every socket of `id` found in
 /// presence (a socket joined to no channel is not there), with the topics it joined.
-pub fn client(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<Value> {
+pub fn client(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value> {
     let mut sockets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-    for (topic, values) in scan_members(conn)? {
+    for (topic, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
         for value in &values {
             let Ok(entry) = serde_json::from_slice::<Value>(value) else {
                 continue;
