@@ -10,7 +10,7 @@
 //!   queries, reconnects.
 //! - [`presence`] the presence model and this process's copy of it (no Redis, no shard).
 //! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
-//! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
+//! - leaves: [`history`] (positions and history pages), [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
 //!   [`access`] (who may connect and who may mint),
 //!   [`config`], `metrics`, [`heap`] (the allocator), `bounded_queue` (the queues between
 //!   threads whose memory grows with use).
@@ -27,6 +27,7 @@ pub(crate) mod bounded_queue;
 pub mod broker;
 pub mod config;
 pub mod heap;
+pub mod history;
 pub mod http;
 pub(crate) mod inbox;
 pub(crate) mod metrics;

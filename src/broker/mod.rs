@@ -96,6 +96,7 @@ pub fn start(
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
+    history: function::HistorySettings,
 ) -> Result<(BrokerHandle, BrokerCore), DeploymentError> {
     // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
     let switches = Arc::new(MasterSwitches::default());
@@ -170,6 +171,7 @@ pub fn start(
         failed_leaves: Default::default(),
         replica,
         dropped_since_trim: Default::default(),
+        history,
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -60,6 +60,8 @@ pub struct RedisPublisher {
     pub(super) replica: Arc<Mutex<PresenceReplica>>,
     /// Members of presence copies dropped since the heap was last trimmed.
     pub(super) dropped_since_trim: Cell<usize>,
+    /// What the publish function keeps per topic (baked in at `FUNCTION LOAD`).
+    pub(super) history: super::function::HistorySettings,
 }
 
 /// The scripts as loaded on the current connection.
@@ -154,7 +156,7 @@ impl RedisPublisher {
             upkeep: load(scripts::UPKEEP)?,
             snapshot: load(scripts::SNAPSHOT)?,
         };
-        super::function::install(&mut conn)?;
+        super::function::install(&mut conn, self.history)?;
         Ok((conn, loaded))
     }
 
@@ -324,6 +326,24 @@ impl RedisPublisher {
                     .arg(presence::members_key(topic))
                     .arg(presence::version_key(topic));
             }
+            UpstreamCommand::History {
+                topic,
+                since,
+                limit,
+                ..
+            } => {
+                let (epoch, id) = match since {
+                    Some(since) => (since.epoch.to_string(), since.entry_id()),
+                    None => (String::new(), String::new()),
+                };
+                pipe.cmd("FCALL_RO")
+                    .arg(super::function::HISTORY_FUNCTION)
+                    .arg(1)
+                    .arg(topic)
+                    .arg(epoch)
+                    .arg(id)
+                    .arg(*limit);
+            }
             UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {}
             UpstreamCommand::PresenceLeave { topic, presence } => {
                 pipe.cmd("EVALSHA")
@@ -371,6 +391,10 @@ impl RedisPublisher {
                     }
                     failed.push_back(leave);
                 }
+            }
+            UpstreamCommand::History { ticket, .. } => {
+                let page = reply.and_then(super::function::read_history_reply);
+                self.send(ticket.shard, ShardMessage::HistoryAnswer { ticket, page });
             }
             UpstreamCommand::Wake => {}
             UpstreamCommand::Admin { ticket, .. } => {

@@ -8,7 +8,10 @@
 //!   `SSUBSCRIBE`, its last `SUNSUBSCRIBE` (changes waiting together go as one command); after a
 //!   (re)connect every wanted topic is subscribed again, and a server-sent `sunsubscribe` of a
 //!   topic still wanted is answered with a new `SSUBSCRIBE`. It PINGs a quiet connection and
-//!   shuts it down when the answer does not come.
+//!   shuts it down when the answer does not come. When Redis confirms a topic's subscription
+//!   (its `ssubscribe` reply; at once for a shard that gains a topic already confirmed) it tells
+//!   the interested shards ([`ShardMessage::TopicSubscribed`]): their joins of the topic wait
+//!   for it, so that nothing published with the function after a join reply is missed.
 //! - the **read** thread parses what Redis sends with the redis crate's parser (the crate's
 //!   sync `PubSub` does not read `smessage` in RESP2, and it cannot wait on the shards and on
 //!   Redis at once), opens each envelope once, builds the frame once and hands it to the
@@ -19,7 +22,7 @@
 //! In Cluster mode (not served yet) this is the part that would hold one connection per master
 //! and route by slot (docs/operations.md).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +38,7 @@ use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
 use super::reader::ReaderStats;
 use super::status::RedisStatus;
+use crate::history::Position;
 use crate::inbox::{InterestChange, ShardMessage, Shards};
 use crate::protocol::Broadcast;
 
@@ -111,7 +115,14 @@ impl ShardedSubscriber {
                     // build; the classic path works, so this part does not hold /healthz down.
                     warn!(%err, "messages published with the function will not be received");
                     self.set_up(true);
-                    while self.changes.recv().is_ok() {}
+                    // Nothing to wait for: joins are confirmed at once.
+                    while let Ok(change) = self.changes.recv() {
+                        if change.interested {
+                            let topic = change.topic;
+                            self.shards
+                                .send(change.shard, ShardMessage::TopicSubscribed { topic });
+                        }
+                    }
                     return;
                 }
                 Err(ConnectFailure::Redis(err)) => {
@@ -220,6 +231,8 @@ impl ShardedSubscriber {
             let _ = socket.shutdown(Shutdown::Both);
         };
         let wanted: Vec<String> = interest.topics().map(str::to_owned).collect();
+        let mut confirmations = Confirmations::default();
+        confirmations.asked(&wanted);
         if let Err(err) = send_batched(&mut socket, "SSUBSCRIBE", &wanted) {
             shutdown(&socket);
             return format!("cannot subscribe: {err}");
@@ -244,7 +257,18 @@ impl ShardedSubscriber {
                         let _ = routes_tx.send(change.clone());
                         match interest.apply_and_tell(change.clone()) {
                             Some(true) => subscribe.push(change.topic),
-                            Some(false) => unsubscribe.push(change.topic),
+                            Some(false) => {
+                                confirmations.lost(&change.topic);
+                                unsubscribe.push(change.topic);
+                            }
+                            None if change.interested
+                                && confirmations.is_confirmed(&change.topic) =>
+                            {
+                                // Another shard had it: this one is served from now on.
+                                let topic = change.topic;
+                                self.shards
+                                    .send(change.shard, ShardMessage::TopicSubscribed { topic });
+                            }
                             None => {}
                         }
                         next = self.changes.try_recv().ok();
@@ -255,10 +279,18 @@ impl ShardedSubscriber {
                         // Ours, or Redis dropped it (slot moved, node reset): take it back if
                         // it is still wanted.
                         if !leaving.remove(&topic) && interest.shards_for(&topic) != 0 {
+                            confirmations.lost(&topic);
                             subscribe.push(topic);
                         }
                     }
-                    Ok(ReadEvent::Subscription { .. }) => {}
+                    Ok(ReadEvent::Subscription { topic, subscribed: true }) => {
+                        let mask = interest.shards_for(&topic);
+                        if confirmations.answered(&topic) && mask != 0 && !leaving.contains(&topic) {
+                            confirmations.confirm(&topic);
+                            self.shards
+                                .send_masked(mask, || ShardMessage::TopicSubscribed { topic: topic.clone() });
+                        }
+                    }
                     Ok(ReadEvent::Ended(reason)) => return reason,
                     Err(_) => return "the read thread ended".into(),
                 },
@@ -270,6 +302,7 @@ impl ShardedSubscriber {
                 return "the sentinels switched the master".into();
             }
             leaving.extend(unsubscribe.iter().cloned());
+            confirmations.asked(&subscribe);
             let sent = send_batched(&mut socket, "SUNSUBSCRIBE", &unsubscribe)
                 .and_then(|()| send_batched(&mut socket, "SSUBSCRIBE", &subscribe));
             if let Err(err) = sent {
@@ -293,6 +326,50 @@ impl ShardedSubscriber {
                 probe_sent = Some(Instant::now());
             }
         }
+    }
+}
+
+/// Which topics Redis has confirmed on this connection, and how many `SSUBSCRIBE`s of each are
+/// still unanswered (a topic lost and gained again quickly has two in flight: only the answer
+/// to the last one confirms it).
+#[derive(Default)]
+struct Confirmations {
+    unanswered: HashMap<String, u32>,
+    confirmed: HashSet<String>,
+}
+
+impl Confirmations {
+    fn asked(&mut self, topics: &[String]) {
+        for topic in topics {
+            *self.unanswered.entry(topic.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes one `ssubscribe` reply; true when it answers the last request of the topic.
+    fn answered(&mut self, topic: &str) -> bool {
+        match self.unanswered.get_mut(topic) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.unanswered.remove(topic);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn confirm(&mut self, topic: &str) {
+        self.confirmed.insert(topic.to_owned());
+    }
+
+    fn lost(&mut self, topic: &str) {
+        self.confirmed.remove(topic);
+    }
+
+    fn is_confirmed(&self, topic: &str) -> bool {
+        self.confirmed.contains(topic)
     }
 }
 
@@ -389,7 +466,14 @@ impl ShardedReader {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let broadcast = Arc::new(Broadcast::new(topic, envelope.event, envelope.payload));
+        // A position that does not parse (a hand-publisher's typo) is delivered without one.
+        let position = Position::parse(envelope.position).ok();
+        let broadcast = Arc::new(Broadcast::positioned(
+            topic,
+            envelope.event,
+            position,
+            envelope.payload,
+        ));
         let dropped = self.shards.send_masked(mask, || ShardMessage::Downstream {
             broadcast: Arc::clone(&broadcast),
             received_at,

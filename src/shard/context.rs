@@ -19,6 +19,7 @@ use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 
 use super::connection::Conn;
 use super::presence_delivery::PendingDiffs;
+use super::recovery::Recovery;
 use super::topic_table::TopicTable;
 
 /// Size of the per-shard read buffer every connection reads into.
@@ -106,6 +107,12 @@ pub struct ShardContext {
     pub pushes_in_flight: Cell<u64>,
     /// Presence diffs waiting for their topic's batching window to end.
     pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
+    /// Holds on each topic's interest: one per subscriber in the topic table, one per join
+    /// still waiting for its reply. The Redis core is told when a topic's count leaves or
+    /// reaches 0.
+    holds: RefCell<HashMap<String, u32>>,
+    /// Joins waiting for their reply, and what the shard knows of its confirmed topics.
+    pub recovery: RefCell<Recovery>,
 }
 
 impl ShardContext {
@@ -123,6 +130,8 @@ impl ShardContext {
             shutting_down: Cell::new(false),
             pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
+            holds: RefCell::new(HashMap::new()),
+            recovery: RefCell::new(Recovery::default()),
         }
     }
 
@@ -154,15 +163,49 @@ impl ShardContext {
     /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic.
     pub fn subscribe(&self, topic: &str, conn: &Rc<Conn>) {
         if self.topics.borrow_mut().subscribe(topic, conn) {
-            self.tell_interest(topic, true);
+            self.hold(topic);
         }
     }
 
     /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic.
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
         if self.topics.borrow_mut().unsubscribe(topic, conn_id) {
-            self.tell_interest(topic, false);
+            self.release(topic);
         }
+    }
+
+    /// Takes one hold on `topic`'s interest (the first tells the Redis core).
+    pub fn hold(&self, topic: &str) {
+        let mut holds = self.holds.borrow_mut();
+        if let Some(count) = holds.get_mut(topic) {
+            *count += 1;
+            return;
+        }
+        holds.insert(topic.to_owned(), 1);
+        drop(holds);
+        self.tell_interest(topic, true);
+    }
+
+    /// Gives one hold back (the last tells the Redis core, and the topic's confirmation is
+    /// forgotten).
+    pub fn release(&self, topic: &str) {
+        let mut holds = self.holds.borrow_mut();
+        let Some(count) = holds.get_mut(topic) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        holds.remove(topic);
+        drop(holds);
+        self.recovery.borrow_mut().forget(topic);
+        self.tell_interest(topic, false);
+    }
+
+    /// Whether the shard holds `topic`'s interest.
+    pub fn holds(&self, topic: &str) -> bool {
+        self.holds.borrow().contains_key(topic)
     }
 
     fn tell_interest(&self, topic: &str, interested: bool) {
