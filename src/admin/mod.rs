@@ -51,8 +51,31 @@ pub fn parse_command(event: &str, payload: &Payload<'_>) -> Result<AdminQuery, &
         "disconnect" => disconnect_id(payload)
             .map(AdminQuery::Disconnect)
             .ok_or("disconnect needs {\"id\": \"<client id>\"}"),
+        "history" => history_request(payload)
+            .ok_or("history needs {\"topic\": \"<topic>\", \"limit\": <1..=1000, default 10>}"),
         _ => Err("unknown admin command"),
     }
+}
+
+/// The most messages one `history` command returns.
+pub const MAX_HISTORY_LIMIT: u64 = 1000;
+
+fn history_request(payload: &Payload<'_>) -> Option<AdminQuery> {
+    let Payload::Json(text) = payload else {
+        return None;
+    };
+    let value: Value = serde_json::from_str(text).ok()?;
+    let topic = value.get("topic")?.as_str()?;
+    let limit = match value.get("limit") {
+        None => 10,
+        Some(limit) => limit
+            .as_u64()
+            .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))?,
+    };
+    (!topic.is_empty()).then(|| AdminQuery::History {
+        topic: topic.to_owned(),
+        limit,
+    })
 }
 
 fn disconnect_id(payload: &Payload<'_>) -> Option<String> {
@@ -163,6 +186,31 @@ mod tests {
             parse_command("reboot", &Payload::Json("{}")),
             Err("unknown admin command")
         );
+        assert_eq!(
+            parse_command("history", &Payload::Json(r#"{"topic":"room:1","limit":3}"#)),
+            Ok(AdminQuery::History {
+                topic: "room:1".into(),
+                limit: 3
+            })
+        );
+        assert_eq!(
+            parse_command("history", &Payload::Json(r#"{"topic":"room:1"}"#)),
+            Ok(AdminQuery::History {
+                topic: "room:1".into(),
+                limit: 10
+            })
+        );
+        for bad in [
+            r#"{"topic":""}"#,
+            r#"{"limit":3}"#,
+            r#"{"topic":"t","limit":0}"#,
+            r#"{"topic":"t","limit":1001}"#,
+        ] {
+            assert!(
+                parse_command("history", &Payload::Json(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub enum AdminQuery {
     Topics,
     /// Close every socket of this client id in every process.
     Disconnect(String),
+    /// A topic's newest messages (at most `limit`), from its history.
+    History {
+        /// The topic.
+        topic: String,
+        /// The most messages returned.
+        limit: u64,
+    },
 }
 
 /// Every topic's presence entries, by scanning the members hashes.
@@ -101,6 +108,51 @@ pub fn disconnect(conn: &mut redis::Connection, id: &str) -> redis::RedisResult<
     Ok(json!({ "id": id, "disconnected": sockets.len(), "processes": processes }))
 }
 
+/// `{"topic", "position": <latest or null>, "messages": [{"position", "event", "payload"}]}`,
+/// oldest first; a payload that is not JSON is given as `{"bytes": <length>}`.
+pub fn history(conn: &mut redis::Connection, topic: &str, limit: u64) -> redis::RedisResult<Value> {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("FCALL_RO")
+        .arg(super::function::HISTORY_FUNCTION)
+        .arg(1)
+        .arg(topic)
+        .arg("")
+        .arg("")
+        .arg(limit)
+        .query(conn);
+    let reply = match reply {
+        Ok(reply) => reply,
+        // Redis answered with an error (no functions before Redis 7, …): say so, and keep the
+        // connection, which is fine.
+        Err(err) if !err.is_io_error() && !err.is_timeout() && !err.is_connection_dropped() => {
+            return Ok(json!({ "topic": topic, "error": err.to_string() }));
+        }
+        Err(err) => return Err(err),
+    };
+    let Some(page) = super::function::read_history_reply(reply) else {
+        return Ok(
+            json!({ "topic": topic, "error": "channel_history answered in an unknown shape" }),
+        );
+    };
+    let messages: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let payload = serde_json::from_slice::<Value>(&entry.payload)
+                .unwrap_or_else(|_| json!({ "bytes": entry.payload.len() }));
+            json!({
+                "position": entry.position.to_string(),
+                "event": entry.event,
+                "payload": payload,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "topic": topic,
+        "position": page.latest.map(|p| p.to_string()),
+        "messages": messages,
+    }))
+}
+
 impl RedisPublisher {
     /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
     pub(super) fn answer_admin(
@@ -114,6 +166,7 @@ impl RedisPublisher {
         let result = match &query {
             AdminQuery::Topics => topics(conn),
             AdminQuery::Disconnect(id) => disconnect(conn, id),
+            AdminQuery::History { topic, limit } => history(conn, topic, *limit),
         };
         let shard = ticket.shard;
         match result {

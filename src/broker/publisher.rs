@@ -37,6 +37,8 @@ use crate::protocol::Refusal;
 /// left (redis-rs's own pipeline query would give every reply the full socket timeout, so a
 /// stalled Redis would hold a batch of N for N times the deadline).
 const IO_DEADLINE: Duration = Duration::from_secs(3);
+/// The publisher connection's name in `CLIENT LIST`.
+pub const CLIENT_NAME: &str = "channel-publisher";
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
 
@@ -144,6 +146,11 @@ impl RedisPublisher {
         debug!(%address, "redis publisher connecting");
         conn.set_read_timeout(Some(IO_DEADLINE))?;
         conn.set_write_timeout(Some(IO_DEADLINE))?;
+        // Named for operators (`CLIENT LIST`), and for the tests that hold its replies.
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CLIENT_NAME)
+            .query::<()>(&mut conn)?;
         let mut load = |source: &str| -> redis::RedisResult<String> {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
