@@ -322,6 +322,55 @@ mod tests {
     }
 
     #[test]
+    fn the_history_functions_reply_is_read_into_positions() {
+        use redis::Value::{Array, BulkString, Int};
+        let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
+        let page = read_history_reply(Array(vec![
+            bulk("17"),
+            bulk("1000-1"),
+            Int(1),
+            bulk("1000-0"),
+            bulk("msg"),
+            bulk("{}"),
+            bulk("1000-1"),
+            bulk("raw"),
+            BulkString(vec![0, 255]),
+        ]))
+        .expect("a well-formed reply");
+        let at = |ms, seq| Position { epoch: 17, ms, seq };
+        assert_eq!(page.latest, Some(at(1000, 1)));
+        assert!(page.recovered);
+        assert_eq!(page.entries.len(), 2);
+        assert_eq!(page.entries[0].position, at(1000, 0));
+        assert_eq!(page.entries[1].payload, vec![0, 255]);
+        // No history at all.
+        let empty = read_history_reply(Array(vec![bulk(""), bulk(""), Int(0)]));
+        assert_eq!(empty, Some(HistoryPage::default()));
+        // Not that shape.
+        assert_eq!(read_history_reply(Int(1)), None);
+        assert_eq!(
+            read_history_reply(Array(vec![bulk("x"), bulk("1-0"), Int(0)])),
+            None
+        );
+        assert_eq!(
+            read_history_reply(Array(vec![bulk("1"), bulk("1-0"), Int(1), bulk("1-0")])),
+            None,
+            "a truncated entry"
+        );
+    }
+
+    #[test]
+    fn the_library_bakes_in_the_settings() {
+        let source = library(HistorySettings {
+            size: 7,
+            ttl_secs: 60,
+        });
+        assert!(source.contains("local HISTORY_SIZE = 7\n"));
+        assert!(source.contains("local HISTORY_TTL = 60\n"));
+        assert!(!source.contains('@'));
+    }
+
+    #[test]
     fn not_an_envelope_is_refused() {
         assert_eq!(open_envelope(b"speed\n\npayload"), None);
         assert_eq!(open_envelope(b"ch1\nspeed"), None);
