@@ -588,3 +588,47 @@ fn topic_index(topic: &str) -> usize {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_counts_losses_duplicates_and_disorder_per_client() {
+        let args = RollingArgs {
+            channel_bin: PathBuf::new(),
+            redis: String::new(),
+            out: PathBuf::new(),
+            clients: 3,
+            topics: 1,
+            rate: 1.0,
+            plain: false,
+            shards: 1,
+            settle: 1.0,
+        };
+        let shared = Shared {
+            stop: AtomicBool::new(false),
+            joined: AtomicUsize::new(0),
+            published_at: vec![Mutex::new(vec![10, 20, 30, 40, 50])],
+            published: AtomicU64::new(5),
+        };
+        let log = |seqs: Vec<u64>| {
+            Arc::new(Mutex::new(ClientLog {
+                seqs,
+                recovery_us: vec![2_000],
+                ..ClientLog::default()
+            }))
+        };
+        let logs = vec![log(vec![2, 3, 3, 5, 4]), log(vec![]), log(vec![1, 2, 4, 5])];
+        let s = tally(&args, &shared, &logs);
+        assert_eq!(s.published, 5);
+        // Client 0 from 2 to 5: nothing lost; client 1: all 5; client 2: 3 lost.
+        assert_eq!(s.expected_deliveries, 4 + 5 + 5);
+        assert_eq!(s.lost, 5 + 1);
+        assert_eq!(s.clients_with_loss, 2);
+        assert_eq!(s.duplicated, 1);
+        assert_eq!(s.out_of_order, 2, "the second 3, and 4 after 5");
+        assert_eq!(s.delivered, 9);
+        assert_eq!(s.recovery_ms_p50, Some(2.0));
+    }
+}
