@@ -449,3 +449,38 @@ fn order_is_kept_and_nothing_is_lost_or_doubled_while_a_burst_runs_through_a_rej
     }
     back.expect_quiet();
 }
+
+#[test]
+fn a_join_whose_subscription_redis_does_not_confirm_is_refused_with_a_reason() {
+    let redis = RedisServer::start();
+    let server = server(&redis);
+    let mut conn = redis.connection();
+    // Every client of Redis waits, the server's SSUBSCRIBE included.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(8000)
+        .arg("ALL")
+        .query(&mut conn)
+        .expect("CLIENT PAUSE");
+    let mut client = connect(&server);
+    let asked = std::time::Instant::now();
+    let r = client.next_ref();
+    let token = token_for("room:unconfirmed");
+    client
+        .send_json(&json!([r, r, "room:unconfirmed", "phx_join", {"token": token, "since": null}]));
+    // The deadline is 5 s: wait past it.
+    let reply = client.recv_json_timeout(Duration::from_secs(10));
+    let expected: Value = serde_json::from_str(&error_reply(
+        Some(&r),
+        &r,
+        "room:unconfirmed",
+        "subscription not confirmed by redis",
+    ))
+    .expect("the harness builds JSON");
+    assert_eq!(reply, expected);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(4500),
+        "the join waited for the confirmation: {:?}",
+        asked.elapsed()
+    );
+}
