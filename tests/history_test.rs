@@ -484,3 +484,50 @@ fn a_join_whose_subscription_redis_does_not_confirm_is_refused_with_a_reason() {
         asked.elapsed()
     );
 }
+
+#[test]
+fn a_v1_client_gets_the_replay_with_positions_as_refs_and_a_v2_client_gets_binary_messages_replayed_without_one(
+) {
+    let redis = RedisServer::start();
+    let server = server(&redis);
+    let topic = "room:formats";
+    let first = publish_numbers(&redis, topic, [1]);
+    let second = publish_numbers(&redis, topic, [2]);
+    let mut conn = redis.connection();
+    let raw: String = redis::cmd("FCALL")
+        .arg("channel_publish")
+        .arg(1)
+        .arg(topic)
+        .arg("raw")
+        .arg(&b"\x00\x01"[..])
+        .query(&mut conn)
+        .expect("FCALL with a binary payload");
+
+    let mut v1 = TestSocket::connect(&server.ws_url("1.0.0"));
+    let r = v1.next_ref();
+    v1.send_json(&json!({"topic": topic, "event": "phx_join", "ref": r,
+        "payload": {"token": token_for(topic), "since": first[0]}}));
+    assert_eq!(
+        v1.recv_json(),
+        json!({"topic": topic, "event": "phx_reply", "ref": r,
+            "payload": {"status": "ok", "response": {"position": raw, "recovered": true}}})
+    );
+    assert_eq!(
+        v1.recv_json(),
+        json!({"topic": topic, "event": "msg", "payload": {"n": 2}, "ref": second[0]})
+    );
+    // V1 has no binary frames: the binary message is not delivered to it.
+    v1.expect_quiet();
+
+    let mut v2 = connect(&server);
+    assert_eq!(
+        join_since_ok(&mut v2, topic, json!(first[0])),
+        json!({"position": raw, "recovered": true})
+    );
+    expect_message(&mut v2, topic, 2, &second[0]);
+    let mut expected = vec![2u8, topic.len() as u8, 3];
+    expected.extend_from_slice(topic.as_bytes());
+    expected.extend_from_slice(b"raw\x00\x01");
+    assert_eq!(v2.recv_binary_timeout(Duration::from_secs(5)), expected);
+    v2.expect_quiet();
+}
