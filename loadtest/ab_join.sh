@@ -2,7 +2,7 @@
 # A/B of join-storm alone, alternating A and B RUNS times, each run with a fresh private Redis
 # and a fresh server (2 shards); one line per run. With TOPICS = CLIENTS every join is of a topic
 # new to the process (the worst case for joins that wait for their SSUBSCRIBE, issue 14).
-#   loadtest/ab_join.sh A_BINARY B_BINARY RUNS TOPICS CLIENTS LOADTEST_BINARY > table.txt
+#   [SCENARIO=loadtest/scenarios/join-storm-since.toml] loadtest/ab_join.sh A_BINARY B_BINARY RUNS TOPICS CLIENTS LOADTEST_BINARY > table.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1; B=$2; RUNS=$3; TOPICS=$4; CLIENTS=$5; LT=$6
@@ -24,7 +24,7 @@ one() {
   until curl -sf "http://127.0.0.1:$sport/healthz" >/dev/null 2>&1; do sleep 0.05; done
   dir=$OUT/$run/$label
   mkdir -p "$dir"
-  "$LT" run loadtest/scenarios/join-storm.toml --url "http://127.0.0.1:$sport" --redis "redis://127.0.0.1:$rport" --server-pid $pid --out "$dir" --clients "$CLIENTS" --topics "$TOPICS" >/dev/null 2>"$dir.err" || true
+  "$LT" run "${SCENARIO:-loadtest/scenarios/join-storm.toml}" --url "http://127.0.0.1:$sport" --redis "redis://127.0.0.1:$rport" --server-pid $pid --out "$dir" --clients "$CLIENTS" --topics "$TOPICS" >/dev/null 2>"$dir.err" || true
   local f=$dir/summary.json
   echo "$run $label $(field "$f" joins_per_s) $(field "$f" join_latency.p50_ms) $(field "$f" join_latency.p99_ms) $(field "$f" join_failures) $(field "$f" server_cpu_us_per_join)"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
