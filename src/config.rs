@@ -197,6 +197,11 @@ pub struct Config {
     /// Presence diffs of a topic arriving within this many milliseconds go out merged as one
     /// `presence_diff` (like Phoenix.Tracker's broadcast period); 0 sends each at once.
     pub presence_batch_ms: u64,
+    /// Newest messages the publish function keeps per topic for recovery on join (PROTOCOL
+    /// §12); 0 keeps none: no positions, no recovery, joins answered at once.
+    pub history_size: u64,
+    /// Seconds a topic's history lives after its last publish.
+    pub history_ttl_secs: u64,
 }
 
 /// Default `host`, as in Tangram.
@@ -241,6 +246,8 @@ impl Default for Config {
             presence_ttl_secs: 6,
             presence_enabled: true,
             presence_batch_ms: 100,
+            history_size: 100,
+            history_ttl_secs: 300,
         }
     }
 }
@@ -836,6 +843,26 @@ pub static KEYS: &[Key] = &[
         show: |c| c.presence_batch_ms.to_string(),
         apply: |c, r| {
             c.presence_batch_ms = int_in(r, 0, 10_000)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "history_size",
+        expected: "a number of messages between 0 (no history) and 100000",
+        secret: false,
+        show: |c| c.history_size.to_string(),
+        apply: |c, r| {
+            c.history_size = int_in(r, 0, 100_000)?;
+            Some(())
+        },
+    },
+    Key {
+        name: "history_ttl_secs",
+        expected: "a number of seconds between 1 and 2592000",
+        secret: false,
+        show: |c| c.history_ttl_secs.to_string(),
+        apply: |c, r| {
+            c.history_ttl_secs = int_in(r, 1, 2_592_000)?;
             Some(())
         },
     },

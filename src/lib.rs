@@ -11,7 +11,7 @@
 //!   queries, reconnects.
 //! - [`presence`] the presence model and this process's copy of it (no Redis, no shard).
 //! - `inbox`      the mailbox between the Redis core and the shards, shard masks.
-//! - leaves: [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
+//! - leaves: [`history`] (positions and history pages), [`protocol`] (the wire), [`http`] (before the upgrade), [`auth`] (tokens),
 //!   [`access`] (who may connect and who may mint),
 //!   [`config`], `metrics`, [`heap`] (the allocator), `bounded_queue` (the queues between
 //!   threads whose memory grows with use).
@@ -29,6 +29,7 @@ pub mod broker;
 pub mod config;
 pub mod console;
 pub mod heap;
+pub mod history;
 pub mod http;
 pub(crate) mod inbox;
 pub(crate) mod metrics;

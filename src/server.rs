@@ -41,6 +41,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.publisher_queue_capacity,
         node.clone(),
         config.presence_ttl(),
+        crate::broker::function::HistorySettings {
+            size: config.history_size,
+            ttl_secs: config.history_ttl_secs,
+        },
     )
     .context("cannot use the configured Redis deployment")?;
     let system = crate::system::SystemChannel::start(config.datetime_interval(), shards.clone())

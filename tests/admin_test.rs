@@ -497,3 +497,44 @@ fn stats_go_to_redis_only_while_an_admin_listens_somewhere() {
     }
     admin.close(1000, "");
 }
+
+#[test]
+fn history_answers_a_topics_newest_messages_with_their_positions() {
+    let redis = RedisServer::start();
+    let a = server(&redis);
+    let mut conn = redis.connection();
+    let positions: Vec<String> = (1..=3)
+        .map(|n| {
+            redis::cmd("FCALL")
+                .arg("channel_publish")
+                .arg(1)
+                .arg("room:h")
+                .arg("msg")
+                .arg(json!({ "n": n }).to_string())
+                .query(&mut conn)
+                .expect("FCALL channel_publish")
+        })
+        .collect();
+    let mut admin = joined(&a, "admin", "ops");
+    admin.send_json(&json!(["1", "9", "admin", "history", {"topic": "room:h", "limit": 2}]));
+    let reply = reply_to(&mut admin, "9");
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {
+            "topic": "room:h",
+            "position": positions[2],
+            "messages": [
+                {"position": positions[1], "event": "msg", "payload": {"n": 2}},
+                {"position": positions[2], "event": "msg", "payload": {"n": 3}},
+            ],
+        }})
+    );
+    admin.send_json(&json!(["1", "10", "admin", "history", {"topic": "room:none"}]));
+    let reply = reply_to(&mut admin, "10");
+    assert_eq!(
+        reply[4]["response"],
+        json!({"topic": "room:none", "position": null, "messages": []})
+    );
+    admin.send_json(&json!(["1", "11", "admin", "history", {"limit": 2}]));
+    assert_eq!(reply_to(&mut admin, "11")[4]["status"], "error");
+}

@@ -28,6 +28,8 @@ const SERIES: &[&str] = &[
     "channel_joins_total",
     "channel_join_refusals_total",
     "channel_origin_refusals_total",
+    "channel_recovery_joins_total",
+    "channel_replayed_messages_total",
     "channel_messages_received_total",
     "channel_received_bytes_total",
     "channel_pushes_published_total",

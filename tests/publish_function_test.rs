@@ -5,8 +5,10 @@
 //! `/metrics` does not move); the last leave unsubscribes (`PUBSUB SHARDNUMSUB` says 0); the
 //! subscriptions and the function come back after a Redis restart; bad calls get an error.
 //!
-//! Until joins wait for their topic's subscription (not built yet, see docs/operations.md),
-//! each test waits for `PUBSUB SHARDNUMSUB` to count the subscription before it publishes.
+//! A join's reply waits for Redis to confirm its topic's subscription: a message published with
+//! the function right after the join reply reaches the client (no `PUBSUB SHARDNUMSUB` wait).
+//! These servers keep no history (`history_size = 0`: positions are empty, as before issue 14);
+//! tests/history_test.rs covers positions and recovery.
 
 mod common;
 
@@ -17,11 +19,12 @@ use serde_json::json;
 use common::phoenix::{broadcast_text, expect_binary, expect_text, token_for, wait_until};
 use common::{http_request, ChannelServer, RedisServer, ServerOptions, TestSocket, QUIET_PERIOD};
 
-/// Presence off: its diffs would move the received counter of every process.
+/// Presence off: its diffs would move the received counter of every process. No history:
+/// the function returns and publishes an empty position.
 fn quiet_server(redis: &RedisServer) -> ChannelServer {
     ChannelServer::start(
         redis,
-        ServerOptions::default().config("[channel]\npresence_enabled = false\n"),
+        ServerOptions::default().config("[channel]\npresence_enabled = false\nhistory_size = 0\n"),
     )
 }
 
@@ -79,13 +82,13 @@ fn received(server: &ChannelServer) -> f64 {
 fn a_message_published_with_the_function_reaches_joined_clients() {
     let redis = RedisServer::start();
     let server = quiet_server(&redis);
+    // No wait for PUBSUB SHARDNUMSUB: the join reply came after Redis confirmed the topic.
     let mut client = joined(&server, "weather:wind");
-    wait_for_shard_subscribers(&redis, "weather:wind", 1);
     let returned = fcall(&redis, "weather:wind", "speed", br#"{"kmh": 12}"#);
     assert_eq!(
         returned,
         redis::Value::BulkString(Vec::new()),
-        "the position is the empty string until history exists"
+        "the position is the empty string without history"
     );
     expect_text(
         &mut client,

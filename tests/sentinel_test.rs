@@ -251,20 +251,23 @@ fn under_sentinel_only_the_process_with_a_subscriber_receives_and_the_last_leave
     let mut conn = client_of_master
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("the master answers");
-    for n in 0..5 {
-        let _: redis::Value = redis::cmd("FCALL")
-            .arg("channel_publish")
-            .arg(1)
-            .arg(topic)
-            .arg("n")
-            .arg(json!({ "n": n }).to_string())
-            .query(&mut conn)
-            .expect("FCALL on the master");
-    }
-    for n in 0..5 {
+    let positions: Vec<String> = (0..5)
+        .map(|n| {
+            redis::cmd("FCALL")
+                .arg("channel_publish")
+                .arg(1)
+                .arg(topic)
+                .arg("n")
+                .arg(json!({ "n": n }).to_string())
+                .query(&mut conn)
+                .expect("FCALL on the master")
+        })
+        .collect();
+    for (n, position) in positions.iter().enumerate() {
+        // The position the function returned rides in the ref slot.
         assert_eq!(
             client.recv_json(),
-            json!([null, null, topic, "n", { "n": n }])
+            json!([null, position, topic, "n", { "n": n }])
         );
     }
     assert_eq!(received(&serving) - serving_before, 5.0);

@@ -32,6 +32,8 @@ pub struct RunShared {
     /// but `cluster`).
     pub servers: Vec<ServerAddr>,
     pub ws_path: String,
+    /// The `since` of every join's payload (`None`: no `since` key).
+    pub join_since: Option<serde_json::Value>,
     pub event: String,
     pub message_bytes: usize,
     pub join_timeout: Duration,
@@ -199,9 +201,13 @@ async fn establish(ctx: &ClientCtx, spec: &ClientSpec) -> Result<Conn> {
         out: Vec::with_capacity(256),
         next_ref: 2,
     };
-    let join = serde_json::to_string(
-        &serde_json::json!(["1", "1", spec.topic, "phx_join", {"token": token}]),
-    )?;
+    let mut payload = serde_json::json!({ "token": token });
+    if let Some(since) = &sh.join_since {
+        payload["since"] = since.clone();
+    }
+    let join = serde_json::to_string(&serde_json::json!([
+        "1", "1", spec.topic, "phx_join", payload
+    ]))?;
     conn.send_text(join.as_bytes()).await?;
     while !conn.joined {
         if conn.stream.read_buf(&mut conn.buf).await? == 0 {

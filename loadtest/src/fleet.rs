@@ -90,6 +90,10 @@ pub fn run_shared(sc: &Scenario, servers: Vec<ServerAddr>, source_ips: Vec<IpAdd
     RunShared {
         servers,
         ws_path: sc.ws_path.clone(),
+        join_since: sc.join_since.as_ref().map(|s| match s.as_str() {
+            "null" => serde_json::Value::Null,
+            position => serde_json::Value::String(position.to_owned()),
+        }),
         event: sc.event.clone(),
         message_bytes: sc.message_bytes,
         join_timeout: Duration::from_secs_f64(sc.join_timeout),

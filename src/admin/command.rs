@@ -11,6 +11,8 @@ use crate::protocol::Payload;
 
 /// Longest topic (binary frames carry it with a one-byte length).
 const MAX_TOPIC_BYTES: usize = 255;
+/// The most messages one `history` command returns.
+pub const MAX_HISTORY_LIMIT: u64 = 1000;
 /// Events only the server sends: an admin may not publish them.
 const RESERVED_EVENTS: [&str; 5] = [
     "phx_reply",
@@ -24,7 +26,7 @@ const RESERVED_EVENTS: [&str; 5] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A question only Redis can answer for the whole deployment (`list`, `disconnect`,
-    /// `presence`, `client`).
+    /// `presence`, `client`, `history`).
     Ask(AdminQuery),
     /// `tail {"topic"}`: send me the topic's messages as `message` events; `{"topic": null}`
     /// stops.
@@ -85,6 +87,18 @@ pub fn parse_command(event: &str, payload: &Payload<'_>) -> Result<Command, &'st
             })
         }
         "token" => Ok(Command::RenewToken),
+        "history" => {
+            let shape = "history needs {\"topic\": \"<topic>\", \"limit\": <1..=1000, default 10>}";
+            let topic = text("topic").filter(|t| is_valid_topic(t)).ok_or(shape)?;
+            let limit = match object.as_ref().and_then(|o| o.get("limit")) {
+                None => 10,
+                Some(limit) => limit
+                    .as_u64()
+                    .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))
+                    .ok_or(shape)?,
+            };
+            Ok(Command::Ask(AdminQuery::History { topic, limit }))
+        }
         _ => Err("unknown admin command"),
     }
 }
@@ -144,6 +158,32 @@ mod tests {
         );
         assert_eq!(parse("token", "{}"), Ok(Command::RenewToken));
         assert_eq!(parse("reboot", "{}"), Err("unknown admin command"));
+    }
+
+    #[test]
+    fn history_takes_a_topic_and_a_bounded_limit() {
+        assert_eq!(
+            parse("history", r#"{"topic":"room:1","limit":3}"#),
+            Ok(Command::Ask(AdminQuery::History {
+                topic: "room:1".into(),
+                limit: 3
+            }))
+        );
+        assert_eq!(
+            parse("history", r#"{"topic":"room:1"}"#),
+            Ok(Command::Ask(AdminQuery::History {
+                topic: "room:1".into(),
+                limit: 10
+            }))
+        );
+        for bad in [
+            r#"{"topic":""}"#,
+            r#"{"limit":3}"#,
+            r#"{"topic":"t","limit":0}"#,
+            r#"{"topic":"t","limit":1001}"#,
+        ] {
+            assert!(parse("history", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum AdminQuery {
     Presence(String),
     /// One client id's sockets (with their process) and the topics each joined.
     Client(String),
+    /// A topic's newest messages (at most `limit`), from its history.
+    History {
+        /// The topic.
+        topic: String,
+        /// The most messages returned.
+        limit: u64,
+    },
 }
 
 /// Most metas one `presence` answer lists (the count is always complete).
@@ -201,6 +208,53 @@ pub fn disconnect(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value
     Ok(json!({ "id": id, "disconnected": sockets.len(), "processes": processes }))
 }
 
+/// `{"topic", "position": <latest or null>, "messages": [{"position", "event", "payload"}]}`,
+/// oldest first; a payload that is not JSON is given as `{"bytes": <length>}`.
+pub fn history(links: &mut MasterLinks, topic: &str, limit: u64) -> redis::RedisResult<Value> {
+    let mut fcall = redis::cmd("FCALL_RO");
+    fcall
+        .arg(super::function::HISTORY_FUNCTION)
+        .arg(1)
+        .arg(topic)
+        .arg("")
+        .arg("")
+        .arg(limit);
+    // The function's key is the topic: its slot's master has the history.
+    let reply = links.query(Route::key(topic), fcall);
+    let reply = match reply {
+        Ok(reply) => reply,
+        // Redis answered with an error (no functions before Redis 7, …): say so, and keep the
+        // connection, which is fine.
+        Err(err) if !err.is_io_error() && !err.is_timeout() && !err.is_connection_dropped() => {
+            return Ok(json!({ "topic": topic, "error": err.to_string() }));
+        }
+        Err(err) => return Err(err),
+    };
+    let Some(page) = super::function::read_history_reply(reply) else {
+        return Ok(
+            json!({ "topic": topic, "error": "channel_history answered in an unknown shape" }),
+        );
+    };
+    let messages: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let payload = serde_json::from_slice::<Value>(&entry.payload)
+                .unwrap_or_else(|_| json!({ "bytes": entry.payload.len() }));
+            json!({
+                "position": entry.position.to_string(),
+                "event": entry.event,
+                "payload": payload,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "topic": topic,
+        "position": page.latest.map(|p| p.to_string()),
+        "messages": messages,
+    }))
+}
+
 impl RedisPublisher {
     /// Runs one admin query; a Redis failure fails the connection like a pipeline would.
     pub(super) fn answer_admin(
@@ -216,6 +270,7 @@ impl RedisPublisher {
             AdminQuery::Disconnect(id) => disconnect(conn, id),
             AdminQuery::Presence(topic) => presence(conn, topic),
             AdminQuery::Client(id) => client(conn, id),
+            AdminQuery::History { topic, limit } => history(conn, topic, *limit),
         };
         let shard = ticket.shard;
         match result {

@@ -7,7 +7,8 @@
 use bytes::Bytes;
 
 use super::admin_queries::AdminQuery;
-use crate::inbox::{AdminTicket, PushAck};
+use crate::history::Position;
+use crate::inbox::{AdminTicket, HistoryTicket, PushAck};
 use crate::presence::{Presence, PresenceTicket};
 
 /// One message to publish, and who to tell when it is done.
@@ -47,6 +48,17 @@ pub enum UpstreamCommand {
         topic: String,
         /// Who left.
         presence: Presence,
+    },
+    /// Read a topic's history for a join (`FCALL_RO channel_history`, pipelined).
+    History {
+        /// The topic.
+        topic: String,
+        /// The join's `since`; `None` asks for the latest position only.
+        since: Option<Position>,
+        /// The most messages to return (`history_size`).
+        limit: u64,
+        /// Where the answer goes.
+        ticket: HistoryTicket,
     },
     /// Look at the stop flag and the probe request now (sent by the reader and at shutdown, so
     /// that an idle publisher can sleep until it has work).

@@ -99,6 +99,7 @@ pub fn start(
     publish_capacity: usize,
     node: String,
     presence_ttl: std::time::Duration,
+    history: function::HistorySettings,
 ) -> Result<(BrokerHandle, BrokerCore), DeploymentError> {
     // One connector each: under Sentinel each thread asks the sentinels on its own reconnect.
     let switches = Arc::new(MasterSwitches::default());
@@ -175,6 +176,7 @@ pub fn start(
         dropped_since_trim: Default::default(),
         topics_to_register: Default::default(),
         registered_topics: Default::default(),
+        history,
     };
     let publisher = std::thread::Builder::new()
         .name("redis-publisher".into())

@@ -36,6 +36,8 @@ use crate::protocol::Refusal;
 
 /// On a cluster, how soon presence upkeep that failed on one master is tried again.
 const CLUSTER_RETRY: Duration = Duration::from_millis(250);
+/// The publisher connections' name in `CLIENT LIST` (one per master on a cluster).
+pub const CLIENT_NAME: &str = "channel-publisher";
 /// The most commands sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
 
@@ -64,6 +66,8 @@ pub struct RedisPublisher {
     pub(super) topics_to_register: RefCell<HashSet<String>>,
     /// Topics already in that list on this connection.
     pub(super) registered_topics: RefCell<HashSet<String>>,
+    /// What the publish function keeps per topic (baked in at `FUNCTION LOAD`).
+    pub(super) history: super::function::HistorySettings,
 }
 
 impl RedisPublisher {
@@ -133,12 +137,21 @@ impl RedisPublisher {
         }
     }
 
-    /// Connections to the master(s), each with the scripts loaded and the publish function
-    /// installed.
+    /// Connections to the master(s), each named, with the scripts loaded and the publish
+    /// function installed.
     fn connect(&self) -> redis::RedisResult<(MasterLinks, LoadedScripts)> {
         let topology = self.connector.topology()?;
         debug!(masters = ?topology.masters(), "redis publisher connecting");
-        let links = MasterLinks::open(topology, Box::new(super::script_set::set_up_connection))?;
+        let history = self.history;
+        let set_up = move |conn: &mut redis::Connection| {
+            // Named for operators (`CLIENT LIST`), and for the tests that hold its replies.
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(CLIENT_NAME)
+                .query::<()>(conn)?;
+            super::script_set::set_up_connection(conn, history)
+        };
+        let links = MasterLinks::open(topology, Box::new(set_up))?;
         // A new connection: Redis may have lost the topic list (or this is the first).
         self.registered_topics.borrow_mut().clear();
         Ok((links, LoadedScripts::hashes()))
@@ -377,6 +390,26 @@ impl RedisPublisher {
                 cmd = redis::cmd("PING");
                 Route::AnyMaster
             }
+            UpstreamCommand::History {
+                topic,
+                since,
+                limit,
+                ..
+            } => {
+                let (epoch, id) = match since {
+                    Some(since) => (since.epoch.to_string(), since.entry_id()),
+                    None => (String::new(), String::new()),
+                };
+                cmd = redis::cmd("FCALL_RO");
+                cmd.arg(super::function::HISTORY_FUNCTION)
+                    .arg(1)
+                    .arg(topic)
+                    .arg(epoch)
+                    .arg(id)
+                    .arg(*limit);
+                // The function's key is the topic: its slot is the history's.
+                Route::key(topic)
+            }
             UpstreamCommand::PresenceLeave { topic, presence } => {
                 cmd = redis::cmd("EVALSHA");
                 cmd.arg(&s.leave)
@@ -425,6 +458,10 @@ impl RedisPublisher {
                     }
                     failed.push_back(leave);
                 }
+            }
+            UpstreamCommand::History { ticket, .. } => {
+                let page = reply.and_then(super::function::read_history_reply);
+                self.send(ticket.shard, ShardMessage::HistoryAnswer { ticket, page });
             }
             UpstreamCommand::Wake => {}
             UpstreamCommand::Admin { ticket, .. } => {

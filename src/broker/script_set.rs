@@ -42,14 +42,17 @@ impl LoadedScripts {
 
 /// Loads every script and installs the publish function on the node `conn` reaches (at each
 /// new connection: a promoted replica or a new master gets them too).
-pub fn set_up_connection(conn: &mut redis::Connection) -> redis::RedisResult<()> {
+pub fn set_up_connection(
+    conn: &mut redis::Connection,
+    history: super::function::HistorySettings,
+) -> redis::RedisResult<()> {
     for source in ALL {
         redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(source)
             .query::<String>(conn)?;
     }
-    super::function::install(conn)
+    super::function::install(conn, history)
 }
 
 #[cfg(test)]

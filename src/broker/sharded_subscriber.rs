@@ -13,7 +13,11 @@
 //!   topic still wanted (its slot moved), or a command is answered `MOVED`, the slot map is
 //!   read again and every wanted topic is subscribed where it belongs now (and dropped where it
 //!   does not); after a Sentinel switch every connection is replaced. It PINGs a quiet
-//!   connection and shuts it down when the answer does not come.
+//!   connection and shuts it down when the answer does not come. When Redis confirms a topic's
+//!   subscription (its `ssubscribe` reply on the connection where the topic is placed; at once
+//!   for a shard that gains a topic already confirmed) it tells the interested shards
+//!   ([`ShardMessage::TopicSubscribed`]): their joins of the topic wait for it, so that nothing
+//!   published with the function after a join reply is missed.
 //! - each **read** thread parses what its master sends with the redis crate's parser (the
 //!   crate's sync `PubSub` does not read `smessage` in RESP2, and it cannot wait on the shards
 //!   and on Redis at once), opens each envelope once, builds the frame once and hands it to the
@@ -42,6 +46,7 @@ use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
 use super::reader::ReaderStats;
 use super::status::RedisStatus;
+use crate::history::Position;
 use crate::inbox::{InterestChange, ShardMessage, Shards};
 use crate::protocol::Broadcast;
 
@@ -105,6 +110,8 @@ struct Link {
     probe_sent: Option<Instant>,
     /// Topics we asked this master to drop whose `sunsubscribe` has not come back yet.
     leaving: HashSet<String>,
+    /// Which topics this master confirmed.
+    confirmations: Confirmations,
 }
 
 impl Drop for Link {
@@ -190,7 +197,9 @@ impl Control {
                         for link in self.links.values() {
                             let _ = link.routes.send(change.clone());
                         }
-                        if self.interest.apply_and_tell(change.clone()).is_some() {
+                        let told = self.interest.apply_and_tell(change.clone());
+                        self.confirm_if_subscribed(&change, told);
+                        if told.is_some() {
                             touched.push(change.topic);
                         }
                         next = self.sub.changes.try_recv().ok();
@@ -275,7 +284,15 @@ impl Control {
                 // build; the classic path works, so this part does not hold /healthz down.
                 warn!(%err, "messages published with the function will not be received");
                 self.sub.status.set_sharded_up(true);
-                while self.sub.changes.recv().is_ok() {}
+                // Nothing to wait for: joins are confirmed at once.
+                while let Ok(change) = self.sub.changes.recv() {
+                    if change.interested {
+                        let topic = change.topic;
+                        self.sub
+                            .shards
+                            .send(change.shard, ShardMessage::TopicSubscribed { topic });
+                    }
+                }
                 return false;
             }
             Err(err) => {
@@ -290,7 +307,27 @@ impl Control {
         for link in self.links.values() {
             let _ = link.routes.send(change.clone());
         }
-        self.interest.apply(change);
+        let told = self.interest.apply_and_tell(change.clone());
+        self.confirm_if_subscribed(&change, told);
+    }
+
+    /// A shard gained a topic another shard had: if Redis already confirmed it, the shard's
+    /// joins need not wait (otherwise the coming confirmation reaches it with the others).
+    fn confirm_if_subscribed(&self, change: &InterestChange, told: Option<bool>) {
+        if !change.interested || told.is_some() {
+            return;
+        }
+        let confirmed = self
+            .placed
+            .get(&change.topic)
+            .and_then(|node| self.links.get(node))
+            .is_some_and(|link| link.confirmations.is_confirmed(&change.topic));
+        if confirmed {
+            let topic = change.topic.clone();
+            self.sub
+                .shards
+                .send(change.shard, ShardMessage::TopicSubscribed { topic });
+        }
     }
 
     fn schedule_retry(&mut self) {
@@ -314,10 +351,10 @@ impl Control {
                 subscribed: false,
                 ..
             } => {
-                let ours = self
-                    .links
-                    .get_mut(&node)
-                    .is_some_and(|link| link.leaving.remove(&topic));
+                let ours = self.links.get_mut(&node).is_some_and(|link| {
+                    link.confirmations.lost(&topic);
+                    link.leaving.remove(&topic)
+                });
                 if !ours && self.placed.get(&topic) == Some(&node) {
                     // Redis dropped it (its slot moved, the node was reset): read the slot
                     // map and subscribe where it is now.
@@ -326,12 +363,37 @@ impl Control {
                     touched.push(topic);
                 }
             }
-            ReadEvent::Subscription { .. } => {}
+            ReadEvent::Subscription {
+                node,
+                topic,
+                subscribed: true,
+                ..
+            } => {
+                let mask = self.interest.shards_for(&topic);
+                let Some(link) = self.links.get_mut(&node) else {
+                    return;
+                };
+                // Only the answer to the last SSUBSCRIBE of a topic still placed here counts.
+                if link.confirmations.answered(&topic)
+                    && mask != 0
+                    && !link.leaving.contains(&topic)
+                    && self.placed.get(&topic) == Some(&node)
+                {
+                    link.confirmations.confirm(&topic);
+                    self.sub
+                        .shards
+                        .send_masked(mask, || ShardMessage::TopicSubscribed {
+                            topic: topic.clone(),
+                        });
+                }
+            }
             ReadEvent::Redirected { node, .. } => {
-                debug!(master = %node, "a sharded subscription was redirected");
-                // Whatever we believe placed on that node may not be: place everything anew.
-                self.placed.retain(|_, at| *at != node);
-                self.stale = true;
+                // Whatever we believe placed on that node may not be, and the refused commands
+                // will never be confirmed: a fresh connection, and everything placed anew.
+                self.lose(
+                    &node,
+                    "a subscription was redirected (MOVED, ASK or CLUSTERDOWN)".into(),
+                );
             }
             ReadEvent::Ended { node, reason, .. } => {
                 if self.links.remove(&node).is_some() {
@@ -381,6 +443,9 @@ impl Control {
                 continue;
             };
             link.leaving.extend(topics.iter().cloned());
+            for topic in &topics {
+                link.confirmations.lost(topic);
+            }
             let by_slot = topology.is_cluster();
             if let Err(err) = send_batched(&mut link.socket, "SUNSUBSCRIBE", &topics, by_slot) {
                 self.lose(&node, format!("cannot write to redis: {err}"));
@@ -408,6 +473,7 @@ impl Control {
                 // A topic asked to leave and wanted again: its coming `sunsubscribe` is ours.
                 link.leaving.remove(topic);
             }
+            link.confirmations.asked(&topics);
             match send_batched(
                 &mut link.socket,
                 "SSUBSCRIBE",
@@ -549,6 +615,7 @@ impl Control {
                 seen: (0, Instant::now()),
                 probe_sent: None,
                 leaving: HashSet::new(),
+                confirmations: Confirmations::default(),
             },
         );
         Ok(())
@@ -595,6 +662,50 @@ fn connect_tcp(
     // The read thread waits without a deadline; liveness is the control thread's PING.
     socket.set_read_timeout(None)?;
     Ok(socket)
+}
+
+/// Which topics one connection's master confirmed, and how many `SSUBSCRIBE`s of each are still
+/// unanswered (a topic lost and gained again quickly has two in flight: only the answer to the
+/// last one confirms it).
+#[derive(Default)]
+struct Confirmations {
+    unanswered: HashMap<String, u32>,
+    confirmed: HashSet<String>,
+}
+
+impl Confirmations {
+    fn asked(&mut self, topics: &[String]) {
+        for topic in topics {
+            *self.unanswered.entry(topic.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes one `ssubscribe` reply; true when it answers the last request of the topic.
+    fn answered(&mut self, topic: &str) -> bool {
+        match self.unanswered.get_mut(topic) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.unanswered.remove(topic);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn confirm(&mut self, topic: &str) {
+        self.confirmed.insert(topic.to_owned());
+    }
+
+    fn lost(&mut self, topic: &str) {
+        self.confirmed.remove(topic);
+    }
+
+    fn is_confirmed(&self, topic: &str) -> bool {
+        self.confirmed.contains(topic)
+    }
 }
 
 /// Sends `command` for `topics`' sharded channels, at most [`BATCH`] channels a command. On a
@@ -725,7 +836,14 @@ impl ShardedReader {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let broadcast = Arc::new(Broadcast::new(topic, envelope.event, envelope.payload));
+        // A position that does not parse (a hand-publisher's typo) is delivered without one.
+        let position = Position::parse(envelope.position).ok();
+        let broadcast = Arc::new(Broadcast::positioned(
+            topic,
+            envelope.event,
+            position,
+            envelope.payload,
+        ));
         let dropped = self.shards.send_masked(mask, || ShardMessage::Downstream {
             broadcast: Arc::clone(&broadcast),
             received_at,

@@ -72,6 +72,12 @@ impl RedisStatus {
         self.publisher_up.load(Ordering::Acquire)
     }
 
+    /// True when the sharded subscriber's connection is up (joins then wait for their topic's
+    /// subscription to be confirmed).
+    pub fn is_sharded_up(&self) -> bool {
+        self.sharded_up.load(Ordering::Acquire)
+    }
+
     /// Number of times a connection was re-established after being lost.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)

@@ -19,8 +19,9 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
-use super::tickets::{AdminTicket, PushAck, PushOutcome};
+use super::tickets::{AdminTicket, HistoryTicket, PushAck, PushOutcome};
 use crate::bounded_queue::{self, QueueReceiver, QueueSender, TrySendError};
+use crate::history::HistoryPage;
 use crate::presence::PresenceTicket;
 use crate::protocol::Broadcast;
 
@@ -73,6 +74,20 @@ pub enum ShardMessage {
     DisconnectClient {
         /// The client id (token `id` claim).
         id: String,
+    },
+    /// Redis confirmed this process's sharded subscription of `topic` (`SSUBSCRIBE`), or it was
+    /// already confirmed when this shard gained the topic: messages published with the function
+    /// from now on reach the shard, so the joins waiting for it can be answered.
+    TopicSubscribed {
+        /// The topic.
+        topic: String,
+    },
+    /// The history a waiting join asked for, or `None` when Redis could not give it.
+    HistoryAnswer {
+        /// Which join asked.
+        ticket: HistoryTicket,
+        /// What the history holds after the join's `since`.
+        page: Option<HistoryPage>,
     },
     /// Stop accepting, close every socket with 1012, then stop the executor.
     Shutdown,

@@ -19,4 +19,4 @@ pub use interest::InterestChange;
 pub use mailbox::{ShardInbox, ShardMessage};
 pub use mask::MAX_SHARDS;
 pub use shards::Shards;
-pub use tickets::{AdminAnswerAs, AdminTicket, PushAck, PushOutcome};
+pub use tickets::{AdminAnswerAs, AdminTicket, HistoryTicket, PushAck, PushOutcome};

@@ -47,3 +47,12 @@ pub enum PushOutcome {
     /// Redis was down, stalled or the queue was full: the client gets `backend unavailable`.
     BackendUnavailable,
 }
+
+/// Identifies a join waiting for its topic's history (PROTOCOL §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryTicket {
+    /// The shard of the joining connection.
+    pub shard: usize,
+    /// The waiting join, unique within the shard.
+    pub join: u64,
+}

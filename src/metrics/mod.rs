@@ -52,7 +52,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// The join refusal reasons that get their own series ([`Refusal::JOIN`]); any other reason
 /// is counted as `other`.
-pub const REFUSAL_REASONS: [Refusal; 4] = Refusal::JOIN;
+pub const REFUSAL_REASONS: [Refusal; Refusal::JOIN.len()] = Refusal::JOIN;
 
 /// The process's metrics: the registry and every shard's handles.
 pub struct Metrics {
@@ -71,6 +71,12 @@ pub struct ShardMetrics {
     pub joins: IntCounter,
     /// Join refusals, one handle per reason of [`REFUSAL_REASONS`], then `other`.
     refusals: [IntCounter; REFUSAL_REASONS.len() + 1],
+    /// Joins with a `since` whose messages after it were all replayed (PROTOCOL §12).
+    pub joins_recovered: IntCounter,
+    /// Joins with a `since` too old or of another epoch: `recovered: false`, nothing replayed.
+    pub joins_not_recovered: IntCounter,
+    /// Messages replayed from history to recovering joins.
+    pub replayed_messages: IntCounter,
     /// Client pushes Redis accepted.
     pub pushes_published: IntCounter,
     /// Client pushes answered `backend unavailable` by the publisher.
@@ -109,6 +115,17 @@ impl Metrics {
             "join_refusals_total",
             "Joins refused, by the reason sent to the client.",
             &["shard", "reason"],
+        );
+        let recoveries = counter(
+            "recovery_joins_total",
+            "Joins with a `since` position, by whether every message after it was replayed \
+             (recovered=\"true\") or it was too old or of another epoch (\"false\").",
+            &["shard", "recovered"],
+        );
+        let replayed = counter(
+            "replayed_messages_total",
+            "Messages replayed from a topic's history to joins that recovered.",
+            &["shard"],
         );
         let published = counter(
             "pushes_published_total",
@@ -149,13 +166,12 @@ impl Metrics {
                     connections_opened: opened.with_label_values(&label),
                     connections_closed: closed.with_label_values(&label),
                     joins: joins.with_label_values(&label),
-                    refusals: [
-                        refusal(REFUSAL_REASONS[0].as_str()),
-                        refusal(REFUSAL_REASONS[1].as_str()),
-                        refusal(REFUSAL_REASONS[2].as_str()),
-                        refusal(REFUSAL_REASONS[3].as_str()),
-                        refusal("other"),
-                    ],
+                    refusals: std::array::from_fn(|i| {
+                        refusal(REFUSAL_REASONS.get(i).map_or("other", |r| r.as_str()))
+                    }),
+                    joins_recovered: recoveries.with_label_values(&[shard.as_str(), "true"]),
+                    joins_not_recovered: recoveries.with_label_values(&[shard.as_str(), "false"]),
+                    replayed_messages: replayed.with_label_values(&label),
                     pushes_published: published.with_label_values(&label),
                     pushes_failed: failed.with_label_values(&label),
                     downstream_latency: latency.with_label_values(&label),

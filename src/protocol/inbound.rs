@@ -139,20 +139,66 @@ pub fn decode_binary(data: &[u8]) -> Result<Inbound<'_>, DecodeError> {
 /// shape (not an object, no token, a token that is not a string, a binary payload) is simply "no
 /// token": the caller then falls back to the socket's token.
 pub fn join_token<'a>(payload: &Payload<'a>) -> Option<Cow<'a, str>> {
+    join_fields(payload).0
+}
+
+/// What a join's payload says about history (PROTOCOL §12): its `since` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinSince<'a> {
+    /// No `since` key: a join as before history (its reply's response is `{}`).
+    Absent,
+    /// `"since": null`: no position yet; the reply carries the latest one.
+    Null,
+    /// `"since": "<position>"` (not checked here).
+    Given(Cow<'a, str>),
+    /// `since` is neither a string nor null.
+    Invalid,
+}
+
+/// The token and the `since` of a join's payload, read in one pass: `token` as in
+/// [`join_token`]; `since` as [`JoinSince`] says.
+pub fn join_fields<'a>(payload: &Payload<'a>) -> (Option<Cow<'a, str>>, JoinSince<'a>) {
     #[derive(Deserialize)]
-    struct TokenOnly<'a> {
+    struct JoinOnly<'a> {
         #[serde(borrow, default)]
         token: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        since: Option<&'a RawValue>,
     }
     let Payload::Json(json) = payload else {
-        return None;
+        return (None, JoinSince::Absent);
     };
     // A derived struct would also accept an array (`["tok"]`); only objects carry a token.
     if !json.trim_start().starts_with('{') {
-        return None;
+        return (None, JoinSince::Absent);
     }
-    let found: TokenOnly<'a> = serde_json::from_str(json).ok()?;
-    json_string_value(found.token?)
+    let Ok(found) = serde_json::from_str::<JoinOnly<'a>>(json) else {
+        return (None, JoinSince::Absent);
+    };
+    let token = found.token.and_then(json_string_value);
+    // serde maps `"since": null` to `None` for an `Option<&RawValue>`: tell null from absent
+    // by the raw text instead.
+    let since = match found.since {
+        None if has_null_since(json) => JoinSince::Null,
+        None => JoinSince::Absent,
+        Some(raw) if raw.get() == "null" => JoinSince::Null,
+        Some(raw) => json_string_value(raw).map_or(JoinSince::Invalid, JoinSince::Given),
+    };
+    (token, since)
+}
+
+/// Whether an object's `since` key is present with the value `null` (serde reads both absent
+/// and null as `None`).
+fn has_null_since(json: &str) -> bool {
+    #[derive(Deserialize)]
+    struct SinceKey {
+        #[serde(default, deserialize_with = "present")]
+        since: bool,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| true)
+    }
+    json.contains("\"since\"") && serde_json::from_str::<SinceKey>(json).is_ok_and(|k| k.since)
 }
 
 /// The five fields of a message, each still raw JSON.
@@ -502,6 +548,27 @@ mod tests {
             assert_eq!(join_token(&Payload::Json(payload)), None, "{payload}");
         }
         assert_eq!(join_token(&Payload::Binary(b"{\"token\":\"x\"}")), None);
+    }
+
+    #[test]
+    fn join_since_is_told_apart_absent_null_given_and_invalid() {
+        let since = |json| join_fields(&Payload::Json(json)).1;
+        assert_eq!(since(r#"{"token":"t"}"#), JoinSince::Absent);
+        assert_eq!(since(r#"{"token":"t","since":null}"#), JoinSince::Null);
+        assert_eq!(
+            since(r#"{"since":"1.2-3","token":"t"}"#),
+            JoinSince::Given(Cow::Borrowed("1.2-3"))
+        );
+        assert_eq!(since(r#"{"since":5}"#), JoinSince::Invalid);
+        assert_eq!(since(r#"{"since":{"a":1}}"#), JoinSince::Invalid);
+        assert_eq!(since(r#"{"a":{"since":null}}"#), JoinSince::Absent);
+        assert_eq!(since(r#"["since"]"#), JoinSince::Absent);
+        assert_eq!(
+            join_fields(&Payload::Json(r#"{"since":null,"token":"abc"}"#))
+                .0
+                .as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub mod outbound;
 mod refusal;
 pub mod websocket;
 
-pub use inbound::{decode_binary, decode_text, join_token, DecodeError, Inbound, Payload};
+pub use inbound::{
+    decode_binary, decode_text, join_fields, join_token, DecodeError, Inbound, JoinSince, Payload,
+};
 pub use outbound::{
     binary_push, binary_reply, channel_close, channel_error, is_valid_json, push, reply, Broadcast,
     FieldTooLong, ReplyStatus,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::websocket::{FrameBuilder, OpCode};
 use super::Vsn;
+use crate::history::Position;
 
 /// The outcome carried by a `phx_reply`, which phoenix.js routes to `receive("ok")` or
 /// `receive("error")`.
@@ -222,6 +223,9 @@ fn binary_frame(kind: u8, fields: &[(u8, &[u8])], data: &[u8]) -> Bytes {
 /// `[null,null,topic,event,<payload verbatim>]`, anything else the kind-2 binary frame
 /// `2, len(topic), len(event), topic, event, data…`. The V1 text frame
 /// `{"topic","event","payload","ref":null}` is built at most once, when a V1 receiver first asks.
+/// A message with a position (published with the function, PROTOCOL §12) carries it in the
+/// `ref` slot: `[null,"<position>",…]`, V1 `"ref":"<position>"`; the binary frame has no
+/// `ref` slot, so a binary broadcast carries none (docs/protocol.md).
 /// V1 has no binary frames: a non-JSON broadcast is not delivered to V1 clients. A non-JSON
 /// broadcast whose topic or event is longer than 255 bytes cannot be framed at all; it is
 /// [undeliverable](Broadcast::is_deliverable) and the caller counts and drops it.
@@ -236,17 +240,32 @@ pub struct Broadcast {
     v2: Option<Bytes>,
     /// The V1 frame, built on first use (JSON payloads only).
     v1: OnceLock<Bytes>,
+    /// Where the message sits in its topic's history, if it has one.
+    position: Option<Position>,
 }
 
 impl Broadcast {
     /// Validates the payload once and builds the V2 frame once, for every receiver.
     pub fn new(topic: &str, event: &str, payload: &[u8]) -> Broadcast {
+        Self::positioned(topic, event, None, payload)
+    }
+
+    /// A broadcast of a message with (or without) a position in its topic's history.
+    pub fn positioned(
+        topic: &str,
+        event: &str,
+        position: Option<Position>,
+        payload: &[u8],
+    ) -> Broadcast {
         let is_json = is_valid_json(payload);
+        let ref_text = position.map(|p| p.to_string());
         let (v2, payload) = if is_json {
             let mut frame =
-                FrameBuilder::with_capacity(16 + topic.len() + event.len() + payload.len());
+                FrameBuilder::with_capacity(48 + topic.len() + event.len() + payload.len());
             let out = frame.buf();
-            out.extend_from_slice(b"[null,null,");
+            out.extend_from_slice(b"[null,");
+            write_json_opt_str(out, ref_text.as_deref());
+            out.push(b',');
             write_json_str(out, topic);
             out.push(b',');
             write_json_str(out, event);
@@ -275,7 +294,13 @@ impl Broadcast {
             is_json,
             v2,
             v1: OnceLock::new(),
+            position,
         }
+    }
+
+    /// The message's position in its topic's history, if it has one.
+    pub fn position(&self) -> Option<Position> {
+        self.position
     }
 
     /// The frame to write to a receiver speaking `vsn`: the same bytes for every receiver of that
@@ -316,13 +341,14 @@ impl Broadcast {
 
     fn encode_v1(&self) -> Bytes {
         let mut frame = FrameBuilder::with_capacity(
-            48 + self.topic.len() + self.event.len() + self.payload.len(),
+            80 + self.topic.len() + self.event.len() + self.payload.len(),
         );
+        let ref_text = self.position.map(|p| p.to_string());
         write_message(
             frame.buf(),
             Vsn::V1,
             None,
-            None,
+            ref_text.as_deref(),
             &self.topic,
             &self.event,
             &self.payload,
@@ -631,6 +657,32 @@ mod tests {
         assert_eq!(b.payload(), br#" {"kmh": 12.50, "a":[1]} "#);
         assert_eq!(b.topic(), "weather:wind");
         assert_eq!(b.event(), "speed");
+    }
+
+    #[test]
+    fn a_positioned_broadcast_carries_its_position_in_the_ref_slot() {
+        let position = Position {
+            epoch: 17,
+            ms: 1_733_000_000_000,
+            seq: 2,
+        };
+        let b = Broadcast::positioned("room:1", "msg", Some(position), br#"{"n":1}"#);
+        assert_eq!(b.position(), Some(position));
+        assert_eq!(
+            text(b.frame_for(Vsn::V2).unwrap()),
+            r#"[null,"17.1733000000000-2","room:1","msg",{"n":1}]"#
+        );
+        assert_eq!(b.payload(), br#"{"n":1}"#);
+        assert_eq!(
+            text(b.frame_for(Vsn::V1).unwrap()),
+            r#"{"topic":"room:1","event":"msg","payload":{"n":1},"ref":"17.1733000000000-2"}"#
+        );
+        // Binary frames have no ref slot: the position is not on the wire.
+        let raw = Broadcast::positioned("t", "e", Some(position), b"\x00");
+        assert_eq!(
+            payload_of(raw.frame_for(Vsn::V2).unwrap(), 2),
+            b"\x02\x01\x01te\x00"
+        );
     }
 
     #[test]

@@ -22,15 +22,23 @@ pub enum Refusal {
     BackendUnavailable,
     /// The server is shutting down and takes no new joins or pushes.
     ShuttingDown,
+    /// A join's `since` is not a position (PROTOCOL §12).
+    InvalidSince,
+    /// Redis did not confirm the topic's subscription in time, so messages after the join
+    /// reply could be missed.
+    NotSubscribed,
 }
 
 impl Refusal {
     /// The reasons a join can be refused with, in the order metrics label them.
-    pub const JOIN: [Refusal; 4] = [
+    pub const JOIN: [Refusal; 7] = [
         Refusal::Unauthorized,
         Refusal::TooManyChannels,
         Refusal::InvalidTopic,
         Refusal::ShuttingDown,
+        Refusal::InvalidSince,
+        Refusal::NotSubscribed,
+        Refusal::BackendUnavailable,
     ];
 
     /// The reason as the client reads it.
@@ -43,6 +51,8 @@ impl Refusal {
             Refusal::ReservedEvent => "reserved event",
             Refusal::BackendUnavailable => "backend unavailable",
             Refusal::ShuttingDown => "shutting down",
+            Refusal::InvalidSince => "invalid since",
+            Refusal::NotSubscribed => "subscription not confirmed by redis",
         }
     }
 

@@ -48,11 +48,6 @@ impl Tails {
         self.by_conn.is_empty()
     }
 
-    /// Whether some connection tails `topic`.
-    pub fn watches(&self, topic: &str) -> bool {
-        self.by_topic.contains_key(topic)
-    }
-
     /// Makes `conn` tail `topic` (or nothing), replacing its previous tail.
     pub fn set(&mut self, conn: u64, topic: Option<String>) -> TailChange {
         let mut change = TailChange::default();

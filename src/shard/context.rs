@@ -20,6 +20,7 @@ use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 use super::admin_tail::Tails;
 use super::connection::Conn;
 use super::presence_delivery::PendingDiffs;
+use super::recovery::Recovery;
 use super::topic_table::TopicTable;
 
 /// Size of the per-shard read buffer every connection reads into.
@@ -147,6 +148,12 @@ pub struct ShardContext {
     pub pending_diffs: RefCell<HashMap<String, PendingDiffs>>,
     /// Admin connections tailing a topic (`tail`).
     pub tails: RefCell<Tails>,
+    /// Holds on each topic's interest: one per subscriber in the topic table, one per join
+    /// still waiting for its reply. The Redis core is told when a topic's count leaves or
+    /// reaches 0.
+    holds: RefCell<HashMap<String, u32>>,
+    /// Joins waiting for their reply, and what the shard knows of its confirmed topics.
+    pub recovery: RefCell<Recovery>,
 }
 
 impl ShardContext {
@@ -165,6 +172,8 @@ impl ShardContext {
             pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
             tails: RefCell::new(Tails::default()),
+            holds: RefCell::new(HashMap::new()),
+            recovery: RefCell::new(Recovery::default()),
         }
     }
 
@@ -193,35 +202,64 @@ impl ShardContext {
         format!("{}.{}.{conn}.{n}", self.shared.node, self.id)
     }
 
-    /// Adds `conn` to `topic`, telling the Redis core when the shard gains the topic (a topic
-    /// an admin tails is already wanted).
+    /// Adds `conn` to `topic`, holding the topic's interest for it.
     pub fn subscribe(&self, topic: &str, conn: &Rc<Conn>) {
-        if self.topics.borrow_mut().subscribe(topic, conn) && !self.tails.borrow().watches(topic) {
-            self.tell_interest(topic, true);
+        if self.topics.borrow_mut().subscribe(topic, conn) {
+            self.hold(topic);
         }
     }
 
-    /// Removes `conn_id` from `topic`, telling the Redis core when the shard loses the topic
-    /// (unless an admin tails it).
+    /// Removes `conn_id` from `topic`, giving its hold back.
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
-        if self.topics.borrow_mut().unsubscribe(topic, conn_id)
-            && !self.tails.borrow().watches(topic)
-        {
-            self.tell_interest(topic, false);
+        if self.topics.borrow_mut().unsubscribe(topic, conn_id) {
+            self.release(topic);
         }
     }
 
-    /// Makes admin connection `conn_id` tail `topic` (or nothing), keeping the shard's Redis
-    /// interest in a tailed topic that has no local subscriber.
+    /// Makes admin connection `conn_id` tail `topic` (or nothing). A tailed topic is held like
+    /// a subscriber's: the shard keeps its Redis interest (and its confirmation) while tailed.
     pub fn set_tail(&self, conn_id: u64, topic: Option<String>) {
         let change = self.tails.borrow_mut().set(conn_id, topic);
-        let unsubscribed = |t: &str| self.topics.borrow().subscribers(t).is_none();
-        if let Some(stopped) = change.stopped.filter(|t| unsubscribed(t)) {
-            self.tell_interest(&stopped, false);
+        if let Some(stopped) = change.stopped {
+            self.release(&stopped);
         }
-        if let Some(started) = change.started.filter(|t| unsubscribed(t)) {
-            self.tell_interest(&started, true);
+        if let Some(started) = change.started {
+            self.hold(&started);
         }
+    }
+
+    /// Takes one hold on `topic`'s interest (the first tells the Redis core).
+    pub fn hold(&self, topic: &str) {
+        let mut holds = self.holds.borrow_mut();
+        if let Some(count) = holds.get_mut(topic) {
+            *count += 1;
+            return;
+        }
+        holds.insert(topic.to_owned(), 1);
+        drop(holds);
+        self.tell_interest(topic, true);
+    }
+
+    /// Gives one hold back (the last tells the Redis core, and the topic's confirmation is
+    /// forgotten).
+    pub fn release(&self, topic: &str) {
+        let mut holds = self.holds.borrow_mut();
+        let Some(count) = holds.get_mut(topic) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        holds.remove(topic);
+        drop(holds);
+        self.recovery.borrow_mut().forget(topic);
+        self.tell_interest(topic, false);
+    }
+
+    /// Whether the shard holds `topic`'s interest.
+    pub fn holds(&self, topic: &str) -> bool {
+        self.holds.borrow().contains_key(topic)
     }
 
     fn tell_interest(&self, topic: &str, interested: bool) {

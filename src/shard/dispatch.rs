@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::context::ShardContext;
 use super::fan_out::{fan_out, write_mode};
-use super::{admin, presence_delivery, session};
+use super::{admin, presence_delivery, recovery, session};
 use crate::inbox::ShardMessage;
 
 /// Takes everything other threads send to this shard.
@@ -31,7 +31,12 @@ pub(super) async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::on
                         ctx.shared.stats_wanted_now();
                     }
                     fan_out(&ctx, &broadcast, write_mode(&inbox));
+                    recovery::observe(&ctx, &broadcast);
                     ctx.metrics().downstream_queued(received_at);
+                }
+                ShardMessage::TopicSubscribed { topic } => recovery::topic_subscribed(&ctx, &topic),
+                ShardMessage::HistoryAnswer { ticket, page } => {
+                    recovery::history_answer(&ctx, ticket, page)
                 }
                 ShardMessage::PushResult { ack, outcome } => {
                     ctx.metrics().push_outcome(outcome);

@@ -38,7 +38,17 @@ pub(crate) fn fan_out(ctx: &ShardContext, broadcast: &Broadcast, write: Write) {
     let Some(subscribers) = topics.deliver_to(broadcast.topic()) else {
         return;
     };
+    let recovery = ctx.recovery.borrow();
+    // Joins that just recovered may already have this message (shard/recovery.rs).
+    let draining = broadcast
+        .position()
+        .and_then(|position| Some((position, recovery.draining(broadcast.topic())?)));
     for conn in subscribers.values() {
+        if let Some((position, floors)) = draining {
+            if floors.get(&conn.id).is_some_and(|floor| position <= *floor) {
+                continue;
+            }
+        }
         if let Some(frame) = broadcast.frame_for(conn.vsn) {
             match write {
                 Write::Now => conn.send_now(frame),

@@ -19,6 +19,7 @@ mod dispatch;
 mod fan_out;
 pub mod outbound_queue;
 pub(crate) mod presence_delivery;
+pub(crate) mod recovery;
 pub(crate) mod runtime_check;
 pub(crate) mod session;
 mod sweeper;

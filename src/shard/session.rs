@@ -16,14 +16,16 @@ use super::admin;
 use super::connection::{Conn, JoinedChannel};
 use super::context::ShardContext;
 use super::presence_delivery::{self, PresenceSync};
+use super::recovery::{self, WaitingJoin};
 use crate::broker::naming::upstream_channel;
 use crate::broker::{PublishRequest, UpstreamCommand};
+use crate::history::Position;
 use crate::inbox::{PushAck, PushOutcome};
 use crate::metrics::ShardStats;
 use crate::presence::{unix_ms, Presence};
 use crate::protocol::{
-    channel_close, close_code, decode_binary, decode_text, encode_frame, join_token, reply,
-    Inbound, Message, OpCode, Payload, Refusal, ReplyStatus, Vsn,
+    channel_close, close_code, decode_binary, decode_text, encode_frame, join_fields, reply,
+    Inbound, JoinSince, Message, OpCode, Payload, Refusal, ReplyStatus, Vsn,
 };
 
 /// Why the connection stops reading.
@@ -118,7 +120,8 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
     if ctx.shutting_down.get() {
         return refuse(ctx, conn, msg, Refusal::ShuttingDown);
     }
-    let token = join_token(&msg.payload).or_else(|| conn.user_token.as_deref().map(Into::into));
+    let (token, since) = join_fields(&msg.payload);
+    let token = token.or_else(|| conn.user_token.as_deref().map(Into::into));
     let Some(token) = token else {
         return refuse(ctx, conn, msg, Refusal::Unauthorized);
     };
@@ -128,6 +131,16 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             debug!(conn = conn.id, topic, %err, "join refused");
             return refuse(ctx, conn, msg, Refusal::Unauthorized);
         }
+    };
+    // What the join asks of the topic's history (PROTOCOL §12).
+    let history = match since {
+        JoinSince::Absent => None,
+        JoinSince::Null => Some(None),
+        JoinSince::Given(text) => match Position::parse(&text) {
+            Ok(position) => Some(Some(position)),
+            Err(_) => return refuse(ctx, conn, msg, Refusal::InvalidSince),
+        },
+        JoinSince::Invalid => return refuse(ctx, conn, msg, Refusal::InvalidSince),
     };
     // phoenix.js sends join_ref == ref; a null join_ref falls back to ref.
     let join_ref = msg
@@ -155,6 +168,31 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
         }
         channels.insert(topic.to_owned(), joined)
     };
+    if waits_for_redis(topic) {
+        // The reply waits for the topic's subscription (and history): shard/recovery.rs. The
+        // join holds the topic's interest meanwhile; a replaced join leaves the topic table
+        // now, so that nothing of the topic reaches the socket before the new reply.
+        ctx.hold(topic);
+        match &previous {
+            Some(old) => {
+                ctx.unsubscribe(topic, conn.id);
+                presence_delivery::request_leave(ctx, topic, old.presence.clone());
+            }
+            None => ShardStats::add(&ctx.stats().channels, 1),
+        }
+        let id = ctx.recovery.borrow_mut().next_id();
+        let waiting = WaitingJoin::new(
+            id,
+            conn.id,
+            topic,
+            presence.phx_ref,
+            msg.join_ref.as_deref().map(str::to_owned),
+            msg.msg_ref.as_deref().map(str::to_owned),
+            history,
+            previous.map(|old| old.join_ref),
+        );
+        return recovery::begin(ctx, waiting);
+    }
     send_reply(conn, msg, ReplyStatus::Ok, "{}");
     ctx.metrics().joins.inc();
     match previous {
@@ -181,6 +219,13 @@ fn join(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {
             .and_then(|c| c.join_ref.clone());
         admin::on_join(ctx, conn, join_ref.as_deref());
     }
+}
+
+/// Whether a join of `topic` waits for Redis before its reply: every topic that backends
+/// publish to. The server's own channels (`admin`, `system`) are not published through Redis
+/// by backends and are answered at once.
+fn waits_for_redis(topic: &str) -> bool {
+    topic != crate::admin::ADMIN_TOPIC && topic != crate::system::SYSTEM_TOPIC
 }
 
 fn leave(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, msg: &Inbound<'_>) {

@@ -2,9 +2,10 @@
 //!
 //! Owned by one executor, so plain `RefCell` access with no lock. Subscribers are kept in an
 //! `IndexMap` so that fan-out walks contiguous memory and a leave is O(1). A topic exists
-//! while it has a local subscriber and is forgotten when its last one leaves; the caller is
-//! told about both transitions so that it can update the Redis core's interest table. Each
-//! topic also counts the messages fanned out to it, for the admin channel's per-topic rates
+//! while it has a local subscriber and is forgotten when its last one leaves. The caller is
+//! told whether a connection was added or removed: it holds the topic's interest for each
+//! subscriber (and for each join still waiting, `super::recovery`). Each topic also counts the
+//! messages fanned out to it, for the admin channel's per-topic rates
 //! ([`super::topic_rates`]).
 
 use std::cell::Cell;
@@ -29,13 +30,10 @@ struct LocalTopic {
 }
 
 impl TopicTable {
-    /// Adds `conn` to `topic`; true when it is the topic's first local subscriber.
+    /// Adds `conn` to `topic`; true when it was not a subscriber of it yet.
     pub fn subscribe(&mut self, topic: &str, conn: &Rc<Conn>) -> bool {
         match self.topics.get_mut(topic) {
-            Some(local) => {
-                local.subscribers.insert(conn.id, Rc::clone(conn));
-                false
-            }
+            Some(local) => local.subscribers.insert(conn.id, Rc::clone(conn)).is_none(),
             None => {
                 let mut local = LocalTopic::default();
                 local.subscribers.insert(conn.id, Rc::clone(conn));
@@ -45,17 +43,16 @@ impl TopicTable {
         }
     }
 
-    /// Removes connection `conn_id` from `topic`; true when the topic lost its last subscriber.
+    /// Removes connection `conn_id` from `topic`; true when it was a subscriber of it.
     pub fn unsubscribe(&mut self, topic: &str, conn_id: u64) -> bool {
         let Some(local) = self.topics.get_mut(topic) else {
             return false;
         };
-        local.subscribers.swap_remove(&conn_id);
+        let removed = local.subscribers.swap_remove(&conn_id).is_some();
         if local.subscribers.is_empty() {
             self.topics.remove(topic);
-            return true;
         }
-        false
+        removed
     }
 
     /// The local subscribers of `topic`.

@@ -7,6 +7,9 @@
 //! - [`TcpRelay::blackhole`]: every connection, old and new, stays open but nothing is
 //!   forwarded in either direction (a silently dead network: the bytes wait in the kernel
 //!   buffers, as they would during a partition);
+//! - [`TcpRelay::hold_replies_of`]: what Redis sends on one connection (named by the port Redis
+//!   sees it from, `CLIENT LIST`'s `addr`) waits in the relay; the other direction and every
+//!   other connection flow (to order what the server hears on two connections);
 //! - [`TcpRelay::restore`]: forwarding resumes, for connections still open and new ones.
 //!
 //! Everything runs on plain threads with short read timeouts, so that a mode change takes
@@ -14,7 +17,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,6 +42,9 @@ struct RelayState {
     next_id: AtomicU64,
     /// Connections with a serial number below this are blackholed (0: none).
     frozen_below: AtomicU64,
+    /// The connection (by the local port of its upstream socket, as Redis sees it) whose
+    /// replies are held (0: none).
+    replies_held_port: AtomicU16,
 }
 
 /// A relay from a free local port to `target`.
@@ -67,6 +73,7 @@ impl TcpRelay {
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             frozen_below: AtomicU64::new(0),
+            replies_held_port: AtomicU16::new(0),
         });
         let thread_state = Arc::clone(&state);
         let acceptor = std::thread::Builder::new()
@@ -113,8 +120,17 @@ impl TcpRelay {
         self.state.frozen_below.store(next, Ordering::SeqCst);
     }
 
+    /// Holds what Redis sends on the connection Redis sees from `127.0.0.1:<redis_side_port>`
+    /// until `restore()`; everything else flows.
+    pub fn hold_replies_of(&self, redis_side_port: u16) {
+        self.state
+            .replies_held_port
+            .store(redis_side_port, Ordering::SeqCst);
+    }
+
     /// Forwards again: connections still open resume, new ones are relayed.
     pub fn restore(&self) {
+        self.state.replies_held_port.store(0, Ordering::SeqCst);
         self.state.frozen_below.store(0, Ordering::SeqCst);
         self.state.mode.store(FORWARD, Ordering::SeqCst);
     }
@@ -175,15 +191,17 @@ fn relay_connection(
 ) -> Vec<JoinHandle<()>> {
     let epoch = state.epoch.load(Ordering::SeqCst);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    let redis_side_port = upstream.local_addr().map_or(0, |a| a.port());
     let closed = Arc::new(AtomicBool::new(false));
     state.open.fetch_add(1, Ordering::SeqCst);
+    // The second pump carries Redis's replies: the one `hold_replies_of` names.
     let streams = [
-        (client.try_clone(), upstream.try_clone()),
-        (upstream.try_clone(), client.try_clone()),
+        (client.try_clone(), upstream.try_clone(), 0),
+        (upstream.try_clone(), client.try_clone(), redis_side_port),
     ];
     let mut pumps = Vec::new();
     let remaining = Arc::new(AtomicUsize::new(2));
-    for (from, to) in streams {
+    for (from, to, replies_of) in streams {
         let (Ok(from), Ok(to)) = (from, to) else {
             continue;
         };
@@ -193,7 +211,7 @@ fn relay_connection(
         let spawned = std::thread::Builder::new()
             .name("relay pump".into())
             .spawn(move || {
-                pump(&from, &to, id, epoch, &state, &closed);
+                pump(&from, &to, (id, replies_of), epoch, &state, &closed);
                 closed.store(true, Ordering::SeqCst);
                 let _ = from.shutdown(Shutdown::Both);
                 let _ = to.shutdown(Shutdown::Both);
@@ -212,7 +230,7 @@ fn relay_connection(
 fn pump(
     from: &TcpStream,
     mut to: &TcpStream,
-    id: u64,
+    (id, replies_of): (u64, u16),
     epoch: u64,
     state: &RelayState,
     closed: &AtomicBool,
@@ -228,6 +246,7 @@ fn pump(
     let forwarding = || {
         state.mode.load(Ordering::SeqCst) == FORWARD
             && id >= state.frozen_below.load(Ordering::SeqCst)
+            && (replies_of == 0 || state.replies_held_port.load(Ordering::SeqCst) != replies_of)
     };
     loop {
         if state.stop.load(Ordering::SeqCst)

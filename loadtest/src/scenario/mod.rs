@@ -151,6 +151,10 @@ pub struct Scenario {
     /// Path (and query) of the WebSocket upgrade.
     #[serde(default = "d_ws_path")]
     pub ws_path: String,
+    /// A `since` in every join's payload (issue 14): absent, none (the default); `"null"`,
+    /// `"since": null`; any other string is sent as the position.
+    #[serde(default)]
+    pub join_since: Option<String>,
     /// Rate stepping (fanout, topics, upstream).
     #[serde(default)]
     pub step: Option<Step>,
