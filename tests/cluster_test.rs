@@ -85,6 +85,17 @@ fn one_topic_per_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
     by_master.into_values().collect()
 }
 
+/// A broadcast of a message published with the function: `[null, "<position>", topic, event,
+/// payload]` (the position is the history's, issue 14).
+fn assert_positioned(frame: Value, topic: &str, event: &str, payload: Value) {
+    assert!(frame[1].is_string(), "a position in the ref slot: {frame}");
+    assert_eq!(
+        json!([frame[0], frame[2], frame[3], frame[4]]),
+        json!([null, topic, event, payload]),
+        "{frame}"
+    );
+}
+
 fn fcall_probe(cluster: &RedisCluster, topic: &str, n: u64) -> bool {
     cluster
         .fcall_publish(topic, "probe", json!({ "n": n }).to_string())
@@ -114,10 +125,7 @@ fn function_messages_reach_clients_on_every_master_and_only_the_serving_process(
         );
     }
     for (n, topic) in topics.iter().enumerate() {
-        assert_eq!(
-            client.recv_json(),
-            json!([null, null, topic, "n", { "n": n }])
-        );
+        assert_positioned(client.recv_json(), topic, "n", json!({ "n": n }));
     }
     assert_eq!(received(&serving) - serving_before, topics.len() as f64);
     assert_eq!(
@@ -171,10 +179,7 @@ fn many_topics_joined_at_once_are_each_subscribed_on_their_slot_master() {
         cluster
             .fcall_publish(topic, "n", json!({ "n": n }).to_string())
             .unwrap_or_else(|e| panic!("FCALL on the master of {topic}: {e}"));
-        assert_eq!(
-            client.recv_json(),
-            json!([null, null, topic, "n", { "n": n }])
-        );
+        assert_positioned(client.recv_json(), topic, "n", json!({ "n": n }));
     }
 }
 
@@ -227,10 +232,19 @@ fn a_killed_master_fails_over_and_delivery_resumes_within_3s_of_the_promotion() 
     let mut seen = HashSet::new();
 
     // Push through the gap while the harness kills the topic's master and waits for the
-    // promotion (on its own thread: it blocks until the cluster agrees).
+    // promotion (on its own thread: it blocks until the cluster agrees). The pushes start once
+    // the master is gone: one Redis took just before its kill -9 may never reach a subscriber
+    // (Redis had answered, the process died before writing it on), which is Redis's loss, not
+    // a false ok.
+    let doomed = cluster.master_of(&sharded_channel(topic));
     let (failover, pending, degraded) = std::thread::scope(|scope| {
         let harness: &mut RedisCluster = &mut cluster;
         let killer = scope.spawn(move || harness.kill_master_of(&sharded_channel(topic)));
+        wait_until(Duration::from_secs(5), "the master is gone", || {
+            redis::Client::open(RedisCluster::node_url(doomed))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .is_err()
+        });
         let (pending, degraded) =
             push_through_gap(&server, &mut alice, "gap", || killer.is_finished());
         let failover = killer.join().expect("the kill and promotion went through");
@@ -526,5 +540,69 @@ fn losing_the_whole_cluster_is_losing_redis_and_everything_comes_back() {
         answers(&mut alice, pending).0.len(),
         3,
         "pushes are ok again"
+    );
+}
+
+/// `FCALL channel_publish` of `{"n": n}` as event `msg` on the topic's master; the position.
+fn publish_number(cluster: &RedisCluster, topic: &str, n: u32) -> String {
+    let reply = cluster
+        .fcall_publish(topic, "msg", json!({ "n": n }).to_string())
+        .unwrap_or_else(|e| panic!("FCALL on the master of {topic}: {e}"));
+    redis::FromRedisValue::from_redis_value(reply).expect("the function returns the position")
+}
+
+/// Joins with `{"token", "since"}` and returns the ok reply's response.
+fn join_since_ok(socket: &mut TestSocket, topic: &str, since: Value) -> Value {
+    let token = sign_token(TEST_JWT_SECRET, topic, "carol", 3600);
+    let reply = socket.join_with_payload(topic, json!({ "token": token, "since": since }));
+    assert_eq!(reply[4]["status"], "ok", "join refused: {reply}");
+    reply[4]["response"].clone()
+}
+
+fn expect_message(socket: &mut TestSocket, topic: &str, n: u32, position: &str) {
+    assert_eq!(
+        socket.recv_json(),
+        json!([null, position, topic, "msg", { "n": n }]),
+        "expected message {n} at {position}"
+    );
+}
+
+#[test]
+fn a_client_recovers_on_another_process_of_a_cluster_and_a_deleted_history_is_another_epoch() {
+    // Issue 14 on the cluster: the history lives in the topic's slot, read on its master.
+    let cluster = RedisCluster::shared();
+    let (a, b) = (quiet_server(&cluster), quiet_server(&cluster));
+    let topic = "room:cluster-recover";
+    let mut on_a = TestSocket::connect(&a.ws_url("2.0.0"));
+    join_since_ok(&mut on_a, topic, Value::Null);
+    let first = publish_number(&cluster, topic, 1);
+    expect_message(&mut on_a, topic, 1, &first);
+    drop(on_a);
+    let missed: Vec<String> = (2..=3)
+        .map(|n| publish_number(&cluster, topic, n))
+        .collect();
+    let mut on_b = TestSocket::connect(&b.ws_url("2.0.0"));
+    assert_eq!(
+        join_since_ok(&mut on_b, topic, json!(first)),
+        json!({"position": missed[1], "recovered": true})
+    );
+    expect_message(&mut on_b, topic, 2, &missed[0]);
+    expect_message(&mut on_b, topic, 3, &missed[1]);
+    let live = publish_number(&cluster, topic, 4);
+    expect_message(&mut on_b, topic, 4, &live);
+
+    // The history deleted on its master: a new epoch, and the old position is not recovered.
+    let master = cluster.master_of(&sharded_channel(topic));
+    let _: () = redis::cmd("DEL")
+        .arg(format!("channel:history:{{{topic}}}"))
+        .query(&mut cluster.connection(master))
+        .expect("DEL on the topic's master");
+    let new = publish_number(&cluster, topic, 5);
+    expect_message(&mut on_b, topic, 5, &new);
+    assert_ne!(new.split('.').next(), live.split('.').next());
+    let mut late = TestSocket::connect(&a.ws_url("2.0.0"));
+    assert_eq!(
+        join_since_ok(&mut late, topic, json!(live)),
+        json!({"position": new, "recovered": false})
     );
 }
