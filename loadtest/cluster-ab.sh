@@ -39,7 +39,8 @@ trap stop_redis EXIT
 redis_node() { # port [more redis-server args]
   local port=$1; shift
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --dir "$OUT" --logfile "$OUT/redis-$port.log" --pidfile "$OUT/redis-$port.pid" "$@"
+    --dir "$OUT" --dbfilename "dump-$port.rdb" --logfile "$OUT/redis-$port.log" \
+    --pidfile "$OUT/redis-$port.pid" "$@"
   until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
 }
 
