@@ -606,3 +606,44 @@ fn a_client_recovers_on_another_process_of_a_cluster_and_a_deleted_history_is_an
         json!({"position": new, "recovered": false})
     );
 }
+
+#[test]
+fn on_a_cluster_a_trimmed_or_expired_history_is_not_recovered() {
+    let cluster = RedisCluster::shared();
+    let server = start_server(
+        &cluster,
+        ServerOptions::default().shards(1).config(
+            "[channel]\npresence_enabled = false\nhistory_size = 3\nhistory_ttl_secs = 1\n",
+        ),
+    );
+    let topic = "room:cluster-trim";
+    let positions: Vec<String> = (1..=4)
+        .map(|n| publish_number(&cluster, topic, n))
+        .collect();
+    // Trimmed: only 2..=4 are kept, so a client at 1 cannot be given what followed it.
+    let mut late = TestSocket::connect(&server.ws_url("2.0.0"));
+    assert_eq!(
+        join_since_ok(&mut late, topic, json!(positions[0])),
+        json!({"position": positions[3], "recovered": false})
+    );
+    // The oldest kept one still recovers.
+    let mut kept = TestSocket::connect(&server.ws_url("2.0.0"));
+    assert_eq!(
+        join_since_ok(&mut kept, topic, json!(positions[1])),
+        json!({"position": positions[3], "recovered": true})
+    );
+    expect_message(&mut kept, topic, 3, &positions[2]);
+    expect_message(&mut kept, topic, 4, &positions[3]);
+    // Expired (history_ttl_secs = 1 after the last publish): the stream is gone from its master.
+    let master = cluster.master_of(&sharded_channel(topic));
+    wait_until(Duration::from_secs(5), "the history expired", || {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("channel:history:{{{topic}}}"))
+            .query(&mut cluster.connection(master))
+            .expect("EXISTS on the topic's master");
+        exists == 0
+    });
+    let mut after = TestSocket::connect(&server.ws_url("2.0.0"));
+    let response = join_since_ok(&mut after, topic, json!(positions[3]));
+    assert_eq!(response["recovered"], json!(false), "{response}");
+}

@@ -140,7 +140,7 @@ pub fn redis_state(connected: bool, reconnects: u64) -> String {
 }
 
 /// The `message` event of a `tail`: `{"topic", "event", "payload"}` with the payload as JSON,
-/// or as base64 with `"binary": true`; `skipped` counts the messages left out before this one
+/// or as base64 with `"binary": true`, and `"position"` when the message has one; `skipped` counts the messages left out before this one
 /// (a tail sends at most a few per second).
 pub fn tail_message(broadcast: &Broadcast, skipped: u64) -> String {
     let payload = if broadcast.is_json() {
@@ -148,14 +148,18 @@ pub fn tail_message(broadcast: &Broadcast, skipped: u64) -> String {
     } else {
         json!(base64::engine::general_purpose::STANDARD.encode(broadcast.payload()))
     };
-    json!({
+    let mut message = json!({
         "topic": broadcast.topic(),
         "event": broadcast.event(),
         "payload": payload,
         "binary": !broadcast.is_json(),
         "skipped": skipped,
-    })
-    .to_string()
+    });
+    // Messages published with the function have a position in the topic's history.
+    if let Some(position) = broadcast.position() {
+        message["position"] = json!(position.to_string());
+    }
+    message.to_string()
 }
 
 /// What the stats ticker needs from the process besides its figures.
@@ -251,5 +255,12 @@ mod tests {
         assert_eq!(value["payload"], json!("/wAB"));
         assert_eq!(value["binary"], json!(true));
         assert_eq!(value["skipped"], json!(3));
+        assert!(value.get("position").is_none(), "no position: {value}");
+        let position = crate::history::Position::parse("1765000000000000.1765000000000-0")
+            .expect("a position parses");
+        let positioned = Broadcast::positioned("room:1", "news", Some(position), b"{}");
+        let value: Value =
+            serde_json::from_str(&tail_message(&positioned, 0)).expect("the message is JSON");
+        assert_eq!(value["position"], json!("1765000000000000.1765000000000-0"));
     }
 }

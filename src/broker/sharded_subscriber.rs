@@ -2,9 +2,9 @@
 //! a subscriber for, and nothing else (docs/protocol.md, "The publish function"), on the master
 //! that owns the channel's slot (docs/operations.md, "Redis Cluster").
 //!
-//! One control thread, and per master one connection of its own with a read thread (the
-//! reader's `PSUBSCRIBE to:*` connection is left as it is, so the classic path keeps working
-//! alongside). On a single Redis or under Sentinel there is one master, which owns every slot.
+//! One control thread, and per master one connection of its own with a read thread, held
+//! whether or not a topic of its slots is wanted (the reader's `PSUBSCRIBE to:*` connection is
+//! left as it is, so the classic path keeps working alongside). On a single Redis or under Sentinel there is one master, which owns every slot.
 //! - the **control** thread owns the process's interest table (fed by the shards, like the
 //!   reader's), the slot map ([`ClusterTopology`]), where each wanted topic is subscribed
 //!   (`placed`) and the write half of every connection. A topic's first interested shard sends
@@ -238,6 +238,9 @@ impl Control {
     /// Reads the slot map (or asks the sentinels for the master) and places every wanted
     /// topic where it belongs now. False when the shards are gone.
     fn read_topology(&mut self) -> bool {
+        // Whatever made the map stale (a lost connection) shows on /healthz and to the joins
+        // now, not after the pause below.
+        self.publish_health();
         if let Some(at) = self.last_read {
             let pause = REREAD_PAUSE.saturating_sub(at.elapsed());
             if !pause.is_zero() {
@@ -277,6 +280,7 @@ impl Control {
                     .map(str::to_owned)
                     .chain(self.placed.keys().cloned())
                     .collect();
+                self.connect_every_master();
                 self.place(all);
             }
             Err(err) if err.kind() == redis::ErrorKind::InvalidClientConfig => {
@@ -493,6 +497,35 @@ impl Control {
         }
     }
 
+    /// Holds a connection to every master, wanted topics or not: `/healthz` and the joins
+    /// (which are answered at once while this part is down) then see a master that cannot be
+    /// reached before a topic needs it, as with the reader's and the publisher's connections.
+    fn connect_every_master(&mut self) {
+        let Some(topology) = self.topology.clone() else {
+            return;
+        };
+        for master in topology.masters() {
+            if self.links.contains_key(master) {
+                continue;
+            }
+            match self.connect(&topology, master) {
+                Ok(()) => {
+                    self.unreachable.remove(master);
+                }
+                Err(err) => {
+                    debug!(%master, %err, "redis sharded subscriber cannot connect");
+                    self.unreachable.insert(master.clone(), err.to_string());
+                    self.stale = true;
+                    if topology.is_cluster() {
+                        self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
+                    } else {
+                        self.schedule_retry();
+                    }
+                }
+            }
+        }
+    }
+
     fn lose(&mut self, node: &NodeAddress, reason: String) {
         warn!(master = %node, %reason, "redis sharded subscriber connection lost");
         self.links.remove(node);
@@ -557,7 +590,11 @@ impl Control {
             .topics()
             .filter(|topic| !self.placed.contains_key(*topic))
             .count();
-        let up = self.topology.is_some() && waiting == 0 && self.unreachable.is_empty();
+        let every_master_linked = self
+            .topology
+            .as_ref()
+            .is_some_and(|t| t.masters().iter().all(|m| self.links.contains_key(m)));
+        let up = every_master_linked && waiting == 0 && self.unreachable.is_empty();
         let mut sentences: Vec<String> = self
             .unreachable
             .iter()

@@ -51,7 +51,10 @@ pub(super) async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::on
                 ShardMessage::AdminAnswer { ticket, answer } => admin::answer(&ctx, ticket, answer),
                 ShardMessage::DisconnectClient { id } => admin::disconnect_client(&ctx, &id),
                 ShardMessage::PresenceResync => presence_delivery::resync_all(&ctx),
-                ShardMessage::RedisStateChanged => admin::announce_redis_state(&ctx),
+                ShardMessage::RedisStateChanged => {
+                    admin::announce_redis_state(&ctx);
+                    super::recovery::redis_state_changed(&ctx);
+                }
                 ShardMessage::Shutdown => {
                     ctx.shutting_down.set(true);
                     if let Some(stop) = stop.take() {

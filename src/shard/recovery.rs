@@ -188,6 +188,31 @@ pub fn begin(ctx: &Rc<ShardContext>, join: WaitingJoin) {
     arm_deadline(ctx, topic, id);
 }
 
+/// The Redis state changed: if the sharded connection is down now, nothing will confirm the
+/// joins waiting for a subscription; those that do not ask for history are answered at once
+/// (as a join that comes while it is down is: the classic path serves them).
+pub fn redis_state_changed(ctx: &Rc<ShardContext>) {
+    if ctx.shared.redis.status.is_sharded_up() {
+        return;
+    }
+    let released: Vec<WaitingJoin> = {
+        let mut recovery = ctx.recovery.borrow_mut();
+        let mut released = Vec::new();
+        recovery.awaiting_subscription.retain(|_, joins| {
+            let (now, wait): (Vec<_>, Vec<_>) = std::mem::take(joins)
+                .into_iter()
+                .partition(|j| j.history.is_none());
+            released.extend(now);
+            *joins = wait;
+            !joins.is_empty()
+        });
+        released
+    };
+    for join in released {
+        proceed(ctx, join);
+    }
+}
+
 /// Redis confirmed `topic`'s subscription for this shard: answer the joins that waited for it.
 pub fn topic_subscribed(ctx: &Rc<ShardContext>, topic: &str) {
     if !ctx.holds(topic) {
