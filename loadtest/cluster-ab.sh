@@ -9,6 +9,7 @@
 #
 #   loadtest/cluster-ab.sh CHANNEL_BINARY [RUNS] [LOADTEST_BINARY] > table.md
 #
+# REPLICAS=1 (default) replicas per cluster master; 0 for a cluster of 3 masters alone.
 # DEPLOYMENTS="single cluster" (default) or just one of them (`single` runs before the server
 # supports clusters); PATHS="function publish" (default); EXTRA="--rate 2000 …" more loadtest
 # flags. Everything runs on 127.0.0.1 on free ports; Redis processes are started daemonized with
@@ -53,13 +54,14 @@ deploy() {
       echo "--redis redis://127.0.0.1:$p" ;;
     cluster)
       local ports=() p
-      for _ in 1 2 3 4 5 6; do
+      # 3 masters, each with REPLICAS replicas (default 1; 0 isolates what replication costs).
+      for _ in $(seq 1 $((3 * (1 + ${REPLICAS:-1})))); do
         p=$(free_port)
         redis_node "$p" --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
           --cluster-port "$(free_port)" --cluster-node-timeout 1000
         ports+=("127.0.0.1:$p")
       done
-      redis-cli --cluster create "${ports[@]}" --cluster-replicas 1 --cluster-yes \
+      redis-cli --cluster create "${ports[@]}" --cluster-replicas "${REPLICAS:-1}" --cluster-yes \
         >"$OUT/cluster-create-${ports[0]#*:}.log" 2>&1
       for p in "${ports[@]}"; do
         until redis-cli -p "${p#*:}" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
