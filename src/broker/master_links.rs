@@ -178,7 +178,8 @@ impl MasterLinks {
         Ok(())
     }
 
-    /// Marks the slot map to be read again (the caller saw a sign that it moved).
+    /// Marks the slot map to be read again (the caller saw a sign that it moved, or reads it
+    /// with every presence upkeep).
     pub fn mark_stale(&mut self) {
         self.stale = true;
     }

@@ -176,6 +176,9 @@ impl RedisPublisher {
                     warn!(%err, "presence upkeep failed on a cluster master; retrying");
                     liveness.retry_after(CLUSTER_RETRY);
                 }
+                // With each upkeep (every 2 s) the slot map is read again, so that a master
+                // added to a cluster gets the function even if nothing failed.
+                conn.mark_stale();
             }
             if self.connector.master_switched() {
                 return Err(redis::RedisError::from((
