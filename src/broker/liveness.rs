@@ -1,11 +1,11 @@
 //! This process's presence liveness in Redis, and when it looks for dead processes.
 //!
-//! Owns the schedule of the [`crate::presence::scripts::UPKEEP`] script, which refreshes this process's score in
-//! `presence:{_processes}:expiry` and finds every process whose score has passed, and the
-//! removal of those processes' members that follows it (topic by topic: on a Redis Cluster
-//! each topic's keys live in its own slot). It runs
-//! every `presence_ttl / 3`, and also right after the moment another process's score passes
-//! (the script says when that is): a process killed just after its refresh is reaped
+//! Owns the schedule of the [`crate::presence::scripts::UPKEEP`] script, which refreshes this
+//! process's score in `presence:{_processes}:expiry` and finds every process whose score has
+//! passed, and the removal of those processes' members that follows it (topic by topic: on a
+//! Redis Cluster each topic's keys live in its own slot). It runs every `presence_ttl / 3`, and
+//! also right after the moment another process's score passes (the script says when that is):
+//! a process killed just after its refresh is reaped
 //! `presence_ttl` later, not up to a refresh period after that. A live process never causes
 //! that extra run (it refreshes two periods before its score passes), so an idle deployment
 //! pays one script per process per refresh period and nothing else. It never blocks longer
@@ -74,9 +74,10 @@ impl Liveness {
     }
 
     /// Refreshes this process's liveness, finds dead processes, and removes the members of
-    /// every process being reaped (one [`crate::presence::scripts::REAP_TOPIC`] per topic, each on its topic's
-    /// master, then [`crate::presence::scripts::REAPED`]); schedules the next run. A topic whose master is
-    /// unreachable leaves its process in the reaping set for the next upkeep (of any process).
+    /// every process being reaped (one [`crate::presence::scripts::REAP_TOPIC`] per topic,
+    /// each on its topic's master, then [`crate::presence::scripts::REAPED`]); schedules the
+    /// next run. A topic whose master is unreachable leaves its process in the reaping set for
+    /// the next upkeep (of any process).
     pub fn upkeep(
         &mut self,
         links: &mut MasterLinks,

@@ -4,7 +4,8 @@
 //!
 //! One control thread, and per master one connection of its own with a read thread, held
 //! whether or not a topic of its slots is wanted (the reader's `PSUBSCRIBE to:*` connection is
-//! left as it is, so the classic path keeps working alongside). On a single Redis or under Sentinel there is one master, which owns every slot.
+//! left as it is, so the classic path keeps working alongside). On a single Redis or under
+//! Sentinel there is one master, which owns every slot.
 //! - the **control** thread owns the process's interest table (fed by the shards, like the
 //!   reader's), the slot map ([`ClusterTopology`]), where each wanted topic is subscribed
 //!   (`placed`) and the write half of every connection. A topic's first interested shard sends
