@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 
 use common::cluster::{key_slot, RedisCluster};
 use common::failover::{
-    answers, delivery_resumes, healthz, push_through_gap, received, Member, UpstreamWatcher,
+    delivery_resumes, healthz, push_through_gap, push_times, received, the_gap_and_after_hold,
+    Member, UpstreamWatcher,
 };
 use common::phoenix::wait_until;
 use common::{sign_token, ChannelServer, ServerOptions, TestSocket, TEST_JWT_SECRET};
@@ -229,7 +230,6 @@ fn a_killed_master_fails_over_and_delivery_resumes_within_3s_of_the_promotion() 
             .collect(),
         topic,
     );
-    let mut seen = HashSet::new();
 
     // Push through the gap while the harness kills the topic's master and waits for the
     // promotion (on its own thread: it blocks until the cluster agrees). The pushes start once
@@ -270,25 +270,14 @@ fn a_killed_master_fails_over_and_delivery_resumes_within_3s_of_the_promotion() 
         "delivery resumed {took:?} after the promotion (bound {RESUME_BOUND:?})\n{}",
         server.log()
     );
-    let (gap_oks, unavailable) = answers(&mut alice, pending);
-    assert!(
-        unavailable > 0,
-        "pushes while the topic's slot had no master must be refused (oks {gap_oks:?})"
+    the_gap_and_after_hold(
+        &server,
+        &mut alice,
+        &watcher,
+        pending,
+        degraded,
+        RESUME_BOUND,
     );
-    assert!(degraded, "/healthz must say 503 while a master is gone");
-    wait_until(RESUME_BOUND, "/healthz is 200 after the failover", || {
-        healthz(&server) == 200
-    });
-    let (pending, _) = push_through_gap(&server, &mut alice, "after", {
-        let mut n = 0;
-        move || {
-            n += 1;
-            n > 3
-        }
-    });
-    let (after_oks, _) = answers(&mut alice, pending);
-    assert_eq!(after_oks.len(), 3, "pushes after the failover are ok");
-    watcher.saw_every(&[gap_oks, after_oks].concat(), &mut seen);
 }
 
 #[test]
@@ -501,20 +490,17 @@ fn losing_the_whole_cluster_is_losing_redis_and_everything_comes_back() {
     cluster.kill_every_node();
     // As with a lost single Redis: pushes are refused (never a false ok), /healthz says so, the
     // client stays connected.
-    let (pending, degraded) = push_through_gap(&server, &mut alice, "lost", {
-        let mut n = 0;
-        move || {
-            n += 1;
-            n > 20
-        }
-    });
-    let (oks, unavailable) = answers(&mut alice, pending);
+    let (oks, unavailable) = push_times(&server, &mut alice, "lost", 20);
     assert!(
         oks.is_empty(),
         "pushes answered ok with no Redis at all: {oks:?}"
     );
     assert_eq!(unavailable, 20);
-    assert!(degraded, "/healthz must say 503 while the cluster is gone");
+    assert_eq!(
+        healthz(&server),
+        503,
+        "/healthz must say 503 while the cluster is gone"
+    );
     let back = Instant::now();
     cluster.make_whole();
     // The nodes kept no data: the function is installed again by the publisher's reconnect.
@@ -529,18 +515,8 @@ fn losing_the_whole_cluster_is_losing_redis_and_everything_comes_back() {
     wait_until(Duration::from_secs(10), "/healthz is 200 again", || {
         healthz(&server) == 200
     });
-    let (pending, _) = push_through_gap(&server, &mut alice, "after", {
-        let mut n = 0;
-        move || {
-            n += 1;
-            n > 3
-        }
-    });
-    assert_eq!(
-        answers(&mut alice, pending).0.len(),
-        3,
-        "pushes are ok again"
-    );
+    let (after_oks, _) = push_times(&server, &mut alice, "after", 3);
+    assert_eq!(after_oks.len(), 3, "pushes are ok again");
 }
 
 /// `FCALL channel_publish` of `{"n": n}` as event `msg` on the topic's master; the position.

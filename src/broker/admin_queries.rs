@@ -85,24 +85,30 @@ pub fn presence(links: &mut MasterLinks, topic: &str) -> redis::RedisResult<Valu
     }))
 }
 
+/// The `phx_ref` of every presence entry of `id` among a topic's `values`.
+fn phx_refs_of<'a>(values: &'a [Vec<u8>], id: &'a str) -> impl Iterator<Item = String> + 'a {
+    values.iter().filter_map(move |value| {
+        let entry = serde_json::from_slice::<Value>(value).ok()?;
+        if entry.get("key").and_then(Value::as_str) != Some(id) {
+            return None;
+        }
+        entry
+            .pointer("/meta/phx_ref")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
 /// `{"id", "sockets": [{"socket", "node", "topics": [...]}]}`: every socket of `id` found in
 /// presence (a socket joined to no channel is not there), with the topics it joined.
 pub fn client(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value> {
     let mut sockets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for (topic, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
-        for value in &values {
-            let Ok(entry) = serde_json::from_slice::<Value>(value) else {
-                continue;
-            };
-            if entry.get("key").and_then(Value::as_str) != Some(id) {
-                continue;
-            }
-            if let Some(phx_ref) = entry.pointer("/meta/phx_ref").and_then(Value::as_str) {
-                let socket = presence::socket_of_phx_ref(phx_ref).to_owned();
-                let node = node_of_phx_ref(phx_ref).to_owned();
-                let (_, topics) = sockets.entry(socket).or_insert((node, Vec::new()));
-                topics.push(topic.clone());
-            }
+        for phx_ref in phx_refs_of(&values, id) {
+            let socket = presence::socket_of_phx_ref(&phx_ref).to_owned();
+            let node = node_of_phx_ref(&phx_ref).to_owned();
+            let (_, topics) = sockets.entry(socket).or_insert((node, Vec::new()));
+            topics.push(topic.clone());
         }
     }
     let sockets: Vec<Value> = sockets
@@ -173,16 +179,8 @@ pub fn topics(links: &mut MasterLinks) -> redis::RedisResult<Value> {
 pub fn disconnect(links: &mut MasterLinks, id: &str) -> redis::RedisResult<Value> {
     let mut sockets = HashSet::new();
     for (_, values) in links.for_each_master(scan_members)?.into_iter().flatten() {
-        for value in &values {
-            let Ok(entry) = serde_json::from_slice::<Value>(value) else {
-                continue;
-            };
-            if entry.get("key").and_then(Value::as_str) != Some(id) {
-                continue;
-            }
-            if let Some(phx_ref) = entry.pointer("/meta/phx_ref").and_then(Value::as_str) {
-                sockets.insert(presence::socket_of_phx_ref(phx_ref).to_owned());
-            }
+        for phx_ref in phx_refs_of(&values, id) {
+            sockets.insert(presence::socket_of_phx_ref(&phx_ref).to_owned());
         }
     }
     let mut publish = redis::cmd("PUBLISH");

@@ -279,3 +279,45 @@ pub fn received(server: &ChannelServer) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no received counter in /metrics:\n{text}"))
 }
+
+/// Pushes `count` tagged messages (50 ms apart); their answers: the tags answered `ok`, and how
+/// many were `backend unavailable`.
+pub fn push_times(
+    server: &ChannelServer,
+    member: &mut Member,
+    label: &str,
+    count: usize,
+) -> (Vec<String>, usize) {
+    let mut sent = 0;
+    let (pending, _) = push_through_gap(server, member, label, || {
+        sent += 1;
+        sent > count
+    });
+    answers(member, pending)
+}
+
+/// What every failover test asserts once delivery has resumed: every push of the gap answered,
+/// some refused (while nothing could take them) and none falsely ok, `/healthz` seen 503 during
+/// the gap and 200 again within `bound`, and pushes ok again after; every `ok` of the gap and
+/// after was published by some node (`watcher`).
+pub fn the_gap_and_after_hold(
+    server: &ChannelServer,
+    member: &mut Member,
+    watcher: &UpstreamWatcher,
+    gap: Vec<(String, String)>,
+    degraded_seen: bool,
+    bound: Duration,
+) {
+    let (gap_oks, unavailable) = answers(member, gap);
+    assert!(
+        unavailable > 0,
+        "pushes while nothing could take them must be refused (oks {gap_oks:?})"
+    );
+    assert!(degraded_seen, "/healthz must say 503 during the gap");
+    super::phoenix::wait_until(bound, "/healthz is 200 after the failover", || {
+        healthz(server) == 200
+    });
+    let (after_oks, _) = push_times(server, member, "after", 3);
+    assert_eq!(after_oks.len(), 3, "pushes after the failover are ok");
+    watcher.saw_every(&[gap_oks, after_oks].concat(), &mut HashSet::new());
+}
