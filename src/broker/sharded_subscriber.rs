@@ -199,7 +199,7 @@ impl Control {
                             let _ = link.routes.send(change.clone());
                         }
                         let told = self.interest.apply_and_tell(change.clone());
-                        self.confirm_if_subscribed(&change, told);
+                        self.confirm_if_subscribed(&change);
                         if told.is_some() {
                             touched.push(change.topic);
                         }
@@ -312,14 +312,16 @@ impl Control {
         for link in self.links.values() {
             let _ = link.routes.send(change.clone());
         }
-        let told = self.interest.apply_and_tell(change.clone());
-        self.confirm_if_subscribed(&change, told);
+        self.interest.apply(change.clone());
+        self.confirm_if_subscribed(&change);
     }
 
-    /// A shard gained a topic another shard had: if Redis already confirmed it, the shard's
-    /// joins need not wait (otherwise the coming confirmation reaches it with the others).
-    fn confirm_if_subscribed(&self, change: &InterestChange, told: Option<bool>) {
-        if !change.interested || told.is_some() {
+    /// A shard gained a topic: if Redis already confirmed it where it is placed, the shard's
+    /// joins need not wait (otherwise the coming confirmation reaches it with the others). This
+    /// covers a topic another shard had, and a topic this process lost and regained within one
+    /// batch of changes (it stays placed: no new `SSUBSCRIBE`, so no new answer, would come).
+    fn confirm_if_subscribed(&self, change: &InterestChange) {
+        if !change.interested {
             return;
         }
         let confirmed = self
@@ -342,6 +344,12 @@ impl Control {
     }
 
     fn take_event(&mut self, event: ReadEvent, touched: &mut Vec<String>) {
+        if let ReadEvent::Subscription {
+            topic, subscribed, ..
+        } = &event
+        {
+            debug!(%topic, subscribed, "redis answered a sharded subscription");
+        }
         let (ReadEvent::Subscription { node, link, .. }
         | ReadEvent::Redirected { node, link }
         | ReadEvent::Ended { node, link, .. }) = &event;
@@ -474,10 +482,9 @@ impl Control {
             }
             self.unreachable.remove(&node);
             let link = self.links.get_mut(&node).expect("connected just above");
-            for topic in &topics {
-                // A topic asked to leave and wanted again: its coming `sunsubscribe` is ours.
-                link.leaving.remove(topic);
-            }
+            // A topic asked to leave and wanted again stays in `leaving`: the `sunsubscribe`
+            // still to come is the answer to ours (Redis answers in order, so it comes before
+            // this `ssubscribe`'s answer, which then confirms the topic).
             link.confirmations.asked(&topics);
             match send_batched(
                 &mut link.socket,
