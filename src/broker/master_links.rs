@@ -48,6 +48,17 @@ impl Route {
     pub fn key(key: &str) -> Route {
         Route::Slot(slot_of(key.as_bytes()))
     }
+
+    /// The master of the slot of a topic's keys (each tagged `{<topic>}`), computed without
+    /// building a key unless the topic itself holds a brace (then its tag may not be the
+    /// topic: the slot is its members key's, the first key of every presence script).
+    pub fn topic(topic: &str) -> Route {
+        if topic.contains(['{', '}']) {
+            Route::key(&crate::presence::members_key(topic))
+        } else {
+            Route::Slot(slot_of(topic.as_bytes()))
+        }
+    }
 }
 
 /// What runs on every new connection (loading scripts, installing the publish function).
@@ -392,4 +403,20 @@ fn read_replies(
     }
     conn.set_read_timeout(Some(IO_DEADLINE))?;
     Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_routes_to_the_slot_of_its_keys() {
+        for topic in ["room:1", "weather:wind", "a{b}c", "}x", "{"] {
+            assert_eq!(
+                Route::topic(topic),
+                Route::key(&crate::presence::members_key(topic)),
+                "{topic}"
+            );
+        }
+    }
 }

@@ -361,7 +361,8 @@ impl RedisPublisher {
                     .strip_prefix("from:")
                     .and_then(|rest| rest.rsplit_once(':'))
                 {
-                    Some((topic, _event)) => Route::key(&super::function::sharded_channel(topic)),
+                    // The topic's slot, computed without building a key per push.
+                    Some((topic, _event)) => Route::topic(topic),
                     None => Route::key(&request.channel),
                 }
             }
@@ -378,7 +379,7 @@ impl RedisPublisher {
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::join_diff(presence))
                     .arg(if want_members { "1" } else { "0" });
-                Route::key(&presence::members_key(topic))
+                Route::topic(topic)
             }
             UpstreamCommand::PresenceSnapshot { topic } => {
                 cmd = redis::cmd("EVALSHA");
@@ -386,7 +387,7 @@ impl RedisPublisher {
                     .arg(2)
                     .arg(presence::members_key(topic))
                     .arg(presence::version_key(topic));
-                Route::key(&presence::members_key(topic))
+                Route::topic(topic)
             }
             UpstreamCommand::Admin { .. } | UpstreamCommand::Wake => {
                 // Never in a batch (answered on their own): a harmless placeholder.
@@ -422,7 +423,7 @@ impl RedisPublisher {
                     .arg(presence.field(&self.node))
                     .arg(presence::diff_channel(topic))
                     .arg(shapes::leave_diff(presence));
-                Route::key(&presence::members_key(topic))
+                Route::topic(topic)
             }
         };
         (route, cmd)
