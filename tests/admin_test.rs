@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::phoenix::next_event;
 use common::{
     sign_token, ChannelServer, Frame, RedisServer, ServerOptions, TestSocket, TEST_JWT_SECRET,
 };
@@ -38,19 +39,6 @@ fn joined(server: &ChannelServer, topic: &str, id: &str) -> TestSocket {
         next_event(&mut socket, "presence_state", Duration::from_secs(5));
     }
     socket
-}
-
-/// The next frame on `socket` with `event`, skipping others (presence, stats, events).
-fn next_event(socket: &mut TestSocket, event: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {event} within {within:?}");
-        let frame = socket.recv_json_timeout(left);
-        if frame[3] == json!(event) {
-            return frame;
-        }
-    }
 }
 
 /// The next reply to `r`, skipping pushes and broadcasts.

@@ -26,7 +26,7 @@ use common::failover::{
     delivery_resumes, healthz, push_through_gap, push_times, received, the_gap_and_after_hold,
     Member, UpstreamWatcher,
 };
-use common::phoenix::wait_until;
+use common::phoenix::{next_event, wait_until};
 use common::{sign_token, ChannelServer, ServerOptions, TestSocket, TEST_JWT_SECRET};
 
 /// Issue 13 §4: delivery resumes within this of the promotion.
@@ -403,19 +403,6 @@ fn presence_spans_processes_and_a_killed_process_members_leave() {
         "a killed process's member left {:?} after the kill",
         killed_at.elapsed()
     );
-}
-
-/// The next frame with `event` on `socket`, skipping others.
-fn next_event(socket: &mut TestSocket, event: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {event} within {within:?}");
-        let frame = socket.recv_json_timeout(left);
-        if frame[3] == json!(event) {
-            return frame;
-        }
-    }
 }
 
 /// Joins `topic` as `id` and waits for its presence state (the join is in Redis then).

@@ -29,15 +29,8 @@ fn server(redis: &RedisServer) -> ChannelServer {
 
 /// `FCALL channel_publish 1 <topic> <event> <payload>`; returns the position.
 fn publish(redis: &RedisServer, topic: &str, event: &str, payload: &Value) -> String {
-    let mut conn = redis.connection();
-    redis::cmd("FCALL")
-        .arg("channel_publish")
-        .arg(1)
-        .arg(topic)
-        .arg(event)
-        .arg(payload.to_string())
-        .query(&mut conn)
-        .unwrap_or_else(|e| panic!("FCALL channel_publish failed: {e}"))
+    let position = redis.fcall_publish(topic, event, payload.to_string());
+    redis::FromRedisValue::from_redis_value(position).expect("the function returns the position")
 }
 
 /// Publishes `{"n": n}` as event `msg` for each n; returns the positions.

@@ -52,15 +52,7 @@ fn wait_for_shard_subscribers(redis: &RedisServer, topic: &str, count: i64) {
 }
 
 fn fcall(redis: &RedisServer, topic: &str, event: &str, payload: &[u8]) -> redis::Value {
-    let mut conn = redis.connection();
-    redis::cmd("FCALL")
-        .arg("channel_publish")
-        .arg(1)
-        .arg(topic)
-        .arg(event)
-        .arg(payload)
-        .query(&mut conn)
-        .unwrap_or_else(|e| panic!("FCALL channel_publish failed: {e}"))
+    redis.fcall_publish(topic, event, payload)
 }
 
 fn joined(server: &ChannelServer, topic: &str) -> TestSocket {

@@ -109,29 +109,10 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         procs: usize,
     },
-    /// Internal: one child process of `run --procs N` (spec and commands on stdin).
     /// Two `channel` processes restarted in turn under load (issue 14): loss, duplicates and
     /// order with the publish function and recovery, or with plain PUBLISH (`--plain`).
-    RollingRestart {
-        #[arg(long)]
-        channel_bin: PathBuf,
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
-        #[arg(long, default_value = "loadtest-out")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        #[arg(long, default_value_t = 10)]
-        topics: usize,
-        #[arg(long, default_value_t = 500.0)]
-        rate: f64,
-        #[arg(long)]
-        plain: bool,
-        #[arg(long, default_value_t = 1)]
-        shards: usize,
-        #[arg(long, default_value_t = 5.0)]
-        settle: f64,
-    },
+    RollingRestart(rolling::RollingArgs),
+    /// Internal: one child process of `run --procs N` (spec and commands on stdin).
     #[command(hide = true)]
     Worker,
     /// Print two summary.json files side by side with B/A ratios.
@@ -158,28 +139,8 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::RollingRestart {
-            channel_bin,
-            redis,
-            out,
-            clients,
-            topics,
-            rate,
-            plain,
-            shards,
-            settle,
-        } => {
-            let summary = rolling::run(rolling::RollingArgs {
-                channel_bin,
-                redis,
-                out,
-                clients,
-                topics,
-                rate,
-                plain,
-                shards,
-                settle,
-            })?;
+        Cmd::RollingRestart(args) => {
+            let summary = rolling::run(args)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

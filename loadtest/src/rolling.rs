@@ -35,16 +35,26 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What to run.
+#[derive(Debug, clap::Args)]
 pub struct RollingArgs {
+    #[arg(long)]
     pub channel_bin: PathBuf,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+    #[arg(long, default_value = "loadtest-out")]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
     pub clients: usize,
+    #[arg(long, default_value_t = 10)]
     pub topics: usize,
+    #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
+    #[arg(long)]
     pub plain: bool,
+    #[arg(long, default_value_t = 1)]
     pub shards: usize,
     /// Seconds of publishing before the first restart, between restarts, and after the last.
+    #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
 }
 

@@ -123,20 +123,9 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16_xmodem(hashed) % SLOTS
 }
 
-/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as in Redis's `crc16.c`.
+/// CRC16-CCITT (XMODEM), as in Redis's `crc16.c` (the `crc16` crate, as the server uses).
 fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(data)
 }
 
 /// The raw `CLUSTER SLOTS` reply of the node at `seed` (`host:port`).

@@ -11,7 +11,7 @@
 
 pub(crate) mod admin_queries;
 pub(crate) mod backoff;
-pub(crate) mod cluster_topology;
+pub mod cluster_topology;
 mod commands;
 pub(crate) mod deployment;
 pub(crate) mod function;

@@ -654,34 +654,10 @@ impl RedisCluster {
     }
 }
 
-/// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of the key, or of its
-/// hash tag (the part between the first `{` and the next `}`, when not empty), modulo 16384.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|&b| b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16_xmodem(hashed) % SLOTS as u16
-}
-
-/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as in Redis's `crc16.c`.
-pub fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+/// The hash slot of `key`, as Redis Cluster computes it: the server's own
+/// (`channel::broker::cluster_topology::slot_of`), which the harness self-test checks against
+/// `CLUSTER KEYSLOT`.
+pub use channel::broker::cluster_topology::slot_of as key_slot;
 
 /// Parses `CLUSTER NODES` text.
 pub fn parse_cluster_nodes(text: &str) -> Vec<NodeView> {

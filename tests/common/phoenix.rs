@@ -395,3 +395,17 @@ pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     frame
 }
+
+/// The next frame on `socket` with `event`, skipping others (presence, stats, events, replies
+/// of other events); fails the test after `within`.
+pub fn next_event(socket: &mut TestSocket, event: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {event} within {within:?}");
+        let frame = socket.recv_json_timeout(left);
+        if frame[3] == json!(event) {
+            return frame;
+        }
+    }
+}

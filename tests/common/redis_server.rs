@@ -110,6 +110,24 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("cannot connect to test Redis at {}: {e}", self.url()))
     }
 
+    /// `FCALL channel_publish 1 <topic> <event> <payload>` (the publish function every server
+    /// installs); Redis's answer (the position). Fails the test on an error.
+    pub fn fcall_publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> redis::Value {
+        redis::cmd("FCALL")
+            .arg("channel_publish")
+            .arg(1)
+            .arg(topic)
+            .arg(event)
+            .arg(payload.as_ref())
+            .query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("FCALL channel_publish on {topic} failed: {e}"))
+    }
+
     /// `PUBLISH channel payload`; returns how many subscribers received it.
     pub fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut conn = self.connection();
