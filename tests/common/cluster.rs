@@ -18,12 +18,11 @@
 //! process behind.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::whole_process::spawn_for_the_whole_process;
+use super::redis_process::RedisProcess;
 use super::{free_port, log_tail, scratch_dir};
 
 /// Masters of the cluster; each has one replica.
@@ -32,84 +31,54 @@ pub const MASTERS: usize = 3;
 pub const SLOTS: u32 = 16384;
 /// `cluster-node-timeout`: a master unreachable this long is failed over.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
-/// How long a node may take to answer PING after it is spawned.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the cluster may take to form, to promote a replica or to agree on a change (node
 /// timeout + election + gossip, with a wide margin for a loaded 2-core machine).
 const AGREE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Between two polls of the nodes.
 const POLL: Duration = Duration::from_millis(20);
 
-/// One `redis-server` of the cluster: a master or a replica (which one changes with failovers).
-struct Node {
-    port: u16,
-    /// The cluster bus port (`cluster-port`): chosen free too, since `port + 10000` may not be.
-    bus_port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    starts: usize,
-}
-
-impl Node {
-    fn log_path(&self) -> PathBuf {
-        self.dir
-            .join(format!("node-{}-{}.log", self.port, self.starts))
-    }
-
-    /// Starts the node (again: a restarted node keeps its `nodes-<port>.conf`, so it rejoins
-    /// with its identity, and the cluster makes it a replica if its slots moved meanwhile).
-    fn start(&mut self) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path()).expect("the scratch dir is writable");
-        let log_err = log.try_clone().expect("a file handle can be cloned");
-        let port = self.port.to_string();
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--dbfilename", &format!("dump-{port}.rdb")])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-            // A replica whose master was just killed may always stand for election.
-            .args(["--cluster-replica-validity-factor", "0"])
-            // Replicas stay with their master: the topology only changes when a test changes it.
-            .args(["--cluster-allow-replica-migration", "no"])
-            // A node that comes back syncs at once (the default waits 5 s for more replicas).
-            .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        self.child = Some(spawn_for_the_whole_process(command));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !ping(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "cluster node on port {} did not answer PING:\n{}",
-                self.port,
-                log_tail(&self.log_path(), 40)
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
+/// One `redis-server` of the cluster, a master or a replica (which one changes with failovers),
+/// with the cluster bus on `bus_port` (chosen free too, since `port + 10000` may not be). A
+/// restarted node keeps its `nodes-<port>.conf`, so it rejoins with its identity, and the
+/// cluster makes it a replica if its slots moved meanwhile.
+fn cluster_node(port: u16, bus_port: u16, dir: &std::path::Path) -> RedisProcess {
+    let args = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dbfilename",
+        &format!("dump-{port}.rdb"),
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        &format!("nodes-{port}.conf"),
+        "--cluster-port",
+        &bus_port.to_string(),
+        "--cluster-node-timeout",
+        &NODE_TIMEOUT_MS.to_string(),
+        // A replica whose master was just killed may always stand for election.
+        "--cluster-replica-validity-factor",
+        "0",
+        // Replicas stay with their master: the topology only changes when a test changes it.
+        "--cluster-allow-replica-migration",
+        "no",
+        // A node that comes back syncs at once (the default waits 5 s for more replicas).
+        "--repl-diskless-sync-delay",
+        "0",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    RedisProcess::new(port, dir.to_path_buf(), args)
 }
 
 /// One node as another node's `CLUSTER NODES` describes it.
@@ -172,7 +141,7 @@ pub struct PendingMigration {
 
 /// Three masters, three replicas.
 pub struct RedisCluster {
-    nodes: Vec<Node>,
+    nodes: Vec<RedisProcess>,
 }
 
 impl RedisCluster {
@@ -191,14 +160,8 @@ impl RedisCluster {
 
     fn start() -> RedisCluster {
         let dir = scratch_dir("cluster");
-        let mut nodes: Vec<Node> = (0..MASTERS * 2)
-            .map(|_| Node {
-                port: free_port(),
-                bus_port: free_port(),
-                dir: dir.clone(),
-                child: None,
-                starts: 0,
-            })
+        let mut nodes: Vec<RedisProcess> = (0..MASTERS * 2)
+            .map(|_| cluster_node(free_port(), free_port(), &dir))
             .collect();
         for node in &mut nodes {
             node.start();
@@ -551,7 +514,7 @@ impl RedisCluster {
             .join("\n")
     }
 
-    fn node_mut(&mut self, port: u16) -> &mut Node {
+    fn node_mut(&mut self, port: u16) -> &mut RedisProcess {
         self.nodes
             .iter_mut()
             .find(|n| n.port == port)
@@ -793,10 +756,4 @@ fn try_connect(port: u16) -> redis::RedisResult<redis::Connection> {
 
 fn connect(port: u16) -> redis::Connection {
     try_connect(port).unwrap_or_else(|e| panic!("cannot connect to 127.0.0.1:{port}: {e}"))
-}
-
-fn ping(port: u16) -> bool {
-    try_connect(port)
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_ok()
 }

@@ -16,6 +16,7 @@ pub mod failover;
 pub mod http;
 pub mod node;
 pub mod phoenix;
+pub mod redis_process;
 pub mod redis_server;
 pub mod relay;
 pub mod sentinel;

@@ -236,7 +236,7 @@ impl Drop for RedisServer {
 }
 
 /// True if something on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
+pub(super) fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

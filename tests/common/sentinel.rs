@@ -11,79 +11,23 @@
 //! It never sleeps where it can wait for an event: every wait polls the sentinels or the
 //! nodes for the state it needs, with a deadline that fails the test.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::whole_process::spawn_for_the_whole_process;
+use super::redis_process::RedisProcess;
 use super::{free_port, log_tail, scratch_dir};
 
 /// The master's name in the sentinels.
 pub const MASTER_NAME: &str = "channel-test";
-/// How long a node may take to answer PING after it is spawned.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the sentinels may take to agree on a new master (down-after 1 s + election +
 /// promotion, with margin for a loaded machine).
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One `redis-server` process (a data node or a sentinel).
-struct Node {
-    port: u16,
-    dir: PathBuf,
-    /// Arguments after `redis-server` (a config file for a sentinel).
-    args: Vec<String>,
-    child: Option<Child>,
-    starts: usize,
-}
-
-impl Node {
-    fn log_path(&self) -> PathBuf {
-        self.dir
-            .join(format!("node-{}-{}.log", self.port, self.starts))
-    }
-
-    fn start(&mut self) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path()).expect("the scratch dir is writable");
-        let log_err = log.try_clone().expect("a file handle can be cloned");
-        let mut command = Command::new("redis-server");
-        command
-            .args(&self.args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        self.child = Some(spawn_for_the_whole_process(command));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !ping(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING:\n{}",
-                self.port,
-                log_tail(&self.log_path(), 40)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
 /// A master + replica + 3 sentinels.
 pub struct SentinelDeployment {
     /// The two data nodes; which one is master changes with failovers.
-    data: Vec<Node>,
-    sentinels: Vec<Node>,
+    data: Vec<RedisProcess>,
+    sentinels: Vec<RedisProcess>,
 }
 
 impl SentinelDeployment {
@@ -122,13 +66,7 @@ impl SentinelDeployment {
             .map(|s| s.to_string())
             .collect()
         };
-        let mut master = Node {
-            port: master_port,
-            dir: dir.clone(),
-            args: data_args(master_port),
-            child: None,
-            starts: 0,
-        };
+        let mut master = RedisProcess::new(master_port, dir.clone(), data_args(master_port));
         master.start();
         let mut replica_args = data_args(replica_port);
         replica_args.extend([
@@ -136,13 +74,7 @@ impl SentinelDeployment {
             "127.0.0.1".to_string(),
             master_port.to_string(),
         ]);
-        let mut replica = Node {
-            port: replica_port,
-            dir: dir.clone(),
-            args: replica_args,
-            child: None,
-            starts: 0,
-        };
+        let mut replica = RedisProcess::new(replica_port, dir.clone(), replica_args);
         replica.start();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -160,13 +92,8 @@ impl SentinelDeployment {
                 ),
             )
             .expect("the scratch dir is writable");
-            let mut sentinel = Node {
-                port,
-                dir: dir.clone(),
-                args: vec![conf.display().to_string(), "--sentinel".to_string()],
-                child: None,
-                starts: 0,
-            };
+            let args = vec![conf.display().to_string(), "--sentinel".to_string()];
+            let mut sentinel = RedisProcess::new(port, dir.clone(), args);
             sentinel.start();
             sentinels.push(sentinel);
         }
@@ -214,7 +141,7 @@ impl SentinelDeployment {
 
     /// Every data node's URL (master and replica).
     pub fn data_urls(&self) -> Vec<String> {
-        self.data.iter().map(Node::url).collect()
+        self.data.iter().map(RedisProcess::url).collect()
     }
 
     /// `SENTINEL FAILOVER`, then waits until every sentinel names the new master; returns the
@@ -251,12 +178,12 @@ impl SentinelDeployment {
     pub fn restart_killed(&mut self, port: u16) {
         let node = self.node(port);
         // Back as a plain node (no --replicaof): the sentinels reconfigure it.
-        node.args.truncate(12);
+        node.args_mut().truncate(12);
         node.start();
         self.wait_ready_for_failover();
     }
 
-    fn node(&mut self, port: u16) -> &mut Node {
+    fn node(&mut self, port: u16) -> &mut RedisProcess {
         self.data
             .iter_mut()
             .find(|n| n.port == port)
@@ -397,10 +324,4 @@ fn try_connect(port: u16) -> redis::RedisResult<redis::Connection> {
 
 fn connect(port: u16) -> redis::Connection {
     try_connect(port).unwrap_or_else(|e| panic!("cannot connect to 127.0.0.1:{port}: {e}"))
-}
-
-fn ping(port: u16) -> bool {
-    try_connect(port)
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_ok()
 }
