@@ -42,14 +42,33 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure that nothing arrives.
 pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
-/// A port on 127.0.0.1 that was free a moment ago. The caller must tolerate the small race
-/// between dropping the probe listener and binding the port itself (both servers here retry).
+/// Where `free_port` looks: below Linux's ephemeral range (32768–60999 by default), so that no
+/// outgoing connection of this machine (a Node client, a channel process's Redis link, a
+/// parallel test's sockets) can take a port between the moment it is chosen and the moment its
+/// server binds it. CI failed once on exactly that: a cluster node's bus port, picked by binding
+/// port 0, was taken by another test's outgoing connection before redis-server bound it.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that was free a moment ago and that no other call in this test process
+/// has handed out: ports are walked from an offset chosen by the process id, each probed by
+/// binding it. Outside the ephemeral range (`TEST_PORTS`), so only another process choosing
+/// the same port on purpose could race for it.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 always works");
-    listener
-        .local_addr()
-        .expect("a bound listener has an address")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let span = (TEST_PORTS.end - TEST_PORTS.start) as usize;
+    let _ = NEXT.compare_exchange(
+        usize::MAX,
+        (std::process::id() as usize).wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = TEST_PORTS.start + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port left in {TEST_PORTS:?}")
 }
 
 /// A fresh directory under cargo's per-target temporary directory, unique to this process and

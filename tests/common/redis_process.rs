@@ -63,6 +63,14 @@ impl RedisProcess {
         self.child = Some(spawn_for_the_whole_process(command));
         let deadline = Instant::now() + READY_TIMEOUT;
         while !ping(self.port) {
+            let exited = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "redis-server on port {} exited ({}) before answering PING:\n{}",
+                self.port,
+                exited.map(|status| status.to_string()).unwrap_or_default(),
+                log_tail(&self.log_path(), 40)
+            );
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {} did not answer PING:\n{}",
