@@ -32,6 +32,9 @@ use common::{sign_token, ChannelServer, ServerOptions, TestSocket, TEST_JWT_SECR
 /// Issue 13 §4: delivery resumes within this of the promotion.
 const RESUME_BOUND: Duration = Duration::from_secs(3);
 
+/// How long a test waits for one expected frame.
+const RECV: Duration = Duration::from_secs(5);
+
 fn sharded_channel(topic: &str) -> String {
     format!("channel:to:{{{topic}}}")
 }
@@ -356,6 +359,78 @@ fn a_slot_migration_keeps_delivering_and_delivers_nothing_twice() {
         },
     );
     assert_eq!(key_slot(sharded_channel(topic).as_bytes()), migration.slot);
+}
+
+#[test]
+fn while_a_slot_migrates_joins_presence_and_recovery_follow_ask_to_the_target() {
+    // Between `SETSLOT MIGRATING` and `SETSLOT NODE`, a topic's keys that already moved are
+    // answered `ASK` by the old owner: the server must send `ASKING` and the command to the
+    // target (the slot map still names the old owner, so re-reading it does not help).
+    let mut cluster = RedisCluster::shared();
+    let topic = "room:cluster-ask";
+    let server = start_server(&cluster, ServerOptions::default().shards(1));
+    let mut alice = joined_with_presence(&server, topic, "alice");
+    let first = publish_number(&cluster, topic, 1);
+    let second = publish_number(&cluster, topic, 2);
+    assert_eq!(next_event(&mut alice, "msg", RECV)[4]["n"], 1);
+    assert_eq!(next_event(&mut alice, "msg", RECV)[4]["n"], 2);
+
+    let from = cluster.master_of(&sharded_channel(topic));
+    let to = cluster.other_master_than(from);
+    let pending = cluster.begin_slot_migration(&sharded_channel(topic), to);
+    let moved = cluster.move_slot_keys(&pending);
+    assert!(moved >= 3, "members, history and epoch keys moved, not {moved}");
+    let ask: redis::RedisResult<i64> = redis::cmd("EXISTS")
+        .arg(format!("channel:history:{{{topic}}}"))
+        .query(&mut cluster.connection(from));
+    assert_eq!(
+        ask.expect_err("the old owner redirects").code(),
+        Some("ASK"),
+        "the history key is on the target now"
+    );
+
+    // A join with presence (the join script writes the members key) and recovery (the
+    // function reads the history) while every key of the topic is on the target.
+    let mut bob = TestSocket::connect(&server.ws_url("2.0.0"));
+    let token = sign_token(TEST_JWT_SECRET, topic, "bob", 3600);
+    let reply = bob.join_with_payload(topic, json!({ "token": token, "since": first }));
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {"position": second, "recovered": true}}),
+        "{reply}"
+    );
+    let mut replayed = None;
+    let mut state = None;
+    let deadline = Instant::now() + RECV;
+    while replayed.is_none() || state.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "replay {replayed:?}, presence_state {state:?}");
+        let frame = bob.recv_json_timeout(left);
+        match frame[3].as_str() {
+            Some("msg") => replayed = Some(frame),
+            Some("presence_state") => state = Some(frame[4].clone()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        replayed.expect("seen"),
+        json!([null, second, topic, "msg", { "n": 2 }])
+    );
+    let state = state.expect("seen");
+    assert!(
+        state.get("alice").is_some() && state.get("bob").is_some(),
+        "presence read from the target: {state}"
+    );
+    diff_where(&mut alice, RECV, |d| d["joins"].get("bob").is_some());
+
+    // The migration ends; the next message comes through the new owner.
+    let migration = cluster.finish_slot_migration(pending);
+    assert_eq!((migration.from, migration.to), (from, to));
+    let third = publish_number(&cluster, topic, 3);
+    assert_eq!(
+        next_event(&mut bob, "msg", RECV),
+        json!([null, third, topic, "msg", { "n": 3 }])
+    );
 }
 
 /// The next `presence_diff` payload on `socket` that satisfies `pred`.

@@ -10,8 +10,9 @@
 //! publish function): a master that appears (a promotion, a new node) gets the function.
 //!
 //! What it must never do: retry a command on its own (a `PUBLISH` sent twice is delivered
-//! twice; only a `MOVED` reply, which says the command did not run, is retried once at the
-//! owner), or wait on a node longer than the deadline.
+//! twice; only a `MOVED` or `ASK` reply, which says the command did not run, is retried once:
+//! at the slot's owner after `MOVED`, at the migration's target with `ASKING` after `ASK`), or
+//! wait on a node longer than the deadline.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -228,6 +229,7 @@ impl MasterLinks {
             }
         }
         let mut moved = Vec::new();
+        let mut asked: HashMap<NodeAddress, Vec<usize>> = HashMap::new();
         let deadline = Instant::now() + IO_DEADLINE;
         // Send every node its pipeline first, then read: the nodes work in parallel.
         let mut sent = Vec::new();
@@ -251,7 +253,9 @@ impl MasterLinks {
             match read_replies(conn, indices.len(), deadline) {
                 Ok(values) => {
                     for (index, value) in indices.into_iter().zip(values) {
-                        if is_moved(&value) {
+                        if let Some(target) = ask_target(&value) {
+                            asked.entry(target).or_default().push(index);
+                        } else if is_moved(&value) {
                             moved.push(index);
                         } else {
                             replies[index] = Some(value);
@@ -260,6 +264,9 @@ impl MasterLinks {
                 }
                 Err(err) => self.drop_link(&node, &err),
             }
+        }
+        for (node, indices) in asked {
+            self.ask(&node, commands, &indices, &mut replies);
         }
         if !moved.is_empty() {
             // The command did not run: the slot moved. Read the map and send it once more.
@@ -302,6 +309,44 @@ impl MasterLinks {
             .into());
         }
         Ok(replies)
+    }
+
+    /// Sends each of `indices`' commands once more, to the node an `ASK` named (the slot is
+    /// being migrated there and the command's keys already moved), each preceded by `ASKING`
+    /// as the cluster protocol asks. The slot map is not read again: until the migration ends
+    /// the source still owns the slot. A command answered anything but its own reply (another
+    /// redirection, a lost node) stays unanswered.
+    fn ask(
+        &mut self,
+        node: &NodeAddress,
+        commands: &[(Route, redis::Cmd)],
+        indices: &[usize],
+        replies: &mut [Option<redis::Value>],
+    ) {
+        if !self.links.contains_key(node) && self.connect(node).is_err() {
+            return;
+        }
+        let asking = redis::cmd("ASKING");
+        let packed = pack(
+            indices
+                .iter()
+                .flat_map(|&index| [&asking, &commands[index].1]),
+        );
+        let conn = self.links.get_mut(node).expect("connected just above");
+        let result = conn
+            .send_packed_command(&packed)
+            .and_then(|()| read_replies(conn, 2 * indices.len(), Instant::now() + IO_DEADLINE));
+        match result {
+            Ok(values) => {
+                // Every other reply is ASKING's `OK`.
+                for (&index, value) in indices.iter().zip(values.into_iter().skip(1).step_by(2)) {
+                    if !is_moved(&value) {
+                        replies[index] = Some(value);
+                    }
+                }
+            }
+            Err(err) => self.drop_link(node, &err),
+        }
     }
 
     fn single_pipeline(
@@ -382,6 +427,23 @@ fn is_moved(value: &redis::Value) -> bool {
     matches!(value, redis::Value::ServerError(err) if matches!(err.code(), "MOVED" | "ASK"))
 }
 
+/// The node an `ASK` redirection names (`ASK <slot> <host>:<port>`): the slot is migrating
+/// there and this command's keys are already on it.
+fn ask_target(value: &redis::Value) -> Option<NodeAddress> {
+    let redis::Value::ServerError(err) = value else {
+        return None;
+    };
+    if err.code() != "ASK" {
+        return None;
+    }
+    let (_slot, address) = err.details()?.split_once(' ')?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some(NodeAddress {
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
 /// Reads `count` replies, all before `deadline`.
 fn read_replies(
     conn: &mut redis::Connection,
@@ -408,6 +470,27 @@ fn read_replies(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_error(text: &str) -> redis::Value {
+        redis::parse_redis_value(format!("-{text}\r\n").as_bytes())
+            .expect("an error reply parses as a value")
+    }
+
+    #[test]
+    fn an_ask_names_the_node_to_ask_and_a_moved_does_not() {
+        assert_eq!(
+            ask_target(&server_error("ASK 3999 127.0.0.1:7002")),
+            Some(NodeAddress {
+                host: "127.0.0.1".into(),
+                port: 7002
+            })
+        );
+        assert_eq!(ask_target(&server_error("MOVED 3999 127.0.0.1:7002")), None);
+        assert_eq!(ask_target(&server_error("ASK 3999")), None);
+        assert!(is_moved(&server_error("MOVED 3999 127.0.0.1:7002")));
+        assert!(is_moved(&server_error("ASK 3999 127.0.0.1:7002")));
+        assert!(!is_moved(&server_error("ERR wrong")));
+    }
 
     #[test]
     fn a_topic_routes_to_the_slot_of_its_keys() {

@@ -358,15 +358,10 @@ impl RedisCluster {
         }
     }
 
-    /// The second half of [`Self::migrate_slot_of`]: `MIGRATE` of every key of the slot, then
-    /// `SETSLOT NODE` everywhere; returns once every node agrees that the target serves it.
-    pub fn finish_slot_migration(&mut self, pending: PendingMigration) -> Migration {
-        let PendingMigration {
-            slot,
-            from,
-            to,
-            to_id,
-        } = pending;
+    /// `MIGRATE` of every key of a pending migration's slot from the source to the target
+    /// (the source answers `ASK` for them from then on); how many keys moved.
+    pub fn move_slot_keys(&self, pending: &PendingMigration) -> usize {
+        let PendingMigration { slot, from, to, .. } = *pending;
         let mut source = connect(from);
         let mut keys_moved = 0;
         loop {
@@ -377,7 +372,7 @@ impl RedisCluster {
                 .query(&mut source)
                 .unwrap_or_else(|e| panic!("CLUSTER GETKEYSINSLOT {slot} on {from}: {e}"));
             if keys.is_empty() {
-                break;
+                return keys_moved;
             }
             keys_moved += keys.len();
             let _: redis::Value = redis::cmd("MIGRATE")
@@ -392,6 +387,20 @@ impl RedisCluster {
                 .query(&mut source)
                 .unwrap_or_else(|e| panic!("MIGRATE of slot {slot} from {from} to {to}: {e}"));
         }
+    }
+
+    /// The second half of [`Self::migrate_slot_of`]: `MIGRATE` of every key of the slot
+    /// ([`Self::move_slot_keys`]), then `SETSLOT NODE` everywhere; returns once every node
+    /// agrees that the target serves it.
+    pub fn finish_slot_migration(&mut self, pending: PendingMigration) -> Migration {
+        let keys_moved = self.move_slot_keys(&pending);
+        let PendingMigration {
+            slot,
+            from,
+            to,
+            to_id,
+        } = pending;
+        let mut source = connect(from);
         // The target first, so that it serves the slot before the source starts redirecting.
         cluster_setslot(&mut connect(to), slot, &["NODE", &to_id]);
         cluster_setslot(&mut source, slot, &["NODE", &to_id]);
