@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::cluster::{key_slot, RedisCluster};
+use common::cluster::{key_slot, sharded_channel, RedisCluster};
 use common::failover::{
     delivery_resumes, healthz, push_through_gap, push_times, received, the_gap_and_after_hold,
     Member, UpstreamWatcher,
@@ -35,14 +35,8 @@ const RESUME_BOUND: Duration = Duration::from_secs(3);
 /// How long a test waits for one expected frame.
 const RECV: Duration = Duration::from_secs(5);
 
-fn sharded_channel(topic: &str) -> String {
-    format!("channel:to:{{{topic}}}")
-}
-
 fn start_server(cluster: &RedisCluster, opts: ServerOptions) -> ChannelServer {
-    let args = cluster.serve_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ChannelServer::start_with_redis_args(&args, opts)
+    cluster.serve(opts)
 }
 
 /// Presence off: its diffs would move every process's received counter.

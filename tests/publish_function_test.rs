@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use common::cluster::sharded_channel;
 use common::phoenix::{broadcast_text, expect_binary, expect_text, token_for, wait_until};
 use common::{http_request, ChannelServer, RedisServer, ServerOptions, TestSocket, QUIET_PERIOD};
 
@@ -26,10 +27,6 @@ fn quiet_server(redis: &RedisServer) -> ChannelServer {
         redis,
         ServerOptions::default().config("[channel]\npresence_enabled = false\nhistory_size = 0\n"),
     )
-}
-
-fn sharded_channel(topic: &str) -> String {
-    format!("channel:to:{{{topic}}}")
 }
 
 /// How many connections hold `SSUBSCRIBE` to `topic`'s sharded channel.

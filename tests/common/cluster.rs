@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::redis_process::RedisProcess;
-use super::{free_port, log_tail, scratch_dir};
+use super::{free_port, log_tail, scratch_dir, ChannelServer, ServerOptions};
 
 /// Masters of the cluster; each has one replica.
 pub const MASTERS: usize = 3;
@@ -190,6 +190,13 @@ impl RedisCluster {
         );
         cluster.wait_whole();
         cluster
+    }
+
+    /// A `channel serve` process on this cluster.
+    pub fn serve(&self, opts: ServerOptions) -> ChannelServer {
+        let args = self.serve_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ChannelServer::start_with_redis_args(&args, opts)
     }
 
     /// `127.0.0.1:p1,…,127.0.0.1:p6`: every node, for `--redis-cluster` (any of them is a seed).
@@ -538,6 +545,42 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no cluster node answers CLUSTER NODES\n{}", self.logs()))
     }
 
+    /// Starts one more node and introduces it with `CLUSTER MEET`, as `redis-cli --cluster
+    /// add-node` does but without copying the functions: a master that serves no slot until
+    /// one is migrated to it ([`Self::migrate_slot_of`]). Returns its port once every node
+    /// knows it. The cluster then has a master without a replica, which [`Self::shared`] does
+    /// not count as whole: a test that grows the cluster must be alone in its binary.
+    pub fn add_master(&mut self) -> u16 {
+        let mut node = cluster_node(free_port(), free_port(), &scratch_dir("cluster-grow"));
+        node.start();
+        let port = node.port;
+        let bus_port = node
+            .args_mut()
+            .windows(2)
+            .find(|pair| pair[0] == "--cluster-port")
+            .map(|pair| pair[1].clone())
+            .expect("a cluster node has a bus port");
+        self.nodes.push(node);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port)
+            .arg(&bus_port)
+            .query(&mut connect(self.nodes[0].port))
+            .unwrap_or_else(|e| panic!("CLUSTER MEET 127.0.0.1 {port} {bus_port}: {e}"));
+        let new_id = my_id(port);
+        self.wait_until_agreed(Instant::now() + AGREE_TIMEOUT, |views| {
+            views.iter().all(|view| {
+                view.iter().any(|n| {
+                    n.id == new_id
+                        && n.is_master()
+                        && !n.flags.iter().any(|f| f == "handshake" || f == "noaddr")
+                })
+            })
+        });
+        port
+    }
+
     /// `kill -9` of every node: the whole cluster is lost (data too: nodes keep no dump).
     /// [`Self::make_whole`] brings them back with their identities and slots.
     pub fn kill_every_node(&mut self) {
@@ -630,6 +673,12 @@ impl RedisCluster {
 /// (`channel::broker::cluster_topology::slot_of`), which the harness self-test checks against
 /// `CLUSTER KEYSLOT`.
 pub use channel::broker::cluster_topology::slot_of as key_slot;
+
+/// The sharded channel the publish function publishes a topic's messages on
+/// (docs/protocol.md, "The publish function").
+pub fn sharded_channel(topic: &str) -> String {
+    format!("channel:to:{{{topic}}}")
+}
 
 /// Parses `CLUSTER NODES` text.
 pub fn parse_cluster_nodes(text: &str) -> Vec<NodeView> {
