@@ -66,7 +66,11 @@ fn a_new_master_gets_the_function_the_subscription_presence_and_pushes_of_its_sl
         .expect("the function on the new master");
     assert_ne!(second, position);
     let frame = next_event(&mut alice, "msg", RECV);
-    assert_eq!(frame[4], json!({"n": 2}), "delivered through the new master");
+    assert_eq!(
+        frame[4],
+        json!({"n": 2}),
+        "delivered through the new master"
+    );
     eprintln!(
         "slot {} moved {} -> {} (new); function installed {installed_after:?} after the move",
         migration.slot, migration.from, new

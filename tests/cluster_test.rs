@@ -373,7 +373,10 @@ fn while_a_slot_migrates_joins_presence_and_recovery_follow_ask_to_the_target() 
     let to = cluster.other_master_than(from);
     let pending = cluster.begin_slot_migration(&sharded_channel(topic), to);
     let moved = cluster.move_slot_keys(&pending);
-    assert!(moved >= 3, "members, history and epoch keys moved, not {moved}");
+    assert!(
+        moved >= 3,
+        "members, history and epoch keys moved, not {moved}"
+    );
     let ask: redis::RedisResult<i64> = redis::cmd("EXISTS")
         .arg(format!("channel:history:{{{topic}}}"))
         .query(&mut cluster.connection(from));
@@ -398,7 +401,10 @@ fn while_a_slot_migrates_joins_presence_and_recovery_follow_ask_to_the_target() 
     let deadline = Instant::now() + RECV;
     while replayed.is_none() || state.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "replay {replayed:?}, presence_state {state:?}");
+        assert!(
+            !left.is_zero(),
+            "replay {replayed:?}, presence_state {state:?}"
+        );
         let frame = bob.recv_json_timeout(left);
         match frame[3].as_str() {
             Some("msg") => replayed = Some(frame),
@@ -425,6 +431,25 @@ fn while_a_slot_migrates_joins_presence_and_recovery_follow_ask_to_the_target() 
         next_event(&mut bob, "msg", RECV),
         json!([null, third, topic, "msg", { "n": 3 }])
     );
+}
+
+#[test]
+fn a_topic_whose_keys_would_span_slots_is_refused_and_a_brace_elsewhere_is_served() {
+    // A leading `}` empties the `{<topic>}` tag of every key of the topic: refused, with the
+    // connection kept. A `}` further on keeps one tag, so the presence scripts run in one slot.
+    let cluster = RedisCluster::shared();
+    let server = start_server(&cluster, ServerOptions::default().shards(1));
+    let mut socket = TestSocket::connect(&server.ws_url("2.0.0"));
+    let refused = socket.join("}room", &sign_token(TEST_JWT_SECRET, "}room", "ada", 3600));
+    assert_eq!(
+        refused[4],
+        json!({"status": "error", "response": {"reason": "invalid topic"}}),
+        "{refused}"
+    );
+    let topic = "room}1";
+    socket.join_ok(topic, &sign_token(TEST_JWT_SECRET, topic, "ada", 3600));
+    let state = next_event(&mut socket, "presence_state", RECV);
+    assert!(state[4].get("ada").is_some(), "{state}");
 }
 
 /// The next `presence_diff` payload on `socket` that satisfies `pred`.

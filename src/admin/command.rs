@@ -7,21 +7,11 @@
 use serde_json::Value;
 
 use crate::broker::admin_queries::AdminQuery;
+use crate::protocol::names::{is_valid_topic, MAX_TOPIC_BYTES, RESERVED_EVENTS};
 use crate::protocol::Payload;
 
-/// Longest topic (binary frames carry it with a one-byte length).
-const MAX_TOPIC_BYTES: usize = 255;
 /// The most messages one `history` command returns.
 pub const MAX_HISTORY_LIMIT: u64 = 1000;
-/// Events only the server sends: an admin may not publish them.
-const RESERVED_EVENTS: [&str; 5] = [
-    "phx_reply",
-    "phx_error",
-    "phx_close",
-    "presence_state",
-    "presence_diff",
-];
-
 /// One admin command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -111,14 +101,6 @@ fn json_object(payload: &Payload<'_>) -> Option<serde_json::Map<String, Value>> 
         Value::Object(object) => Some(object),
         _ => None,
     }
-}
-
-/// Topics a client could join: 1..=255 bytes, no control characters, not `phoenix`.
-fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= MAX_TOPIC_BYTES
-        && topic != "phoenix"
-        && !topic.chars().any(char::is_control)
 }
 
 /// Events a backend could publish: the Redis channel `to:<topic>:<event>` splits at the last

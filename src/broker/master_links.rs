@@ -493,6 +493,19 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_a_valid_topic_shares_one_slot() {
+        for topic in ["room:1", "a{b}c", "x}", "{", "{}", "a}b{c"] {
+            assert!(crate::protocol::names::is_valid_topic(topic));
+            let slots = [
+                crate::presence::members_key(topic),
+                crate::presence::version_key(topic),
+            ]
+            .map(|key| slot_of(key.as_bytes()));
+            assert_eq!(slots[0], slots[1], "{topic}");
+        }
+    }
+
+    #[test]
     fn a_topic_routes_to_the_slot_of_its_keys() {
         for topic in ["room:1", "weather:wind", "a{b}c", "}x", "{"] {
             assert_eq!(

@@ -18,6 +18,7 @@
 //! it can be unit-tested and benchmarked in isolation.
 
 pub mod inbound;
+pub mod names;
 pub mod outbound;
 mod refusal;
 pub mod websocket;

@@ -23,6 +23,7 @@ use crate::history::Position;
 use crate::inbox::{PushAck, PushOutcome};
 use crate::metrics::ShardStats;
 use crate::presence::{unix_ms, Presence};
+use crate::protocol::names::{is_valid_topic, HEARTBEAT_TOPIC, RESERVED_EVENTS};
 use crate::protocol::{
     channel_close, close_code, decode_binary, decode_text, encode_frame, join_fields, reply,
     Inbound, JoinSince, Message, OpCode, Payload, Refusal, ReplyStatus, Vsn,
@@ -36,19 +37,6 @@ pub enum Stop {
     /// The server decided to close; the close frame is queued.
     Closing,
 }
-
-/// Topic of heartbeats; it cannot be joined.
-pub const HEARTBEAT_TOPIC: &str = "phoenix";
-/// Events that only the server may send.
-pub const RESERVED_EVENTS: [&str; 5] = [
-    "phx_reply",
-    "phx_error",
-    "phx_close",
-    "presence_state",
-    "presence_diff",
-];
-/// Longest topic accepted: binary frames carry its length in one byte.
-pub const MAX_TOPIC_BYTES: usize = 255;
 
 /// Handles one complete client message.
 pub fn handle(ctx: &Rc<ShardContext>, conn: &Rc<Conn>, message: Message<'_>) -> Result<(), Stop> {
@@ -364,14 +352,6 @@ fn is_stale(conn: &Conn, msg: &Inbound<'_>) -> bool {
     }
 }
 
-/// Topics are 1..=255 bytes without control characters; `phoenix` is reserved.
-pub fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= MAX_TOPIC_BYTES
-        && topic != HEARTBEAT_TOPIC
-        && !topic.chars().any(char::is_control)
-}
-
 fn refuse(ctx: &ShardContext, conn: &Conn, msg: &Inbound<'_>, reason: Refusal) {
     ctx.metrics().join_refused(reason);
     send_reply(conn, msg, ReplyStatus::Error, &reason.response_json());
@@ -397,19 +377,4 @@ fn send_reply(conn: &Conn, msg: &Inbound<'_>, status: ReplyStatus, response_json
         status,
         response_json,
     ));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_rules() {
-        assert!(is_valid_topic("weather:wind"));
-        assert!(!is_valid_topic(""));
-        assert!(!is_valid_topic("phoenix"));
-        assert!(!is_valid_topic("a\nb"));
-        assert!(!is_valid_topic(&"x".repeat(256)));
-        assert!(is_valid_topic(&"x".repeat(255)));
-    }
 }

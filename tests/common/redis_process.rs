@@ -63,7 +63,10 @@ impl RedisProcess {
         self.child = Some(spawn_for_the_whole_process(command));
         let deadline = Instant::now() + READY_TIMEOUT;
         while !ping(self.port) {
-            let exited = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
             assert!(
                 exited.is_none(),
                 "redis-server on port {} exited ({}) before answering PING:\n{}",
