@@ -524,3 +524,70 @@ fn a_v1_client_gets_the_replay_with_positions_as_refs_and_a_v2_client_gets_binar
     assert_eq!(v2.recv_binary_timeout(Duration::from_secs(5)), expected);
     v2.expect_quiet();
 }
+
+/// A `/metrics` series without labels.
+fn unlabeled_metric(server: &ChannelServer, name: &str) -> f64 {
+    let text = http_request(server.addr(), "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
+}
+
+#[test]
+fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscription_was_lost() {
+    // The process's own connections to Redis are cut (a relay between them) while the client
+    // stays joined: it never rejoins, so its own `since` never runs. When the process's
+    // sharded subscription comes back, the process reads the gap from the topic's history and
+    // delivers it before the live messages: in order, once.
+    let redis = RedisServer::start();
+    let relay = TcpRelay::to_local_port(redis.port());
+    let server = server_with(&relay.url(), "");
+    let topic = "room:gap";
+    let mut socket = connect(&server);
+    join_since_ok(&mut socket, topic, Value::Null);
+    let first = publish_numbers(&redis, topic, [1]);
+    expect_message(&mut socket, topic, 1, &first[0]);
+
+    relay.cut();
+    wait_until(
+        Duration::from_secs(5),
+        "the process's sharded subscription is gone",
+        || redis.shard_subscribers(topic) == 0,
+    );
+    let missed = publish_numbers(&redis, topic, 2..=4);
+    relay.restore();
+    for (n, position) in (2..=4).zip(&missed) {
+        expect_message(&mut socket, topic, n, position);
+    }
+    let live = publish_numbers(&redis, topic, [5]);
+    expect_message(&mut socket, topic, 5, &live[0]);
+    socket.expect_quiet();
+    assert_eq!(
+        unlabeled_metric(&server, "channel_redis_gap_filled_total"),
+        3.0
+    );
+    assert_eq!(
+        unlabeled_metric(&server, "channel_redis_gap_lost_total"),
+        0.0
+    );
+
+    // A history lost meanwhile (deleted: another epoch) cannot fill the gap: it is counted,
+    // and live delivery goes on.
+    relay.cut();
+    wait_until(
+        Duration::from_secs(5),
+        "the process's sharded subscription is gone again",
+        || redis.shard_subscribers(topic) == 0,
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("channel:history:{{{topic}}}"))
+        .arg(format!("channel:epoch:{{{topic}}}"))
+        .query(&mut redis.connection())
+        .expect("DEL of the history");
+    relay.restore();
+    wait_until(Duration::from_secs(5), "the lost gap is counted", || {
+        unlabeled_metric(&server, "channel_redis_gap_lost_total") == 1.0
+    });
+    let next = publish_numbers(&redis, topic, [6]);
+    expect_message(&mut socket, topic, 6, &next[0]);
+}

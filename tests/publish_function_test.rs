@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::cluster::sharded_channel;
 use common::phoenix::{broadcast_text, expect_binary, expect_text, token_for, wait_until};
 use common::{http_request, ChannelServer, RedisServer, ServerOptions, TestSocket, QUIET_PERIOD};
 
@@ -29,22 +28,11 @@ fn quiet_server(redis: &RedisServer) -> ChannelServer {
     )
 }
 
-/// How many connections hold `SSUBSCRIBE` to `topic`'s sharded channel.
-fn shard_subscribers(redis: &RedisServer, topic: &str) -> i64 {
-    let mut conn = redis.connection();
-    let (_, count): (String, i64) = redis::cmd("PUBSUB")
-        .arg("SHARDNUMSUB")
-        .arg(sharded_channel(topic))
-        .query(&mut conn)
-        .expect("PUBSUB SHARDNUMSUB works on Redis 7");
-    count
-}
-
 fn wait_for_shard_subscribers(redis: &RedisServer, topic: &str, count: i64) {
     wait_until(
         Duration::from_secs(5),
         &format!("{count} sharded subscriber(s) of {topic}"),
-        || shard_subscribers(redis, topic) == count,
+        || redis.shard_subscribers(topic) == count,
     );
 }
 
@@ -149,7 +137,7 @@ fn the_last_leave_unsubscribes_the_process() {
     // One subscriber left in the process: still subscribed.
     fcall(&redis, "room:leave", "still", b"{}");
     expect_text(&mut second, &broadcast_text("room:leave", "still", "{}"));
-    assert_eq!(shard_subscribers(&redis, "room:leave"), 1);
+    assert_eq!(redis.shard_subscribers("room:leave"), 1);
     second.leave("room:leave");
     wait_for_shard_subscribers(&redis, "room:leave", 0);
 }

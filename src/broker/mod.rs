@@ -13,6 +13,7 @@ pub(crate) mod admin_queries;
 pub(crate) mod backoff;
 pub mod cluster_topology;
 mod commands;
+pub(crate) mod continuity;
 pub(crate) mod deployment;
 pub(crate) mod function;
 pub(crate) mod interest;

@@ -52,6 +52,12 @@ pub struct ReaderStats {
     pub unrouted: AtomicU64,
     /// Deliveries to a shard dropped because its inbox was full.
     pub inbox_drops: AtomicU64,
+    /// Messages read back from a topic's history to fill the gap of a sharded subscription
+    /// that came back (`continuity.rs`).
+    pub gap_filled: AtomicU64,
+    /// Sharded subscriptions that came back without their gap filled (the history was lost,
+    /// or could not be read).
+    pub gap_lost: AtomicU64,
 }
 
 /// Everything the reader thread needs.

@@ -25,7 +25,9 @@
 //!   interested shards, exactly as the reader does for `to:*`.
 //!
 //! A message is published on one master only (its slot's), so a topic subscribed on two
-//! masters for a moment (during a slot migration) is still delivered once.
+//! masters for a moment (during a slot migration) is still delivered once. A topic whose
+//! subscription is lost while still wanted has its gap filled from history when it is confirmed
+//! again, by the read thread that receives the confirmation (`continuity.rs`).
 //!
 //! What it must never do: block on a shard (a full inbox drops the message for that shard and
 //! counts it), talk to Redis on the reader's or the publisher's connection, or log a password.
@@ -42,12 +44,13 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::cluster_topology::{slot_of, ClusterTopology, NodeAddress};
+use super::continuity::{self, Continuity, Gap};
 use super::deployment::Connector;
 use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
 use super::reader::ReaderStats;
 use super::status::RedisStatus;
-use crate::history::Position;
+use crate::history::{HistoryEntry, Position};
 use crate::inbox::{InterestChange, ShardMessage, Shards};
 use crate::protocol::Broadcast;
 
@@ -143,6 +146,8 @@ struct Control {
     was_up: Option<bool>,
     /// The id of the last connection made.
     next_link_id: u64,
+    /// What was delivered of each topic, and the topics whose gap a read thread fills.
+    continuity: Arc<Continuity>,
 }
 
 impl ShardedSubscriber {
@@ -171,6 +176,7 @@ impl ShardedSubscriber {
             retry_at: None,
             was_up: None,
             next_link_id: 0,
+            continuity: Arc::default(),
         };
         control.run();
     }
@@ -194,14 +200,9 @@ impl Control {
                     let Ok(change) = change else { return };
                     let mut next = Some(change);
                     while let Some(change) = next {
-                        // Every read thread learns the route before Redis can send for it.
-                        for link in self.links.values() {
-                            let _ = link.routes.send(change.clone());
-                        }
-                        let told = self.interest.apply_and_tell(change.clone());
-                        self.confirm_if_subscribed(&change);
-                        if told.is_some() {
-                            touched.push(change.topic);
+                        let topic = change.topic.clone();
+                        if self.apply_change(change).is_some() {
+                            touched.push(topic);
                         }
                         next = self.sub.changes.try_recv().ok();
                     }
@@ -249,7 +250,9 @@ impl Control {
                 let until = Instant::now() + pause;
                 while let Some(left) = until.checked_duration_since(Instant::now()) {
                     match self.sub.changes.recv_timeout(left) {
-                        Ok(change) => self.apply_change(change),
+                        Ok(change) => {
+                            self.apply_change(change);
+                        }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
                     }
@@ -271,8 +274,15 @@ impl Control {
                     .retain(|node, _| topology.masters().contains(node));
                 self.links
                     .retain(|node, _| topology.masters().contains(node));
-                self.placed
-                    .retain(|_, node| topology.masters().contains(node));
+                let gone: Vec<NodeAddress> = self
+                    .placed
+                    .values()
+                    .filter(|node| !topology.masters().contains(node))
+                    .cloned()
+                    .collect();
+                for node in gone {
+                    self.unplace_node(&node);
+                }
                 self.topology = Some(topology);
                 self.stale = false;
                 let all: Vec<String> = self
@@ -308,12 +318,41 @@ impl Control {
         true
     }
 
-    fn apply_change(&mut self, change: InterestChange) {
+    /// Applies one interest change; `Some` when the process gained (`true`) or lost the topic.
+    fn apply_change(&mut self, change: InterestChange) -> Option<bool> {
+        // Every read thread learns the route before Redis can send for it.
         for link in self.links.values() {
             let _ = link.routes.send(change.clone());
         }
-        self.interest.apply(change.clone());
+        let told = self.interest.apply_and_tell(change.clone());
+        if told.is_some() {
+            // Wanted anew or no longer: nothing of the topic's past is filled.
+            self.continuity.forget(&change.topic);
+        }
         self.confirm_if_subscribed(&change);
+        told
+    }
+
+    /// `topic`'s subscription is gone from where it was placed: if it is still wanted, the
+    /// read thread that receives its next confirmation fills the gap (`continuity.rs`).
+    fn lost_placement(&self, topic: &str) {
+        if self.interest.shards_for(topic) != 0 {
+            self.continuity.lost_while_wanted(topic);
+        }
+    }
+
+    /// Forgets every topic placed on `node` (its connection is gone).
+    fn unplace_node(&mut self, node: &NodeAddress) {
+        let lost: Vec<String> = self
+            .placed
+            .iter()
+            .filter(|(_, at)| *at == node)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in lost {
+            self.placed.remove(&topic);
+            self.lost_placement(&topic);
+        }
     }
 
     /// A shard gained a topic: if Redis already confirmed it where it is placed, the shard's
@@ -372,6 +411,7 @@ impl Control {
                     // Redis dropped it (its slot moved, the node was reset): read the slot
                     // map and subscribe where it is now.
                     self.placed.remove(&topic);
+                    self.lost_placement(&topic);
                     self.stale = true;
                     touched.push(topic);
                 }
@@ -411,7 +451,7 @@ impl Control {
             ReadEvent::Ended { node, reason, .. } => {
                 if self.links.remove(&node).is_some() {
                     warn!(master = %node, %reason, "redis sharded subscriber connection lost");
-                    self.placed.retain(|_, at| *at != node);
+                    self.unplace_node(&node);
                     self.stale = true;
                 }
             }
@@ -438,6 +478,10 @@ impl Control {
                 continue;
             }
             if let Some(current) = self.placed.remove(&topic) {
+                if wanted {
+                    // Moving to another master: the gap between the two is filled there.
+                    self.continuity.lost_while_wanted(&topic);
+                }
                 unsubscribe.entry(current).or_default().push(topic.clone());
             }
             match owner {
@@ -537,13 +581,15 @@ impl Control {
     fn lose(&mut self, node: &NodeAddress, reason: String) {
         warn!(master = %node, %reason, "redis sharded subscriber connection lost");
         self.links.remove(node);
-        self.placed.retain(|_, at| at != node);
+        self.unplace_node(node);
         self.stale = true;
     }
 
     fn drop_all_links(&mut self) {
         self.links.clear();
-        self.placed.clear();
+        for (topic, _) in std::mem::take(&mut self.placed) {
+            self.lost_placement(&topic);
+        }
     }
 
     /// When the loop must wake up even if nothing comes: the next probe or retry.
@@ -645,6 +691,9 @@ impl Control {
             events: self.events_tx.clone(),
             link: id,
             heard: Arc::clone(&heard),
+            continuity: Arc::clone(&self.continuity),
+            history_client: client.clone(),
+            history_conn: None,
         };
         std::thread::Builder::new()
             .name("redis-sharded-read".into())
@@ -803,6 +852,12 @@ struct ShardedReader {
     link: u64,
     /// How many replies were read.
     heard: Arc<AtomicU64>,
+    /// What was delivered of each topic, and which topics wait for a fill.
+    continuity: Arc<Continuity>,
+    /// The master, for reading a gap from a topic's history (a connection of its own, opened
+    /// at the first fill).
+    history_client: redis::Client,
+    history_conn: Option<redis::Connection>,
 }
 
 impl ShardedReader {
@@ -858,6 +913,13 @@ impl ShardedReader {
         match (kind.as_slice(), data) {
             (b"smessage", redis::Value::BulkString(payload)) => self.deliver(topic, payload),
             (b"ssubscribe", _) | (b"sunsubscribe", _) => {
+                if kind.as_slice() == b"ssubscribe" {
+                    // Before anything else is read from this connection: the gap goes out
+                    // before the live messages that follow the confirmation.
+                    if let Some(since) = self.continuity.take_fill(topic) {
+                        self.fill(topic, since);
+                    }
+                }
                 let _ = self.events.send(ReadEvent::Subscription {
                     node: self.node.clone(),
                     link: self.link,
@@ -883,12 +945,83 @@ impl ShardedReader {
         }
         // A position that does not parse (a hand-publisher's typo) is delivered without one.
         let position = Position::parse(envelope.position).ok();
+        if let Some(position) = position {
+            if !self.continuity.admit(topic, position) {
+                // Already delivered by a gap fill.
+                return;
+            }
+        }
         let broadcast = Arc::new(Broadcast::positioned(
             topic,
             envelope.event,
             position,
             envelope.payload,
         ));
+        self.hand_out(mask, broadcast, received_at);
+    }
+
+    /// Reads what `topic`'s history holds after `since` on this master and delivers it, in
+    /// order, skipping what was delivered meanwhile (from another master during a move).
+    fn fill(&mut self, topic: &str, since: Position) {
+        let mask = self.routes.shards_for(topic);
+        if mask == 0 {
+            return;
+        }
+        let read = match self.history_conn.take() {
+            Some(conn) => Ok(conn),
+            None => self
+                .history_client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .and_then(|conn| {
+                    conn.set_read_timeout(Some(PROBE_DEADLINE))?;
+                    conn.set_write_timeout(Some(PROBE_DEADLINE))?;
+                    Ok(conn)
+                }),
+        }
+        .and_then(|mut conn| {
+            let gap = continuity::read_gap(&mut conn, topic, since)?;
+            self.history_conn = Some(conn);
+            Ok(gap)
+        });
+        match read {
+            Ok(Gap::Entries(entries)) => {
+                let mut filled = 0;
+                for HistoryEntry {
+                    position,
+                    event,
+                    payload,
+                } in entries
+                {
+                    if !self.continuity.admit(topic, position) {
+                        continue;
+                    }
+                    let broadcast = Arc::new(Broadcast::positioned(
+                        topic,
+                        &event,
+                        Some(position),
+                        &payload,
+                    ));
+                    self.hand_out(mask, broadcast, Instant::now());
+                    filled += 1;
+                }
+                self.stats.gap_filled.fetch_add(filled, Ordering::Relaxed);
+                if filled > 0 {
+                    info!(%topic, filled, "redis sharded subscription back: gap filled from history");
+                }
+            }
+            Ok(Gap::Lost) => {
+                self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, "redis sharded subscription back, but the topic's history was lost: a gap may remain");
+            }
+            Err(err) => {
+                self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, %err, "redis sharded subscription back, but its gap could not be read");
+            }
+        }
+    }
+
+    /// Hands `broadcast` to the shards of `mask`.
+    fn hand_out(&self, mask: u64, broadcast: Arc<Broadcast>, received_at: Instant) {
         let dropped = self.shards.send_masked(mask, || ShardMessage::Downstream {
             broadcast: Arc::clone(&broadcast),
             received_at,

@@ -26,6 +26,10 @@ pub struct Scrape {
     pub redis_received: u64,
     /// Downstream messages no shard wanted.
     pub redis_unrouted: u64,
+    /// Messages read back from history to fill a sharded subscription's gap.
+    pub redis_gap_filled: u64,
+    /// Sharded subscriptions that came back without their gap filled.
+    pub redis_gap_lost: u64,
     /// `datetime` ticks built for the `system` channel.
     pub system_ticks: u64,
     /// Shards with a subscriber of `system`.
@@ -133,6 +137,18 @@ fn read_at_scrape(scrape: &Scrape) -> Vec<MetricFamily> {
             "redis_messages_unrouted_total",
             "Messages from Redis for topics no shard of this process subscribes to.",
             scrape.redis_unrouted as f64,
+        ),
+        single(
+            MetricType::COUNTER,
+            "redis_gap_filled_total",
+            "Messages read back from a topic's history when its sharded subscription came back after a loss (a failover, a slot migration, a lost connection) and delivered to its subscribers.",
+            scrape.redis_gap_filled as f64,
+        ),
+        single(
+            MetricType::COUNTER,
+            "redis_gap_lost_total",
+            "Sharded subscriptions that came back after a loss without their gap filled (the topic's history was lost or could not be read).",
+            scrape.redis_gap_lost as f64,
         ),
         single(
             MetricType::COUNTER,

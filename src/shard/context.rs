@@ -82,6 +82,8 @@ impl Shared {
             redis_connected: self.redis.status.is_connected(),
             redis_received: reader.received.load(Ordering::Relaxed),
             redis_unrouted: reader.unrouted.load(Ordering::Relaxed),
+            redis_gap_filled: reader.gap_filled.load(Ordering::Relaxed),
+            redis_gap_lost: reader.gap_lost.load(Ordering::Relaxed),
             system_ticks: self.system.ticks(),
             system_listening_shards: self.system.listening_shards(),
         }

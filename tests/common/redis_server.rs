@@ -128,6 +128,16 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("FCALL channel_publish on {topic} failed: {e}"))
     }
 
+    /// Connections holding `SSUBSCRIBE` to `topic`'s sharded channel (`PUBSUB SHARDNUMSUB`).
+    pub fn shard_subscribers(&self, topic: &str) -> i64 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(super::cluster::sharded_channel(topic))
+            .query(&mut self.connection())
+            .expect("PUBSUB SHARDNUMSUB works on Redis 7");
+        count
+    }
+
     /// `PUBLISH channel payload`; returns how many subscribers received it.
     pub fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut conn = self.connection();
