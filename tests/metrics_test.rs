@@ -43,6 +43,8 @@ const SERIES: &[&str] = &[
     "channel_redis_connected",
     "channel_redis_messages_received_total",
     "channel_redis_messages_unrouted_total",
+    "channel_redis_gap_filled_total",
+    "channel_redis_gap_lost_total",
     "channel_system_ticks_total",
     "channel_system_listening_shards",
 ];
