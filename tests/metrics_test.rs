@@ -301,14 +301,12 @@ fn counters_move_as_traffic_moves() {
 
     // Disconnect: closed once, nothing open, no channel left joined.
     drop(socket);
+    // The closed counter and the open gauge are two updates: a scrape may fall between them.
     let after_close = scrape_when(&s, "the connection is closed", |m| {
         m.get("channel_connections_closed_total")
             == before.get("channel_connections_closed_total") + 1.0
+            && m.get("channel_connections") == before.get("channel_connections")
     });
-    assert_eq!(
-        after_close.get("channel_connections"),
-        before.get("channel_connections")
-    );
     assert_eq!(
         after_close.get("channel_joined_channels"),
         before.get("channel_joined_channels")
