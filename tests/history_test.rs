@@ -71,6 +71,25 @@ fn connect(server: &ChannelServer) -> TestSocket {
     TestSocket::connect(&server.ws_url("2.0.0"))
 }
 
+/// A Redis behind a relay, a server connected through it, and a client joined to `topic` that
+/// received the `count` messages `{"n": 1..=count}` published with the function: their
+/// positions.
+fn joined_behind_relay(
+    topic: &str,
+    count: u32,
+) -> (RedisServer, TcpRelay, ChannelServer, TestSocket, Vec<String>) {
+    let redis = RedisServer::start();
+    let relay = TcpRelay::to_local_port(redis.port());
+    let server = server_with(&relay.url(), "");
+    let mut socket = connect(&server);
+    join_since_ok(&mut socket, topic, Value::Null);
+    let positions = publish_numbers(&redis, topic, 1..=count);
+    for (n, position) in (1..=count).zip(&positions) {
+        expect_message(&mut socket, topic, n, position);
+    }
+    (redis, relay, server, socket, positions)
+}
+
 /// The port Redis sees the connection named `name` from (`CLIENT LIST` `addr`).
 fn redis_side_port(redis: &RedisServer, name: &str) -> u16 {
     let mut conn = redis.connection();
@@ -336,15 +355,8 @@ fn a_malformed_since_is_refused_with_invalid_since() {
 fn a_message_published_after_the_history_read_is_sent_once_after_the_replay() {
     // The history's answer is held in the relay while a message is published and delivered
     // live: the joiner must get it from the buffer, after the replay, exactly once.
-    let redis = RedisServer::start();
-    let relay = TcpRelay::to_local_port(redis.port());
-    let server = server_with(&relay.url(), "");
     let topic = "room:race-after";
-    let mut watcher = connect(&server);
-    join_since_ok(&mut watcher, topic, Value::Null);
-    let before = publish_numbers(&redis, topic, 1..=2);
-    expect_message(&mut watcher, topic, 1, &before[0]);
-    expect_message(&mut watcher, topic, 2, &before[1]);
+    let (redis, relay, server, mut watcher, before) = joined_behind_relay(topic, 2);
 
     let mut conn = redis.connection();
     let reads_before = history_reads(&mut conn);
@@ -377,14 +389,8 @@ fn a_replayed_message_that_arrives_live_after_the_replay_is_not_sent_twice() {
     // The sharded subscription's messages are held in the relay while two messages are
     // published: the joiner gets them from the history read, then they arrive live and must
     // be skipped for it (and only for it).
-    let redis = RedisServer::start();
-    let relay = TcpRelay::to_local_port(redis.port());
-    let server = server_with(&relay.url(), "");
     let topic = "room:race-before";
-    let mut watcher = connect(&server);
-    join_since_ok(&mut watcher, topic, Value::Null);
-    let first = publish_numbers(&redis, topic, [1]);
-    expect_message(&mut watcher, topic, 1, &first[0]);
+    let (redis, relay, server, mut watcher, first) = joined_behind_relay(topic, 1);
 
     relay.hold_replies_of(redis_side_port(&redis, "channel-sharded-subscriber"));
     let held = publish_numbers(&redis, topic, 2..=3);
@@ -539,14 +545,8 @@ fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscrip
     // stays joined: it never rejoins, so its own `since` never runs. When the process's
     // sharded subscription comes back, the process reads the gap from the topic's history and
     // delivers it before the live messages: in order, once.
-    let redis = RedisServer::start();
-    let relay = TcpRelay::to_local_port(redis.port());
-    let server = server_with(&relay.url(), "");
     let topic = "room:gap";
-    let mut socket = connect(&server);
-    join_since_ok(&mut socket, topic, Value::Null);
-    let first = publish_numbers(&redis, topic, [1]);
-    expect_message(&mut socket, topic, 1, &first[0]);
+    let (redis, relay, server, mut socket, _first) = joined_behind_relay(topic, 1);
 
     relay.cut();
     wait_until(

@@ -83,7 +83,7 @@ impl Continuity {
         self.state().to_fill.remove(topic)
     }
 
-    /// Topics waiting for a fill (for tests and `/healthz` sentences).
+    /// How many topics wait for a fill.
     #[cfg(test)]
     fn waiting(&self) -> usize {
         self.state().to_fill.len()
