@@ -77,7 +77,13 @@ fn connect(server: &ChannelServer) -> TestSocket {
 fn joined_behind_relay(
     topic: &str,
     count: u32,
-) -> (RedisServer, TcpRelay, ChannelServer, TestSocket, Vec<String>) {
+) -> (
+    RedisServer,
+    TcpRelay,
+    ChannelServer,
+    TestSocket,
+    Vec<String>,
+) {
     let redis = RedisServer::start();
     let relay = TcpRelay::to_local_port(redis.port());
     let server = server_with(&relay.url(), "");
