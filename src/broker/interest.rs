@@ -79,6 +79,7 @@ mod tests {
             shard,
             topic: topic.to_owned(),
             interested,
+            generation: 1,
         }
     }
 

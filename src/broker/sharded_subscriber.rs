@@ -148,6 +148,9 @@ struct Control {
     next_link_id: u64,
     /// What was delivered of each topic, and the topics whose gap a read thread fills.
     continuity: Arc<Continuity>,
+    /// Each interested shard's current holding of each wanted topic (its generation, which a
+    /// confirmation carries back).
+    holdings: HashMap<String, Vec<(usize, u64)>>,
 }
 
 impl ShardedSubscriber {
@@ -177,6 +180,7 @@ impl ShardedSubscriber {
             was_up: None,
             next_link_id: 0,
             continuity: Arc::default(),
+            holdings: HashMap::new(),
         };
         control.run();
     }
@@ -302,10 +306,11 @@ impl Control {
                 // Nothing to wait for: joins are confirmed at once.
                 while let Ok(change) = self.sub.changes.recv() {
                     if change.interested {
-                        let topic = change.topic;
-                        self.sub
-                            .shards
-                            .send(change.shard, ShardMessage::TopicSubscribed { topic });
+                        let (topic, generation) = (change.topic, change.generation);
+                        self.sub.shards.send(
+                            change.shard,
+                            ShardMessage::TopicSubscribed { topic, generation },
+                        );
                     }
                 }
                 return false;
@@ -323,6 +328,13 @@ impl Control {
         // Every read thread learns the route before Redis can send for it.
         for link in self.links.values() {
             let _ = link.routes.send(change.clone());
+        }
+        let holdings = self.holdings.entry(change.topic.clone()).or_default();
+        holdings.retain(|&(shard, _)| shard != change.shard);
+        if change.interested {
+            holdings.push((change.shard, change.generation));
+        } else if holdings.is_empty() {
+            self.holdings.remove(&change.topic);
         }
         let told = self.interest.apply_and_tell(change.clone());
         if told.is_some() {
@@ -369,10 +381,11 @@ impl Control {
             .and_then(|node| self.links.get(node))
             .is_some_and(|link| link.confirmations.is_confirmed(&change.topic));
         if confirmed {
-            let topic = change.topic.clone();
-            self.sub
-                .shards
-                .send(change.shard, ShardMessage::TopicSubscribed { topic });
+            let (topic, generation) = (change.topic.clone(), change.generation);
+            self.sub.shards.send(
+                change.shard,
+                ShardMessage::TopicSubscribed { topic, generation },
+            );
         }
     }
 
@@ -423,6 +436,7 @@ impl Control {
                 ..
             } => {
                 let mask = self.interest.shards_for(&topic);
+                let holdings = self.holdings.get(&topic);
                 let Some(link) = self.links.get_mut(&node) else {
                     return;
                 };
@@ -433,11 +447,12 @@ impl Control {
                     && self.placed.get(&topic) == Some(&node)
                 {
                     link.confirmations.confirm(&topic);
-                    self.sub
-                        .shards
-                        .send_masked(mask, || ShardMessage::TopicSubscribed {
-                            topic: topic.clone(),
-                        });
+                    for &(shard, generation) in holdings.into_iter().flatten() {
+                        let topic = topic.clone();
+                        self.sub
+                            .shards
+                            .send(shard, ShardMessage::TopicSubscribed { topic, generation });
+                    }
                 }
             }
             ReadEvent::Redirected { node, .. } => {

@@ -10,4 +10,8 @@ pub struct InterestChange {
     pub topic: String,
     /// True when the shard gained its first subscriber, false when it lost its last one.
     pub interested: bool,
+    /// Which of the shard's holdings of the topic this gain starts or this loss ends: a
+    /// confirmation carries it back, so that the shard does not take a confirmation of an
+    /// earlier holding for the current one.
+    pub generation: u64,
 }

@@ -81,6 +81,8 @@ pub enum ShardMessage {
     TopicSubscribed {
         /// The topic.
         topic: String,
+        /// The shard's holding of the topic this confirms ([`super::InterestChange::generation`]).
+        generation: u64,
     },
     /// The history a waiting join asked for, or `None` when Redis could not give it.
     HistoryAnswer {

@@ -19,6 +19,7 @@ use crate::metrics::{Scrape, ShardStats, StatsSnapshot};
 
 use super::admin_tail::Tails;
 use super::connection::Conn;
+use super::holds::Holds;
 use super::presence_delivery::PendingDiffs;
 use super::recovery::Recovery;
 use super::topic_table::TopicTable;
@@ -153,7 +154,7 @@ pub struct ShardContext {
     /// Holds on each topic's interest: one per subscriber in the topic table, one per join
     /// still waiting for its reply. The Redis core is told when a topic's count leaves or
     /// reaches 0.
-    holds: RefCell<HashMap<String, u32>>,
+    holds: RefCell<Holds>,
     /// Joins waiting for their reply, and what the shard knows of its confirmed topics.
     pub recovery: RefCell<Recovery>,
 }
@@ -174,7 +175,7 @@ impl ShardContext {
             pushes_in_flight: Cell::new(0),
             pending_diffs: RefCell::new(HashMap::new()),
             tails: RefCell::new(Tails::default()),
-            holds: RefCell::new(HashMap::new()),
+            holds: RefCell::new(Holds::default()),
             recovery: RefCell::new(Recovery::default()),
         }
     }
@@ -232,39 +233,28 @@ impl ShardContext {
 
     /// Takes one hold on `topic`'s interest (the first tells the Redis core).
     pub fn hold(&self, topic: &str) {
-        let mut holds = self.holds.borrow_mut();
-        if let Some(count) = holds.get_mut(topic) {
-            *count += 1;
-            return;
+        let started = self.holds.borrow_mut().take(topic);
+        if let Some(generation) = started {
+            self.tell_interest(topic, true, generation);
         }
-        holds.insert(topic.to_owned(), 1);
-        drop(holds);
-        self.tell_interest(topic, true);
     }
 
     /// Gives one hold back (the last tells the Redis core, and the topic's confirmation is
     /// forgotten).
     pub fn release(&self, topic: &str) {
-        let mut holds = self.holds.borrow_mut();
-        let Some(count) = holds.get_mut(topic) else {
-            return;
-        };
-        *count -= 1;
-        if *count > 0 {
-            return;
+        let ended = self.holds.borrow_mut().give_back(topic);
+        if let Some(generation) = ended {
+            self.recovery.borrow_mut().forget(topic);
+            self.tell_interest(topic, false, generation);
         }
-        holds.remove(topic);
-        drop(holds);
-        self.recovery.borrow_mut().forget(topic);
-        self.tell_interest(topic, false);
     }
 
-    /// Whether the shard holds `topic`'s interest.
-    pub fn holds(&self, topic: &str) -> bool {
-        self.holds.borrow().contains_key(topic)
+    /// The generation of the shard's current holding of `topic`, if it holds it.
+    pub fn holding_generation(&self, topic: &str) -> Option<u64> {
+        self.holds.borrow().generation(topic)
     }
 
-    fn tell_interest(&self, topic: &str, interested: bool) {
+    fn tell_interest(&self, topic: &str, interested: bool, generation: u64) {
         self.shared
             .system
             .shard_interest(self.id, topic, interested);
@@ -284,6 +274,7 @@ impl ShardContext {
             shard: self.id,
             topic: topic.to_owned(),
             interested,
+            generation,
         });
     }
 
@@ -294,6 +285,8 @@ impl ShardContext {
             shard: self.id,
             topic: crate::admin::STATS_WANTED_TOPIC.to_owned(),
             interested: true,
+            // Not a holding: no join waits for its confirmation.
+            generation: 0,
         });
     }
 

@@ -34,7 +34,9 @@ pub(super) async fn inbox_loop(ctx: Rc<ShardContext>, stop: futures::channel::on
                     recovery::observe(&ctx, &broadcast);
                     ctx.metrics().downstream_queued(received_at);
                 }
-                ShardMessage::TopicSubscribed { topic } => recovery::topic_subscribed(&ctx, &topic),
+                ShardMessage::TopicSubscribed { topic, generation } => {
+                    recovery::topic_subscribed(&ctx, &topic, generation)
+                }
                 ShardMessage::HistoryAnswer { ticket, page } => {
                     recovery::history_answer(&ctx, ticket, page)
                 }

@@ -17,6 +17,7 @@ pub(crate) mod connection;
 pub(crate) mod context;
 mod dispatch;
 mod fan_out;
+mod holds;
 pub mod outbound_queue;
 pub(crate) mod presence_delivery;
 pub(crate) mod recovery;

@@ -213,10 +213,13 @@ pub fn redis_state_changed(ctx: &Rc<ShardContext>) {
     }
 }
 
-/// Redis confirmed `topic`'s subscription for this shard: answer the joins that waited for it.
-pub fn topic_subscribed(ctx: &Rc<ShardContext>, topic: &str) {
-    if !ctx.holds(topic) {
-        return; // a confirmation that crossed this shard's last leave
+/// Redis confirmed `topic`'s subscription for this shard's holding `generation` of it: answer
+/// the joins that waited for it.
+pub fn topic_subscribed(ctx: &Rc<ShardContext>, topic: &str, generation: u64) {
+    if ctx.holding_generation(topic) != Some(generation) {
+        // A confirmation that crossed this shard's last leave (and perhaps its next join: the
+        // process may have unsubscribed in between, and the new subscription is not confirmed).
+        return;
     }
     let waiting = {
         let mut recovery = ctx.recovery.borrow_mut();
