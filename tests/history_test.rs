@@ -577,8 +577,9 @@ fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscrip
         0.0
     );
 
-    // A history lost meanwhile (deleted: another epoch) cannot fill the gap: it is counted,
-    // and live delivery goes on.
+    // A history lost meanwhile (deleted, then started again by the next publish: another
+    // epoch) cannot say what it held: counted as a lost gap; what the new history holds, all
+    // published after the loss, is delivered; then live delivery goes on.
     relay.cut();
     wait_until(
         Duration::from_secs(5),
@@ -590,10 +591,83 @@ fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscrip
         .arg(format!("channel:epoch:{{{topic}}}"))
         .query(&mut redis.connection())
         .expect("DEL of the history");
+    let restarted = publish_numbers(&redis, topic, [6]);
+    assert_ne!(
+        restarted[0].split('.').next(),
+        live[0].split('.').next(),
+        "another epoch"
+    );
     relay.restore();
-    wait_until(Duration::from_secs(5), "the lost gap is counted", || {
-        unlabeled_metric(&server, "channel_redis_gap_lost_total") == 1.0
+    expect_message(&mut socket, topic, 6, &restarted[0]);
+    assert_eq!(
+        unlabeled_metric(&server, "channel_redis_gap_lost_total"),
+        1.0
+    );
+    let next = publish_numbers(&redis, topic, [7]);
+    expect_message(&mut socket, topic, 7, &next[0]);
+    socket.expect_quiet();
+}
+
+/// How many times Redis ran `command` (`INFO commandstats`).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection())
+        .unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_topic_nothing_was_delivered_of_yet_gets_its_gap_filled_and_nothing_older() {
+    // Nothing delivered yet, so no last position: the fill starts from where the topic's
+    // history stood when the process first subscribed (its floor, read once the subscription
+    // is confirmed). `old` had a message before the join, which must not be delivered; `new`
+    // had no history at all.
+    let redis = RedisServer::start();
+    let relay = TcpRelay::to_local_port(redis.port());
+    let server = server_with(&relay.url(), "");
+    let (old, new) = ("room:quiet-old", "room:quiet-new");
+    publish_numbers(&redis, old, [0]);
+    let mut socket = connect(&server);
+    join_since_ok(&mut socket, old, Value::Null);
+    join_since_ok(&mut socket, new, Value::Null);
+    wait_until(Duration::from_secs(5), "both floors were read", || {
+        command_calls(&redis, "xrevrange") >= 2
     });
-    let next = publish_numbers(&redis, topic, [6]);
-    expect_message(&mut socket, topic, 6, &next[0]);
+
+    relay.cut();
+    wait_until(
+        Duration::from_secs(5),
+        "the process's sharded subscriptions are gone",
+        || redis.shard_subscribers(old) == 0 && redis.shard_subscribers(new) == 0,
+    );
+    let missed_old = publish_numbers(&redis, old, 1..=2);
+    let missed_new = publish_numbers(&redis, new, 1..=2);
+    relay.restore();
+    let mut got: Vec<Value> = (0..4).map(|_| socket.recv_json()).collect();
+    got.sort_by_key(|frame| {
+        (
+            frame[2].as_str().map(str::to_owned),
+            frame[1].as_str().map(str::to_owned),
+        )
+    });
+    let mut want = Vec::new();
+    for (topic, missed) in [(new, &missed_new), (old, &missed_old)] {
+        for (n, position) in (1..=2).zip(missed.iter()) {
+            want.push(json!([null, position, topic, "msg", { "n": n }]));
+        }
+    }
+    assert_eq!(
+        got, want,
+        "the gap of both topics, and not the message before the join"
+    );
+    socket.expect_quiet();
+    assert_eq!(
+        unlabeled_metric(&server, "channel_redis_gap_filled_total"),
+        4.0
+    );
 }

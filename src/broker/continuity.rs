@@ -6,9 +6,13 @@
 //! them (docs/protocol.md, "Positions and recovery").
 //!
 //! The control thread marks a topic whose subscription was lost while wanted, with the last
-//! position delivered; the read thread that receives the new subscription's `ssubscribe` reply
-//! takes the mark *before it reads anything else from that connection*, reads every history
-//! entry after the mark on its master, and delivers them before the live messages that follow.
+//! position delivered — or, for a topic nothing was delivered of yet, its *floor*: the newest
+//! position of its history when it was first subscribed, read by the read thread soon after
+//! that confirmation (batched, when its connection has nothing else to read), so that a quiet
+//! topic's first messages are not lost in a gap either. The read thread that receives the new
+//! subscription's `ssubscribe` reply takes the mark *before it reads anything else from that
+//! connection*, reads every history entry after it on its master, and delivers them before the
+//! live messages that follow.
 //! Every positioned message, filled or live, passes [`Continuity::admit`]: one at or before the
 //! last delivered position of its topic is a copy (the fill already delivered it) and is not
 //! delivered again.
@@ -34,8 +38,21 @@ pub struct Continuity {
 #[derive(Default)]
 struct State {
     delivered: HashMap<String, Position>,
-    /// Topics whose subscription was lost while wanted: fill after this position.
-    to_fill: HashMap<String, Position>,
+    /// Where the history stood when the topic was first subscribed (the fill's start when
+    /// nothing was delivered before a loss).
+    floors: HashMap<String, FillFrom>,
+    /// Topics whose subscription was lost while wanted: fill from here.
+    to_fill: HashMap<String, FillFrom>,
+}
+
+/// Where a fill starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillFrom {
+    /// After this position (excluded).
+    After(Position),
+    /// At the beginning of whatever history the topic has: it had none when it was first
+    /// subscribed, so all of it came later.
+    Beginning,
 }
 
 impl Continuity {
@@ -62,11 +79,16 @@ impl Continuity {
     }
 
     /// The control thread lost `topic`'s subscription while it is still wanted: the next
-    /// confirmation of it fills from the last delivered position (nothing when none was).
+    /// confirmation of it fills from the last delivered position, or from the topic's floor
+    /// when nothing was delivered (nothing when neither is known).
     pub fn lost_while_wanted(&self, topic: &str) {
         let mut state = self.state();
-        if let Some(last) = state.delivered.get(topic).copied() {
-            state.to_fill.entry(topic.to_owned()).or_insert(last);
+        let from = match state.delivered.get(topic) {
+            Some(last) => Some(FillFrom::After(*last)),
+            None => state.floors.get(topic).copied(),
+        };
+        if let Some(from) = from {
+            state.to_fill.entry(topic.to_owned()).or_insert(from);
         }
     }
 
@@ -74,13 +96,27 @@ impl Continuity {
     pub fn forget(&self, topic: &str) {
         let mut state = self.state();
         state.delivered.remove(topic);
+        state.floors.remove(topic);
         state.to_fill.remove(topic);
     }
 
-    /// A read thread received `topic`'s `ssubscribe` reply: the position to fill after, if
-    /// the topic waits for a fill (taken: one fill per loss).
-    pub fn take_fill(&self, topic: &str) -> Option<Position> {
+    /// A read thread received `topic`'s `ssubscribe` reply: where to fill from, if the topic
+    /// waits for a fill (taken: one fill per loss).
+    pub fn take_fill(&self, topic: &str) -> Option<FillFrom> {
         self.state().to_fill.remove(topic)
+    }
+
+    /// Whether `topic` has neither a delivered position nor a floor yet (its floor should be
+    /// read).
+    pub fn needs_floor(&self, topic: &str) -> bool {
+        let state = self.state();
+        !state.delivered.contains_key(topic) && !state.floors.contains_key(topic)
+    }
+
+    /// Records where `topic`'s history stood just after its first subscription (kept only
+    /// while the topic is wanted: [`Self::forget`] drops it).
+    pub fn set_floor(&self, topic: &str, floor: FillFrom) {
+        self.state().floors.entry(topic.to_owned()).or_insert(floor);
     }
 
     /// How many topics wait for a fill.
@@ -93,58 +129,112 @@ impl Continuity {
 /// One `XRANGE` entry: its id and its fields and values in order.
 type StreamEntry = (String, Vec<Vec<u8>>);
 
-/// What a topic's history holds after a position.
+/// What a topic's history holds after a fill's start.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Gap {
-    /// Every entry after the position still in the history, oldest first (possibly none).
+    /// Every entry after the start still in the history, oldest first (possibly none).
     Entries(Vec<HistoryEntry>),
-    /// The history was lost and started again (another epoch), or expired: what was published
-    /// in the gap cannot be told.
-    Lost,
+    /// The history the start belongs to was lost (deleted, expired, Redis lost its data): what
+    /// it received after the start cannot be told. Holds the entries of the newer history that
+    /// replaced it (another epoch, all published after the start), oldest first.
+    Lost(Vec<HistoryEntry>),
 }
 
-/// Reads the entries of `topic`'s history after `since` on `conn` (the topic's master): its
-/// epoch and `XRANGE (<since> +`, in one round trip. Entries after `since` are all kept even
-/// when `since` itself is not (a failover that lost the last writes before the promotion keeps
-/// every later entry, and trimming only ever drops the oldest).
+/// Reads the entries of `topic`'s history after `from` on `conn` (the topic's master): its
+/// epoch and `XRANGE (<since> +` (or `- +` from the beginning), in one round trip (two when the
+/// history was replaced by a newer one). Entries after a position are all kept even when the
+/// entry at it is not (a failover that lost the last writes before the promotion keeps every
+/// later entry, and trimming only ever drops the oldest).
 pub fn read_gap(
     conn: &mut redis::Connection,
     topic: &str,
-    since: Position,
+    from: FillFrom,
 ) -> redis::RedisResult<Gap> {
     let (stream, epoch_key) = history_keys(topic);
+    let start = match from {
+        FillFrom::After(since) => format!("({}", since.entry_id()),
+        FillFrom::Beginning => "-".to_owned(),
+    };
     let (epoch, entries): (Option<String>, Vec<StreamEntry>) = redis::pipe()
         .cmd("GET")
         .arg(&epoch_key)
         .cmd("XRANGE")
         .arg(&stream)
-        .arg(format!("({}", since.entry_id()))
+        .arg(start)
         .arg("+")
         .arg("COUNT")
         .arg(MAX_FILL)
         .query(conn)?;
-    if epoch.and_then(|e| e.parse::<u64>().ok()) != Some(since.epoch) {
-        return Ok(Gap::Lost);
+    let epoch = epoch.and_then(|e| e.parse::<u64>().ok());
+    match (from, epoch) {
+        (FillFrom::Beginning, None) => Ok(Gap::Entries(Vec::new())),
+        (FillFrom::Beginning, Some(epoch)) => Ok(Gap::Entries(entries_of(epoch, entries)?)),
+        (FillFrom::After(since), Some(epoch)) if epoch == since.epoch => {
+            Ok(Gap::Entries(entries_of(epoch, entries)?))
+        }
+        (FillFrom::After(since), Some(epoch)) if epoch > since.epoch => {
+            let all: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(MAX_FILL)
+                .query(conn)?;
+            Ok(Gap::Lost(entries_of(epoch, all)?))
+        }
+        (FillFrom::After(_), _) => Ok(Gap::Lost(Vec::new())),
     }
+}
+
+/// The history entries `entries` of `epoch` (the function writes `e <event> p <payload>`).
+fn entries_of(epoch: u64, entries: Vec<StreamEntry>) -> redis::RedisResult<Vec<HistoryEntry>> {
+    let parse = |what: &'static str| redis::RedisError::from((redis::ErrorKind::Parse, what));
     let mut out = Vec::with_capacity(entries.len());
     for (id, fields) in entries {
-        // The function writes `e <event> p <payload>`.
-        let [_, event, _, payload] = <[Vec<u8>; 4]>::try_from(fields).map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "a history entry of another shape"))
-        })?;
-        let position = Position::of_entry(since.epoch, &id).map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "a history entry id"))
-        })?;
-        let event = String::from_utf8(event).map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "a history entry's event"))
-        })?;
+        let [_, event, _, payload] = <[Vec<u8>; 4]>::try_from(fields)
+            .map_err(|_| parse("a history entry of another shape"))?;
         out.push(HistoryEntry {
-            position,
-            event,
+            position: Position::of_entry(epoch, &id).map_err(|_| parse("a history entry id"))?,
+            event: String::from_utf8(event).map_err(|_| parse("a history entry's event"))?,
             payload,
         });
     }
-    Ok(Gap::Entries(out))
+    Ok(out)
+}
+
+/// Where each of `topics`' history stands now (its newest position, or
+/// [`FillFrom::Beginning`] when it has none), in one round trip on `conn` (their master).
+pub fn read_floors(
+    conn: &mut redis::Connection,
+    topics: &[String],
+) -> redis::RedisResult<Vec<FillFrom>> {
+    let mut pipe = redis::pipe();
+    for topic in topics {
+        let (stream, epoch_key) = history_keys(topic);
+        pipe.cmd("GET").arg(epoch_key);
+        pipe.cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let replies: Vec<redis::Value> = pipe.query(conn)?;
+    let mut floors = Vec::with_capacity(topics.len());
+    for pair in replies.chunks(2) {
+        let epoch: Option<String> = redis::from_redis_value(pair[0].clone())?;
+        let newest: Vec<StreamEntry> = redis::from_redis_value(pair[1].clone())?;
+        let floor = match (epoch.and_then(|e| e.parse::<u64>().ok()), newest.first()) {
+            (Some(epoch), Some((id, _))) => Position::of_entry(epoch, id)
+                .map(FillFrom::After)
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::Parse, "a history entry id"))
+                })?,
+            _ => FillFrom::Beginning,
+        };
+        floors.push(floor);
+    }
+    Ok(floors)
 }
 
 /// The stream and the epoch key of `topic`'s history (the function's `history_keys`).
@@ -186,17 +276,41 @@ mod tests {
         c.lost_while_wanted("t");
         c.admit("t", at(6));
         c.lost_while_wanted("t");
-        assert_eq!(c.take_fill("t"), Some(at(5)), "the first loss's position");
+        assert_eq!(
+            c.take_fill("t"),
+            Some(FillFrom::After(at(5))),
+            "the first loss's position"
+        );
         assert_eq!(c.take_fill("t"), None, "one fill per loss");
+    }
+
+    #[test]
+    fn a_topic_nothing_was_delivered_of_fills_from_its_floor() {
+        let c = Continuity::default();
+        assert!(c.needs_floor("t"));
+        c.set_floor("t", FillFrom::Beginning);
+        assert!(!c.needs_floor("t"));
+        c.lost_while_wanted("t");
+        assert_eq!(c.take_fill("t"), Some(FillFrom::Beginning));
+        c.set_floor("u", FillFrom::After(at(4)));
+        c.admit("u", at(6));
+        c.lost_while_wanted("u");
+        assert_eq!(
+            c.take_fill("u"),
+            Some(FillFrom::After(at(6))),
+            "a delivered position goes before the floor"
+        );
     }
 
     #[test]
     fn a_forgotten_topic_fills_nothing_and_admits_anything() {
         let c = Continuity::default();
         c.admit("t", at(5));
+        c.set_floor("t", FillFrom::Beginning);
         c.lost_while_wanted("t");
         c.forget("t");
         assert_eq!(c.take_fill("t"), None);
+        assert!(c.needs_floor("t"));
         assert!(c.admit("t", at(1)));
     }
 }

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::cluster_topology::{slot_of, ClusterTopology, NodeAddress};
-use super::continuity::{self, Continuity, Gap};
+use super::continuity::{self, Continuity, FillFrom, Gap};
 use super::deployment::Connector;
 use super::function::{open_envelope, sharded_channel, topic_of_sharded_channel};
 use super::interest::InterestTable;
@@ -709,6 +709,7 @@ impl Control {
             continuity: Arc::clone(&self.continuity),
             history_client: client.clone(),
             history_conn: None,
+            floors_to_read: Vec::new(),
         };
         std::thread::Builder::new()
             .name("redis-sharded-read".into())
@@ -873,6 +874,9 @@ struct ShardedReader {
     /// at the first fill).
     history_client: redis::Client,
     history_conn: Option<redis::Connection>,
+    /// Topics first subscribed on this connection whose floor is still to be read
+    /// (`continuity.rs`): read together when the connection has nothing else to read.
+    floors_to_read: Vec<String>,
 }
 
 impl ShardedReader {
@@ -894,6 +898,9 @@ impl ShardedReader {
             self.heard.fetch_add(1, Ordering::Release);
             self.routes.apply_pending(&self.route_changes);
             self.take(value);
+            if !self.floors_to_read.is_empty() && socket.buffer().is_empty() {
+                self.read_floors();
+            }
         }
     }
 
@@ -931,8 +938,10 @@ impl ShardedReader {
                 if kind.as_slice() == b"ssubscribe" {
                     // Before anything else is read from this connection: the gap goes out
                     // before the live messages that follow the confirmation.
-                    if let Some(since) = self.continuity.take_fill(topic) {
-                        self.fill(topic, since);
+                    if let Some(from) = self.continuity.take_fill(topic) {
+                        self.fill(topic, from);
+                    } else if self.continuity.needs_floor(topic) {
+                        self.floors_to_read.push(topic.to_owned());
                     }
                 }
                 let _ = self.events.send(ReadEvent::Subscription {
@@ -975,62 +984,98 @@ impl ShardedReader {
         self.hand_out(mask, broadcast, received_at);
     }
 
-    /// Reads what `topic`'s history holds after `since` on this master and delivers it, in
+    /// The connection for history reads on this master (opened at the first).
+    fn history_conn(&mut self) -> redis::RedisResult<redis::Connection> {
+        match self.history_conn.take() {
+            Some(conn) => Ok(conn),
+            None => {
+                let conn = self
+                    .history_client
+                    .get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                conn.set_read_timeout(Some(PROBE_DEADLINE))?;
+                conn.set_write_timeout(Some(PROBE_DEADLINE))?;
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Reads what `topic`'s history holds after `from` on this master and delivers it, in
     /// order, skipping what was delivered meanwhile (from another master during a move).
-    fn fill(&mut self, topic: &str, since: Position) {
+    fn fill(&mut self, topic: &str, from: FillFrom) {
         let mask = self.routes.shards_for(topic);
         if mask == 0 {
             return;
         }
-        let read = match self.history_conn.take() {
-            Some(conn) => Ok(conn),
-            None => self
-                .history_client
-                .get_connection_with_timeout(CONNECT_TIMEOUT)
-                .and_then(|conn| {
-                    conn.set_read_timeout(Some(PROBE_DEADLINE))?;
-                    conn.set_write_timeout(Some(PROBE_DEADLINE))?;
-                    Ok(conn)
-                }),
-        }
-        .and_then(|mut conn| {
-            let gap = continuity::read_gap(&mut conn, topic, since)?;
+        let read = self.history_conn().and_then(|mut conn| {
+            let gap = continuity::read_gap(&mut conn, topic, from)?;
             self.history_conn = Some(conn);
             Ok(gap)
         });
-        match read {
-            Ok(Gap::Entries(entries)) => {
-                let mut filled = 0;
-                for HistoryEntry {
-                    position,
-                    event,
-                    payload,
-                } in entries
-                {
-                    if !self.continuity.admit(topic, position) {
-                        continue;
-                    }
-                    let broadcast = Arc::new(Broadcast::positioned(
-                        topic,
-                        &event,
-                        Some(position),
-                        &payload,
-                    ));
-                    self.hand_out(mask, broadcast, Instant::now());
-                    filled += 1;
-                }
-                self.stats.gap_filled.fetch_add(filled, Ordering::Relaxed);
-                if filled > 0 {
-                    info!(%topic, filled, "redis sharded subscription back: gap filled from history");
-                }
-            }
-            Ok(Gap::Lost) => {
+        let entries = match read {
+            Ok(Gap::Entries(entries)) => entries,
+            Ok(Gap::Lost(newer)) => {
                 self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, "redis sharded subscription back, but the topic's history was lost: a gap may remain");
+                warn!(%topic, newer = newer.len(), "redis sharded subscription back, but the topic's history was lost meanwhile: a gap may remain (the newer history's messages are delivered)");
+                newer
             }
             Err(err) => {
                 self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
                 warn!(%topic, %err, "redis sharded subscription back, but its gap could not be read");
+                Vec::new()
+            }
+        };
+        let mut filled = 0;
+        for HistoryEntry {
+            position,
+            event,
+            payload,
+        } in entries
+        {
+            if !self.continuity.admit(topic, position) {
+                continue;
+            }
+            let broadcast = Arc::new(Broadcast::positioned(
+                topic,
+                &event,
+                Some(position),
+                &payload,
+            ));
+            self.hand_out(mask, broadcast, Instant::now());
+            filled += 1;
+        }
+        self.stats.gap_filled.fetch_add(filled, Ordering::Relaxed);
+        if filled > 0 {
+            info!(%topic, filled, "redis sharded subscription back: gap filled from history");
+        }
+    }
+
+    /// Reads where the history of each topic first subscribed on this connection stands (one
+    /// round trip for all of them), for a fill after a later loss of a topic nothing was
+    /// delivered of yet. A failed read leaves them without a floor (a later gap of theirs is
+    /// then not filled unless a message was delivered first).
+    fn read_floors(&mut self) {
+        let topics: Vec<String> = std::mem::take(&mut self.floors_to_read)
+            .into_iter()
+            .filter(|topic| {
+                self.routes.shards_for(topic) != 0 && self.continuity.needs_floor(topic)
+            })
+            .collect();
+        if topics.is_empty() {
+            return;
+        }
+        let read = self.history_conn().and_then(|mut conn| {
+            let floors = continuity::read_floors(&mut conn, &topics)?;
+            self.history_conn = Some(conn);
+            Ok(floors)
+        });
+        match read {
+            Ok(floors) => {
+                for (topic, floor) in topics.iter().zip(floors) {
+                    self.continuity.set_floor(topic, floor);
+                }
+            }
+            Err(err) => {
+                debug!(%err, topics = topics.len(), "could not read where new topics' histories stand");
             }
         }
     }
