@@ -66,6 +66,12 @@ pub const CLIENT_NAME: &str = "channel-sharded-subscriber";
 const BATCH: usize = 256;
 /// The slot map is read at most this often while it keeps moving (a failover in progress).
 const REREAD_PAUSE: Duration = Duration::from_millis(100);
+/// New topics' floors (`continuity.rs`) are read in one round trip once this many wait...
+const FLOOR_BATCH: usize = 256;
+/// ... or once the oldest has waited this long (checked as replies arrive: at the latest with
+/// the answer to the next liveness PING), so that a storm of joins of new topics costs a few
+/// round trips, not one per topic.
+const FLOOR_DELAY: Duration = Duration::from_millis(100);
 
 /// What a read thread tells the control thread.
 enum ReadEvent {
@@ -710,6 +716,7 @@ impl Control {
             history_client: client.clone(),
             history_conn: None,
             floors_to_read: Vec::new(),
+            floors_waiting_since: None,
         };
         std::thread::Builder::new()
             .name("redis-sharded-read".into())
@@ -875,8 +882,10 @@ struct ShardedReader {
     history_client: redis::Client,
     history_conn: Option<redis::Connection>,
     /// Topics first subscribed on this connection whose floor is still to be read
-    /// (`continuity.rs`): read together when the connection has nothing else to read.
+    /// (`continuity.rs`), and since when the oldest of them waits: read together
+    /// ([`FLOOR_BATCH`], [`FLOOR_DELAY`]) when the connection has nothing else to read.
     floors_to_read: Vec<String>,
+    floors_waiting_since: Option<Instant>,
 }
 
 impl ShardedReader {
@@ -898,7 +907,12 @@ impl ShardedReader {
             self.heard.fetch_add(1, Ordering::Release);
             self.routes.apply_pending(&self.route_changes);
             self.take(value);
-            if !self.floors_to_read.is_empty() && socket.buffer().is_empty() {
+            let floors_due = self.floors_to_read.len() >= FLOOR_BATCH
+                || self
+                    .floors_waiting_since
+                    .is_some_and(|since| since.elapsed() >= FLOOR_DELAY);
+            if floors_due && socket.buffer().is_empty() {
+                self.floors_waiting_since = None;
                 self.read_floors();
             }
         }
@@ -942,6 +956,7 @@ impl ShardedReader {
                         self.fill(topic, from);
                     } else if self.continuity.needs_floor(topic) {
                         self.floors_to_read.push(topic.to_owned());
+                        self.floors_waiting_since.get_or_insert_with(Instant::now);
                     }
                 }
                 let _ = self.events.send(ReadEvent::Subscription {
