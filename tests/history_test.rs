@@ -631,6 +631,12 @@ fn a_topic_nothing_was_delivered_of_yet_gets_its_gap_filled_and_nothing_older() 
     let relay = TcpRelay::to_local_port(redis.port());
     let server = server_with(&relay.url(), "");
     let (old, new) = ("room:quiet-old", "room:quiet-new");
+    // Connected (the function installed) before anything is published.
+    wait_until(
+        Duration::from_secs(5),
+        "the server is connected to Redis",
+        || common::failover::healthz(&server) == 200,
+    );
     publish_numbers(&redis, old, [0]);
     let mut socket = connect(&server);
     join_since_ok(&mut socket, old, Value::Null);

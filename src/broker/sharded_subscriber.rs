@@ -62,6 +62,8 @@ const PROBE_AFTER: Duration = Duration::from_secs(3);
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 /// The connection's name in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "channel-sharded-subscriber";
+/// The name of each master's connection for history reads (`continuity.rs`).
+pub const HISTORY_CLIENT_NAME: &str = "channel-history-reader";
 /// Topics per `SSUBSCRIBE` / `SUNSUBSCRIBE` command when many change at once.
 const BATCH: usize = 256;
 /// The slot map is read at most this often while it keeps moving (a failover in progress).
@@ -890,6 +892,12 @@ struct ShardedReader {
 
 impl ShardedReader {
     fn run(mut self, socket: TcpStream) {
+        // Opened now rather than at the first fill, so that a process holds the same
+        // connections from its start (retried at the next read if this fails).
+        match self.history_conn() {
+            Ok(conn) => self.history_conn = Some(conn),
+            Err(err) => debug!(master = %self.node, %err, "history reader cannot connect yet"),
+        }
         let mut socket = BufReader::with_capacity(64 * 1024, socket);
         let mut parser = redis::Parser::new();
         loop {
@@ -999,16 +1007,21 @@ impl ShardedReader {
         self.hand_out(mask, broadcast, received_at);
     }
 
-    /// The connection for history reads on this master (opened at the first).
+    /// The connection for history reads on this master (gap fills and floors), named
+    /// [`HISTORY_CLIENT_NAME`]; taken out while in use.
     fn history_conn(&mut self) -> redis::RedisResult<redis::Connection> {
         match self.history_conn.take() {
             Some(conn) => Ok(conn),
             None => {
-                let conn = self
+                let mut conn = self
                     .history_client
                     .get_connection_with_timeout(CONNECT_TIMEOUT)?;
                 conn.set_read_timeout(Some(PROBE_DEADLINE))?;
                 conn.set_write_timeout(Some(PROBE_DEADLINE))?;
+                redis::cmd("CLIENT")
+                    .arg("SETNAME")
+                    .arg(HISTORY_CLIENT_NAME)
+                    .query::<()>(&mut conn)?;
                 Ok(conn)
             }
         }
