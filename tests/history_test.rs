@@ -112,19 +112,6 @@ fn redis_side_port(redis: &RedisServer, name: &str) -> u16 {
         .unwrap_or_else(|| panic!("no connection named {name} in CLIENT LIST:\n{clients}"))
 }
 
-/// How many `FCALL_RO` Redis has run (`INFO commandstats`).
-fn history_reads(conn: &mut redis::Connection) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(conn)
-        .unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall_ro:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The sum of a `/metrics` series over its labels matching `label`.
 fn metric(server: &ChannelServer, name: &str, label: &str) -> f64 {
     let text = http_request(server.addr(), "GET", "/metrics", &[], b"").text();
@@ -132,6 +119,27 @@ fn metric(server: &ChannelServer, name: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A `/metrics` series without labels.
+fn unlabeled_metric(server: &ChannelServer, name: &str) -> f64 {
+    let text = http_request(server.addr(), "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
+}
+
+/// How many times Redis ran `command` (`INFO commandstats`).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection())
+        .unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -364,8 +372,7 @@ fn a_message_published_after_the_history_read_is_sent_once_after_the_replay() {
     let topic = "room:race-after";
     let (redis, relay, server, mut watcher, before) = joined_behind_relay(topic, 2);
 
-    let mut conn = redis.connection();
-    let reads_before = history_reads(&mut conn);
+    let reads_before = command_calls(&redis, "fcall_ro");
     relay.hold_replies_of(redis_side_port(&redis, "channel-publisher"));
     let mut joiner = connect(&server);
     let r = joiner.next_ref();
@@ -374,7 +381,7 @@ fn a_message_published_after_the_history_read_is_sent_once_after_the_replay() {
     );
     // The read reached Redis (its answer is held): the message below is after it.
     wait_until(Duration::from_secs(5), "the history read ran", || {
-        history_reads(&mut conn) > reads_before
+        command_calls(&redis, "fcall_ro") > reads_before
     });
     let after = publish_numbers(&redis, topic, [3]);
     expect_message(&mut watcher, topic, 3, &after[0]); // it reached the shard live
@@ -537,14 +544,6 @@ fn a_v1_client_gets_the_replay_with_positions_as_refs_and_a_v2_client_gets_binar
     v2.expect_quiet();
 }
 
-/// A `/metrics` series without labels.
-fn unlabeled_metric(server: &ChannelServer, name: &str) -> f64 {
-    let text = http_request(server.addr(), "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
-}
-
 #[test]
 fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscription_was_lost() {
     // The process's own connections to Redis are cut (a relay between them) while the client
@@ -606,19 +605,6 @@ fn a_client_that_stays_joined_gets_what_was_published_while_the_process_subscrip
     let next = publish_numbers(&redis, topic, [7]);
     expect_message(&mut socket, topic, 7, &next[0]);
     socket.expect_quiet();
-}
-
-/// How many times Redis ran `command` (`INFO commandstats`).
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.connection())
-        .unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -17,7 +17,8 @@
 //! last delivered position of its topic is a copy (the fill already delivered it) and is not
 //! delivered again.
 //!
-//! What it owns: the last delivered position per wanted topic, the marks, and reading a gap.
+//! What it owns: the last delivered position and the floor of each wanted topic, the marks, and
+//! reading a gap or floors.
 //! What it must never do: fill a topic that was not wanted all along (a new joiner would get
 //! messages from before anyone in this process asked), or deliver a message twice.
 
