@@ -55,8 +55,8 @@ pub struct ReaderStats {
     /// Messages read back from a topic's history to fill the gap of a sharded subscription
     /// that came back (`continuity.rs`).
     pub gap_filled: AtomicU64,
-    /// Sharded subscriptions that came back without their gap filled (the history was lost,
-    /// or could not be read).
+    /// Sharded subscriptions that came back whose gap could not be told whole (the history
+    /// was lost meanwhile, or could not be read).
     pub gap_lost: AtomicU64,
 }
 

@@ -147,7 +147,7 @@ fn read_at_scrape(scrape: &Scrape) -> Vec<MetricFamily> {
         single(
             MetricType::COUNTER,
             "redis_gap_lost_total",
-            "Sharded subscriptions that came back after a loss without their gap filled (the topic's history was lost or could not be read).",
+            "Sharded subscriptions that came back after a loss whose gap could not be told whole (the topic's history was lost meanwhile, or could not be read).",
             scrape.redis_gap_lost as f64,
         ),
         single(
