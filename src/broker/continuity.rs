@@ -10,9 +10,10 @@
 //! position of its history when it was first subscribed, read by the read thread soon after
 //! that confirmation (batched, when its connection has nothing else to read), so that a quiet
 //! topic's first messages are not lost in a gap either. The read thread that receives the new
-//! subscription's `ssubscribe` reply takes the mark *before it reads anything else from that
-//! connection*, reads every history entry after it on its master, and delivers them before the
-//! live messages that follow.
+//! subscription's `ssubscribe` reply takes the mark and, *before it takes any message that
+//! connection sends after the reply*, reads every history entry after it on its master (the
+//! gaps of topics confirmed together in one round trip) and delivers them before the live
+//! messages that follow.
 //! Every positioned message, filled or live, passes [`Continuity::admit`]: one at or before the
 //! last delivered position of its topic is a copy (the fill already delivered it) and is not
 //! delivered again.
@@ -141,50 +142,57 @@ pub enum Gap {
     Lost(Vec<HistoryEntry>),
 }
 
-/// Reads the entries of `topic`'s history after `from` on `conn` (the topic's master): its
-/// epoch and `XRANGE (<since> +` (or `- +` from the beginning), in one round trip (two when the
-/// history was replaced by a newer one). Entries after a position are all kept even when the
-/// entry at it is not (a failover that lost the last writes before the promotion keeps every
-/// later entry, and trimming only ever drops the oldest).
-pub fn read_gap(
+/// Reads, for each `(topic, from)` of `fills` (topics of one master, read on `conn`), the
+/// entries of the topic's history after `from`: its epoch and `XRANGE (<since> +` (or `- +`
+/// from the beginning), all topics in one round trip (one more for each history replaced by a
+/// newer one). Entries after a position are all kept even when the entry at it is not (a
+/// failover that lost the last writes before the promotion keeps every later entry, and
+/// trimming only ever drops the oldest).
+pub fn read_gaps(
     conn: &mut redis::Connection,
-    topic: &str,
-    from: FillFrom,
-) -> redis::RedisResult<Gap> {
-    let (stream, epoch_key) = history_keys(topic);
-    let start = match from {
-        FillFrom::After(since) => format!("({}", since.entry_id()),
-        FillFrom::Beginning => "-".to_owned(),
-    };
-    let (epoch, entries): (Option<String>, Vec<StreamEntry>) = redis::pipe()
-        .cmd("GET")
-        .arg(&epoch_key)
-        .cmd("XRANGE")
-        .arg(&stream)
-        .arg(start)
-        .arg("+")
-        .arg("COUNT")
-        .arg(MAX_FILL)
-        .query(conn)?;
-    let epoch = epoch.and_then(|e| e.parse::<u64>().ok());
-    match (from, epoch) {
-        (FillFrom::Beginning, None) => Ok(Gap::Entries(Vec::new())),
-        (FillFrom::Beginning, Some(epoch)) => Ok(Gap::Entries(entries_of(epoch, entries)?)),
-        (FillFrom::After(since), Some(epoch)) if epoch == since.epoch => {
-            Ok(Gap::Entries(entries_of(epoch, entries)?))
-        }
-        (FillFrom::After(since), Some(epoch)) if epoch > since.epoch => {
-            let all: Vec<StreamEntry> = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(MAX_FILL)
-                .query(conn)?;
-            Ok(Gap::Lost(entries_of(epoch, all)?))
-        }
-        (FillFrom::After(_), _) => Ok(Gap::Lost(Vec::new())),
+    fills: &[(String, FillFrom)],
+) -> redis::RedisResult<Vec<Gap>> {
+    let mut pipe = redis::pipe();
+    for (topic, from) in fills {
+        let (stream, epoch_key) = history_keys(topic);
+        let start = match from {
+            FillFrom::After(since) => format!("({}", since.entry_id()),
+            FillFrom::Beginning => "-".to_owned(),
+        };
+        pipe.cmd("GET").arg(epoch_key);
+        pipe.cmd("XRANGE")
+            .arg(stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(MAX_FILL);
     }
+    let replies: Vec<redis::Value> = pipe.query(conn)?;
+    let mut gaps = Vec::with_capacity(fills.len());
+    for ((topic, from), pair) in fills.iter().zip(replies.chunks(2)) {
+        let epoch: Option<String> = redis::from_redis_value(pair[0].clone())?;
+        let entries: Vec<StreamEntry> = redis::from_redis_value(pair[1].clone())?;
+        let epoch = epoch.and_then(|e| e.parse::<u64>().ok());
+        gaps.push(match (*from, epoch) {
+            (FillFrom::Beginning, None) => Gap::Entries(Vec::new()),
+            (FillFrom::Beginning, Some(epoch)) => Gap::Entries(entries_of(epoch, entries)?),
+            (FillFrom::After(since), Some(epoch)) if epoch == since.epoch => {
+                Gap::Entries(entries_of(epoch, entries)?)
+            }
+            (FillFrom::After(since), Some(epoch)) if epoch > since.epoch => {
+                let all: Vec<StreamEntry> = redis::cmd("XRANGE")
+                    .arg(history_keys(topic).0)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(MAX_FILL)
+                    .query(conn)?;
+                Gap::Lost(entries_of(epoch, all)?)
+            }
+            (FillFrom::After(_), _) => Gap::Lost(Vec::new()),
+        });
+    }
+    Ok(gaps)
 }
 
 /// The history entries `entries` of `epoch` (the function writes `e <event> p <payload>`).

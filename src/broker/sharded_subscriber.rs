@@ -719,6 +719,7 @@ impl Control {
             history_conn: None,
             floors_to_read: Vec::new(),
             floors_waiting_since: None,
+            fills_due: Vec::new(),
         };
         std::thread::Builder::new()
             .name("redis-sharded-read".into())
@@ -827,6 +828,13 @@ impl Confirmations {
     }
 }
 
+/// True for an `ssubscribe` reply (`[ssubscribe, channel, count]`): a confirmation, not a
+/// message, so the gaps waiting to be filled may wait for the next one too.
+fn is_ssubscribe_reply(value: &redis::Value) -> bool {
+    matches!(value, redis::Value::Array(parts)
+        if matches!(parts.first(), Some(redis::Value::BulkString(kind)) if kind == b"ssubscribe"))
+}
+
 /// Sends `command` for `topics`' sharded channels, at most [`BATCH`] channels a command. On a
 /// cluster one command names channels of one slot only (Redis refuses the others with
 /// `CROSSSLOT`), so the topics are grouped by slot first.
@@ -888,6 +896,9 @@ struct ShardedReader {
     /// ([`FLOOR_BATCH`], [`FLOOR_DELAY`]) when the connection has nothing else to read.
     floors_to_read: Vec<String>,
     floors_waiting_since: Option<Instant>,
+    /// Topics confirmed again on this connection whose gap is to be filled: read together
+    /// before anything else this connection sends is taken (or when it has nothing else).
+    fills_due: Vec<(String, FillFrom)>,
 }
 
 impl ShardedReader {
@@ -914,7 +925,14 @@ impl ShardedReader {
             };
             self.heard.fetch_add(1, Ordering::Release);
             self.routes.apply_pending(&self.route_changes);
+            if !self.fills_due.is_empty() && !is_ssubscribe_reply(&value) {
+                // Whatever comes next may be a live message of a topic waiting for its gap.
+                self.fill_due_gaps();
+            }
             self.take(value);
+            if !self.fills_due.is_empty() && socket.buffer().is_empty() {
+                self.fill_due_gaps();
+            }
             let floors_due = self.floors_to_read.len() >= FLOOR_BATCH
                 || self
                     .floors_waiting_since
@@ -961,7 +979,7 @@ impl ShardedReader {
                     // Before anything else is read from this connection: the gap goes out
                     // before the live messages that follow the confirmation.
                     if let Some(from) = self.continuity.take_fill(topic) {
-                        self.fill(topic, from);
+                        self.fills_due.push((topic.to_owned(), from));
                     } else if self.continuity.needs_floor(topic) {
                         self.floors_to_read.push(topic.to_owned());
                         self.floors_waiting_since.get_or_insert_with(Instant::now);
@@ -1027,31 +1045,47 @@ impl ShardedReader {
         }
     }
 
-    /// Reads what `topic`'s history holds after `from` on this master and delivers it, in
-    /// order, skipping what was delivered meanwhile (from another master during a move).
-    fn fill(&mut self, topic: &str, from: FillFrom) {
-        let mask = self.routes.shards_for(topic);
-        if mask == 0 {
+    /// Reads what the history of each topic in `fills_due` holds after its start, on this
+    /// master and in one round trip, and delivers it, in order, skipping what was delivered
+    /// meanwhile (from another master during a move).
+    fn fill_due_gaps(&mut self) {
+        let fills: Vec<(String, FillFrom)> = std::mem::take(&mut self.fills_due)
+            .into_iter()
+            .filter(|(topic, _)| self.routes.shards_for(topic) != 0)
+            .collect();
+        if fills.is_empty() {
             return;
         }
         let read = self.history_conn().and_then(|mut conn| {
-            let gap = continuity::read_gap(&mut conn, topic, from)?;
+            let gaps = continuity::read_gaps(&mut conn, &fills)?;
             self.history_conn = Some(conn);
-            Ok(gap)
+            Ok(gaps)
         });
-        let entries = match read {
-            Ok(Gap::Entries(entries)) => entries,
-            Ok(Gap::Lost(newer)) => {
-                self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, newer = newer.len(), "redis sharded subscription back, but the topic's history was lost meanwhile: a gap may remain (the newer history's messages are delivered)");
-                newer
-            }
+        let gaps = match read {
+            Ok(gaps) => gaps,
             Err(err) => {
-                self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, %err, "redis sharded subscription back, but its gap could not be read");
-                Vec::new()
+                let lost = fills.len() as u64;
+                self.stats.gap_lost.fetch_add(lost, Ordering::Relaxed);
+                warn!(topics = lost, %err, "redis sharded subscriptions back, but their gaps could not be read");
+                return;
             }
         };
+        for ((topic, _), gap) in fills.iter().zip(gaps) {
+            let entries = match gap {
+                Gap::Entries(entries) => entries,
+                Gap::Lost(newer) => {
+                    self.stats.gap_lost.fetch_add(1, Ordering::Relaxed);
+                    warn!(%topic, newer = newer.len(), "redis sharded subscription back, but the topic's history was lost meanwhile: a gap may remain (the newer history's messages are delivered)");
+                    newer
+                }
+            };
+            self.deliver_filled(topic, entries);
+        }
+    }
+
+    /// Delivers a topic's entries read back from its history, skipping what was delivered.
+    fn deliver_filled(&self, topic: &str, entries: Vec<HistoryEntry>) {
+        let mask = self.routes.shards_for(topic);
         let mut filled = 0;
         for HistoryEntry {
             position,
