@@ -534,16 +534,7 @@ impl Control {
         for (node, topics) in subscribe {
             if !self.links.contains_key(&node) {
                 if let Err(err) = self.connect(&topology, &node) {
-                    debug!(master = %node, %err, "redis sharded subscriber cannot connect");
-                    self.unreachable.insert(node.clone(), err.to_string());
-                    self.stale = true;
-                    if topology.is_cluster() {
-                        // The rest of the cluster answers: a failover is under way, and its
-                        // end is seen within one short pause, not a growing backoff.
-                        self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
-                    } else {
-                        self.schedule_retry();
-                    }
+                    self.unreachable_now(&topology, &node, &err);
                     continue;
                 }
             }
@@ -587,17 +578,28 @@ impl Control {
                 Ok(()) => {
                     self.unreachable.remove(master);
                 }
-                Err(err) => {
-                    debug!(%master, %err, "redis sharded subscriber cannot connect");
-                    self.unreachable.insert(master.clone(), err.to_string());
-                    self.stale = true;
-                    if topology.is_cluster() {
-                        self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
-                    } else {
-                        self.schedule_retry();
-                    }
-                }
+                Err(err) => self.unreachable_now(&topology, master, &err),
             }
+        }
+    }
+
+    /// A connection attempt to `node` failed: `/healthz` says so, and the slot map is read
+    /// again soon.
+    fn unreachable_now(
+        &mut self,
+        topology: &ClusterTopology,
+        node: &NodeAddress,
+        err: &redis::RedisError,
+    ) {
+        debug!(master = %node, %err, "redis sharded subscriber cannot connect");
+        self.unreachable.insert(node.clone(), err.to_string());
+        self.stale = true;
+        if topology.is_cluster() {
+            // The rest of the cluster answers: a failover is under way, and its end is seen
+            // within one short pause, not a growing backoff.
+            self.retry_at.get_or_insert(Instant::now() + REREAD_PAUSE);
+        } else {
+            self.schedule_retry();
         }
     }
 
