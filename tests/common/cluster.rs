@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::redis_process::RedisProcess;
+use super::redis_process::{data_node_args, RedisProcess};
 use super::{free_port, log_tail, scratch_dir, ChannelServer, ServerOptions};
 
 /// Masters of the cluster; each has one replica.
@@ -42,42 +42,32 @@ const POLL: Duration = Duration::from_millis(20);
 /// restarted node keeps its `nodes-<port>.conf`, so it rejoins with its identity, and the
 /// cluster makes it a replica if its slots moved meanwhile.
 fn cluster_node(port: u16, bus_port: u16, dir: &std::path::Path) -> RedisProcess {
-    let args = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--dbfilename",
-        &format!("dump-{port}.rdb"),
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        &format!("nodes-{port}.conf"),
-        "--cluster-port",
-        &bus_port.to_string(),
-        "--cluster-node-timeout",
-        &NODE_TIMEOUT_MS.to_string(),
-        // A replica whose master was just killed may always stand for election.
-        "--cluster-replica-validity-factor",
-        "0",
-        // Replicas stay with their master: the topology only changes when a test changes it.
-        "--cluster-allow-replica-migration",
-        "no",
-        // A node that comes back syncs at once (the default waits 5 s for more replicas).
-        "--repl-diskless-sync-delay",
-        "0",
-        "--dir",
-        &dir.display().to_string(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args = data_node_args(port);
+    args.extend(
+        [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--cluster-port",
+            &bus_port.to_string(),
+            "--cluster-node-timeout",
+            &NODE_TIMEOUT_MS.to_string(),
+            // A replica whose master was just killed may always stand for election.
+            "--cluster-replica-validity-factor",
+            "0",
+            // Replicas stay with their master: the topology only changes when a test changes it.
+            "--cluster-allow-replica-migration",
+            "no",
+            // A node that comes back syncs at once (the default waits 5 s for more replicas).
+            "--repl-diskless-sync-delay",
+            "0",
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string()),
+    );
     RedisProcess::new(port, dir.to_path_buf(), args)
 }
 

@@ -25,6 +25,28 @@ pub struct RedisProcess {
     starts: usize,
 }
 
+/// The arguments every data node of a test deployment starts with: `port` on 127.0.0.1, in the
+/// foreground, no persistence (a dump file named by port, never written on its own).
+pub fn data_node_args(port: u16) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dbfilename",
+        &format!("dump-{port}.rdb"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 impl RedisProcess {
     /// A process on `port` run in `dir` with `args` (not started yet).
     pub fn new(port: u16, dir: PathBuf, args: Vec<String>) -> RedisProcess {

@@ -14,7 +14,7 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::redis_process::RedisProcess;
+use super::redis_process::{data_node_args, RedisProcess};
 use super::{free_port, log_tail, scratch_dir};
 
 /// The master's name in the sentinels.
@@ -47,28 +47,9 @@ impl SentinelDeployment {
         let dir = scratch_dir("sentinel");
         let master_port = free_port();
         let replica_port = free_port();
-        let data_args = |port: u16| -> Vec<String> {
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dbfilename",
-                &format!("dump-{port}.rdb"),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-        };
-        let mut master = RedisProcess::new(master_port, dir.clone(), data_args(master_port));
+        let mut master = RedisProcess::new(master_port, dir.clone(), data_node_args(master_port));
         master.start();
-        let mut replica_args = data_args(replica_port);
+        let mut replica_args = data_node_args(replica_port);
         replica_args.extend([
             "--replicaof".to_string(),
             "127.0.0.1".to_string(),
