@@ -19,12 +19,8 @@ OUT=${OUT:-/work/ab-$(date +%Y%m%d-%H%M%S)}
 SECRET=ab-secret-ab-secret-ab-secret-0123
 mkdir -p "$OUT"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/lib.sh"
 
-field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); v=d
-for k in sys.argv[2].split('.'):
-    v=v.get(k) if isinstance(v,dict) else None
-print(v if v is not None else '-')" "$1" "$2"; }
 
 one() { # label binary run
   local label=$1 bin=$2 run=$3 rport sport pid dir

@@ -9,11 +9,7 @@ A=$1; B=$2; RUNS=$3; TOPICS=$4; CLIENTS=$5; LT=$6
 OUT=${OUT:-/work/ab-join-$TOPICS-$(date +%Y%m%d-%H%M%S)}
 SECRET=ab-secret-ab-secret-ab-secret-0123
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); v=d
-for k in sys.argv[2].split('.'):
-    v=v.get(k) if isinstance(v,dict) else None
-print(v if v is not None else '-')" "$1" "$2"; }
+. "$(dirname "$0")/lib.sh"
 one() {
   local label=$1 bin=$2 run=$3 rport sport pid dir
   rport=$(free_port); sport=$(free_port)

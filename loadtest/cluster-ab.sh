@@ -26,50 +26,8 @@ PATHS=${PATHS:-function publish}
 EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-stop_redis() {
-  for f in "$OUT"/redis-*.pid; do
-    [ -f "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
-    rm -f "$f"
-  done
-}
+. "$(dirname "$0")/lib.sh"
 trap stop_redis EXIT
-
-redis_node() { # port [more redis-server args]
-  local port=$1; shift
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --dir "$OUT" --dbfilename "dump-$port.rdb" --logfile "$OUT/redis-$port.log" \
-    --pidfile "$OUT/redis-$port.pid" "$@"
-  until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
-}
-
-# Prints the loadtest flags that point at a fresh deployment of kind $1.
-deploy() {
-  case $1 in
-    single)
-      local p; p=$(free_port)
-      redis_node "$p"
-      echo "--redis redis://127.0.0.1:$p" ;;
-    cluster)
-      local ports=() p
-      # 3 masters, each with REPLICAS replicas (default 1; 0 isolates what replication costs).
-      for _ in $(seq 1 $((3 * (1 + ${REPLICAS:-1})))); do
-        p=$(free_port)
-        redis_node "$p" --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
-          --cluster-port "$(free_port)" --cluster-node-timeout 1000
-        ports+=("127.0.0.1:$p")
-      done
-      redis-cli --cluster create "${ports[@]}" --cluster-replicas "${REPLICAS:-1}" --cluster-yes \
-        >"$OUT/cluster-create-${ports[0]#*:}.log" 2>&1
-      for p in "${ports[@]}"; do
-        until redis-cli -p "${p#*:}" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
-      done
-      echo "--redis-cluster $(IFS=,; echo "${ports[*]}")" ;;
-    *) echo "unknown deployment $1" >&2; exit 2 ;;
-  esac
-}
 
 # One markdown row from a summary.json.
 row() { # run deployment path summary

@@ -82,9 +82,7 @@ args_for() {
   fi
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+. "$(dirname "$0")/lib.sh"
 
 wait_port() { # port timeout_s
   local i=0

@@ -27,9 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$(dirname "$0")/lib.sh"
 
 start() { # name bin -> sets RP_<name>, PID_<name>
   local name=$1 bin=$2 rp port
