@@ -162,8 +162,8 @@ fn the_function_publishes_under_sentinel_and_follows_a_failover_within_3s() {
     let mut deployment = SentinelDeployment::shared();
     let server = start_server(&deployment);
     let mut alice = Member::join(&server, TOPIC);
-    // The join's SSUBSCRIBE is not waited for by the join reply yet: probes are repeated
-    // until one arrives.
+    // The join reply waited for its SSUBSCRIBE, so the first probe should arrive; the helper
+    // repeats probes until one does all the same.
     delivery_resumes_by(
         &deployment,
         &mut alice,
