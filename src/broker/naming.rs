@@ -37,6 +37,12 @@ pub fn upstream_channel(topic: &str, event: &str) -> String {
     name
 }
 
+/// The topic and event of an upstream channel name `from:<topic>:<event>` (split at the last
+/// `:`, like [`upstream_channel`] built it); `None` for any other name.
+pub fn split_upstream(channel: &str) -> Option<(&str, &str)> {
+    channel.strip_prefix("from:")?.rsplit_once(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +71,10 @@ mod tests {
             upstream_channel("weather:wind", "speed"),
             "from:weather:wind:speed"
         );
+        assert_eq!(
+            split_upstream(&upstream_channel("weather:wind", "speed")),
+            Some(("weather:wind", "speed"))
+        );
+        assert_eq!(split_upstream("to:weather:speed"), None);
     }
 }

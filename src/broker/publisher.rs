@@ -356,11 +356,7 @@ impl RedisPublisher {
                 // A cluster propagates a PUBLISH to every node, so any master would do; the
                 // topic's own master is used, so that a topic's pushes fail exactly while its
                 // slot has no master (and spread over the masters as topics do).
-                match request
-                    .channel
-                    .strip_prefix("from:")
-                    .and_then(|rest| rest.rsplit_once(':'))
-                {
+                match super::naming::split_upstream(&request.channel) {
                     // The topic's slot, computed without building a key per push.
                     Some((topic, _event)) => Route::topic(topic),
                     None => Route::key(&request.channel),
