@@ -258,13 +258,12 @@ impl Broadcast {
         payload: &[u8],
     ) -> Broadcast {
         let is_json = is_valid_json(payload);
-        let ref_text = position.map(|p| p.to_string());
         let (v2, payload) = if is_json {
             let mut frame =
                 FrameBuilder::with_capacity(48 + topic.len() + event.len() + payload.len());
             let out = frame.buf();
             out.extend_from_slice(b"[null,");
-            write_json_opt_str(out, ref_text.as_deref());
+            write_json_position(out, position);
             out.push(b',');
             write_json_str(out, topic);
             out.push(b',');
@@ -417,6 +416,19 @@ fn write_v1_tail(out: &mut Vec<u8>, msg_ref: Option<&str>) {
 }
 
 /// A string or `null`.
+/// Writes a position as a JSON string (digits, `.` and `-` only: nothing to escape), or `null`,
+/// printed straight into the frame.
+fn write_json_position(out: &mut Vec<u8>, position: Option<Position>) {
+    use std::io::Write as _;
+    match position {
+        Some(position) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "\"{position}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 fn write_json_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
         Some(value) => write_json_str(out, value),
