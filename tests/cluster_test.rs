@@ -188,6 +188,14 @@ fn many_topics_joined_at_once_are_each_subscribed_on_their_slot_master() {
 #[test]
 fn the_function_is_installed_on_every_master() {
     let cluster = RedisCluster::shared();
+    // The cluster is shared: an earlier test's process installed the library already. Flush
+    // it first, so that only this process can have put it back.
+    for master in cluster.masters() {
+        let _: () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query(&mut cluster.connection(master))
+            .expect("FUNCTION FLUSH");
+    }
     let _server = quiet_server(&cluster);
     for master in cluster.masters() {
         wait_until(
