@@ -1047,6 +1047,18 @@ impl ShardedReader {
         }
     }
 
+    /// Runs `read` on the history connection; the connection is kept for the next read unless
+    /// it failed (a fresh one is opened then).
+    fn read_history<T>(
+        &mut self,
+        read: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self.history_conn()?;
+        let value = read(&mut conn)?;
+        self.history_conn = Some(conn);
+        Ok(value)
+    }
+
     /// Reads what the history of each topic in `fills_due` holds after its start, on this
     /// master and in one round trip, and delivers it, in order, skipping what was delivered
     /// meanwhile (from another master during a move).
@@ -1058,11 +1070,7 @@ impl ShardedReader {
         if fills.is_empty() {
             return;
         }
-        let read = self.history_conn().and_then(|mut conn| {
-            let gaps = continuity::read_gaps(&mut conn, &fills)?;
-            self.history_conn = Some(conn);
-            Ok(gaps)
-        });
+        let read = self.read_history(|conn| continuity::read_gaps(conn, &fills));
         let gaps = match read {
             Ok(gaps) => gaps,
             Err(err) => {
@@ -1127,11 +1135,7 @@ impl ShardedReader {
         if topics.is_empty() {
             return;
         }
-        let read = self.history_conn().and_then(|mut conn| {
-            let floors = continuity::read_floors(&mut conn, &topics)?;
-            self.history_conn = Some(conn);
-            Ok(floors)
-        });
+        let read = self.read_history(|conn| continuity::read_floors(conn, &topics));
         match read {
             Ok(floors) => {
                 for (topic, floor) in topics.iter().zip(floors) {
