@@ -21,6 +21,19 @@ use common::{sign_token, RedisSubscriber, ServerOptions, TestSocket, TEST_JWT_SE
 
 const RECV: Duration = Duration::from_secs(5);
 
+/// How many `PUBLISH` commands the node on `port` has run (`INFO commandstats`).
+fn publish_calls(cluster: &RedisCluster, port: u16) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut cluster.connection(port))
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The libraries `FUNCTION LIST` shows on the node on `port`.
 fn function_libraries(cluster: &RedisCluster, port: u16) -> usize {
     let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
@@ -92,6 +105,7 @@ fn a_new_master_gets_the_function_the_subscription_presence_and_pushes_of_its_sl
         &RedisCluster::node_url(migration.from),
         &format!("from:{topic}:*"),
     );
+    let published_on_new = publish_calls(&cluster, new);
     let r = bob.push(topic, "said", json!({"hello": "new master"}));
     let reply = bob.recv_reply(&r);
     assert_eq!(reply[4]["status"], "ok", "{reply}");
@@ -99,4 +113,8 @@ fn a_new_master_gets_the_function_the_subscription_presence_and_pushes_of_its_sl
         .try_recv_timeout(RECV)
         .expect("the push reached a backend on another node");
     assert_eq!(message.channel, format!("from:{topic}:said"));
+    assert!(
+        publish_calls(&cluster, new) > published_on_new,
+        "the push was published on the topic's new master"
+    );
 }
