@@ -296,6 +296,17 @@ pub fn push_times(
     answers(member, pending)
 }
 
+/// Issue 13 §4's bar: delivery resumed within `bound` of `event` (a switch, a promotion);
+/// printed either way, with the server's log when it did not.
+pub fn resumed_within(took: Duration, bound: Duration, event: &str, server: &ChannelServer) {
+    eprintln!("delivery resumed {took:?} after {event}");
+    assert!(
+        took <= bound,
+        "delivery resumed {took:?} after {event} (bound {bound:?})\n{}",
+        server.log()
+    );
+}
+
 /// What every failover test asserts once delivery has resumed: every push of the gap answered,
 /// some refused (while nothing could take them) and none falsely ok, `/healthz` seen 503 during
 /// the gap and 200 again within `bound`, and pushes ok again after; every `ok` of the gap and
